@@ -1,0 +1,264 @@
+//! Fault injection and call counting shared by every embedded resource.
+//!
+//! Faults are seeded so a run can be repeated: duplicate deliveries (a copy
+//! handed to the next — possibly concurrent — receive with a newer receipt
+//! handle), redelivery after delete (a replica that missed the delete), calls
+//! that fail transiently at a rate, latency per call, and gates that hold every
+//! call of one operation until opened (to freeze a worker between two steps).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::error::BackendError;
+
+/// A backend operation, as counted and as faults are aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// SQS `ReceiveMessage`.
+    Receive,
+    /// SQS `DeleteMessageBatch`.
+    Delete,
+    /// SQS `ChangeMessageVisibilityBatch`.
+    ChangeVisibility,
+    /// SQS `SendMessageBatch`.
+    Send,
+    /// SNS `PublishBatch`.
+    Publish,
+    /// S3 `PutObject`.
+    Put,
+    /// S3 `GetObject`.
+    Get,
+    /// S3 `HeadObject`.
+    Head,
+}
+
+impl Op {
+    /// Every operation, in a fixed order.
+    pub const ALL: [Op; 8] = [
+        Op::Receive,
+        Op::Delete,
+        Op::ChangeVisibility,
+        Op::Send,
+        Op::Publish,
+        Op::Put,
+        Op::Get,
+        Op::Head,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Which service the operation belongs to: `sqs`, `sns` or `s3`.
+    pub fn service(self) -> &'static str {
+        match self {
+            Op::Receive | Op::Delete | Op::ChangeVisibility | Op::Send => "sqs",
+            Op::Publish => "sns",
+            Op::Put | Op::Get | Op::Head => "s3",
+        }
+    }
+}
+
+/// What to inject. The default injects nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Seed for every random choice.
+    pub seed: u64,
+    /// Chance that a delivered message is handed out again at once, to the
+    /// next receive (which may run concurrently), with a newer receipt handle.
+    pub duplicate_rate: f64,
+    /// Chance that a deleted message comes back once, shortly after.
+    pub redeliver_after_delete_rate: f64,
+    /// Chance that any call fails with a transient error.
+    pub fail_rate: f64,
+    /// Latency added to every call.
+    pub latency: Duration,
+}
+
+impl Faults {
+    /// No faults.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A mix used by demos and soak tests: some duplicates of both kinds and
+    /// a few failing calls.
+    pub fn chaos(seed: u64) -> Self {
+        Self {
+            seed,
+            duplicate_rate: 0.05,
+            redeliver_after_delete_rate: 0.05,
+            fail_rate: 0.02,
+            latency: Duration::ZERO,
+        }
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.duplicate_rate <= 0.0
+            && self.redeliver_after_delete_rate <= 0.0
+            && self.fail_rate <= 0.0
+            && self.latency.is_zero()
+    }
+}
+
+/// Calls per operation, counted whether they succeeded or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    counts: [u64; 8],
+}
+
+impl CallCounts {
+    /// Calls of one operation.
+    pub fn get(&self, op: Op) -> u64 {
+        self.counts[op.index()]
+    }
+
+    /// Calls to one service (`sqs`, `sns`, `s3`).
+    pub fn service(&self, service: &str) -> u64 {
+        Op::ALL
+            .iter()
+            .filter(|op| op.service() == service)
+            .map(|op| self.get(*op))
+            .sum()
+    }
+
+    /// The counts since an earlier snapshot.
+    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
+        let mut counts = [0; 8];
+        for (i, c) in counts.iter_mut().enumerate() {
+            *c = self.counts[i].saturating_sub(earlier.counts[i]);
+        }
+        CallCounts { counts }
+    }
+}
+
+/// A gate that holds every call of one operation while closed.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Gate {
+    /// Lets held and future calls through.
+    pub fn open(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Holds future calls again.
+    pub fn close(&self) {
+        self.tx.send_replace(false);
+    }
+}
+
+/// The state behind every embedded resource of one backend.
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    active: AtomicBool,
+    faults: RwLock<Faults>,
+    rng: Mutex<StdRng>,
+    calls: [AtomicU64; 8],
+    gates: RwLock<HashMap<Op, watch::Receiver<bool>>>,
+    gated: AtomicBool,
+}
+
+impl FaultState {
+    pub(crate) fn new(faults: Faults) -> Self {
+        let state = Self {
+            active: AtomicBool::new(false),
+            faults: RwLock::new(Faults::none()),
+            rng: Mutex::new(StdRng::seed_from_u64(0)),
+            calls: Default::default(),
+            gates: RwLock::new(HashMap::new()),
+            gated: AtomicBool::new(false),
+        };
+        state.set(faults);
+        state
+    }
+
+    pub(crate) fn set(&self, faults: Faults) {
+        *self.rng.lock().expect("rng lock") = StdRng::seed_from_u64(faults.seed);
+        self.active.store(!faults.is_quiet(), Ordering::Release);
+        *self.faults.write().expect("faults lock") = faults;
+    }
+
+    pub(crate) fn get(&self) -> Faults {
+        self.faults.read().expect("faults lock").clone()
+    }
+
+    pub(crate) fn calls(&self) -> CallCounts {
+        let mut counts = [0; 8];
+        for (i, c) in counts.iter_mut().enumerate() {
+            *c = self.calls[i].load(Ordering::Relaxed);
+        }
+        CallCounts { counts }
+    }
+
+    pub(crate) fn gate(&self, op: Op) -> Gate {
+        let (tx, rx) = watch::channel(false);
+        self.gates.write().expect("gates lock").insert(op, rx);
+        self.gated.store(true, Ordering::Release);
+        Gate { tx: Arc::new(tx) }
+    }
+
+    /// Counts the call, then applies latency, gates and failures.
+    pub(crate) async fn before(&self, op: Op, resource: &str) -> Result<(), BackendError> {
+        self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
+        if self.gated.load(Ordering::Acquire) {
+            let gate = self.gates.read().expect("gates lock").get(&op).cloned();
+            if let Some(mut rx) = gate {
+                // A dropped gate counts as open.
+                let _ = rx.wait_for(|open| *open).await;
+            }
+        }
+        if !self.active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (latency, fail_rate) = {
+            let f = self.faults.read().expect("faults lock");
+            (f.latency, f.fail_rate)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if fail_rate > 0.0 && self.roll(fail_rate) {
+            return Err(BackendError::transient(format!(
+                "injected failure of {op:?} on {resource}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// True with the given chance.
+    pub(crate) fn roll(&self, chance: f64) -> bool {
+        chance > 0.0 && self.rng.lock().expect("rng lock").gen_bool(chance.min(1.0))
+    }
+
+    pub(crate) fn duplicate_rate(&self) -> f64 {
+        if !self.active.load(Ordering::Acquire) {
+            return 0.0;
+        }
+        self.faults.read().expect("faults lock").duplicate_rate
+    }
+
+    pub(crate) fn redeliver_rate(&self) -> f64 {
+        if !self.active.load(Ordering::Acquire) {
+            return 0.0;
+        }
+        self.faults
+            .read()
+            .expect("faults lock")
+            .redeliver_after_delete_rate
+    }
+
+    /// A random delay up to `max`.
+    pub(crate) fn jitter(&self, max: Duration) -> Duration {
+        let ms = max.as_millis().max(1) as u64;
+        Duration::from_millis(self.rng.lock().expect("rng lock").gen_range(0..ms))
+    }
+}

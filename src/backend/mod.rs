@@ -1,0 +1,207 @@
+//! The three narrow traits ferry talks to — a queue, a topic, a blob store —
+//! and the types that cross them.
+//!
+//! Everything above these traits is backend-agnostic. The embedded default
+//! lives in [`local`]; the service limits it and every other backend honour
+//! are the constants below.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::BackendError;
+
+pub mod local;
+
+/// SQS: at most ten entries in one receive, delete, visibility or send batch.
+pub const MAX_BATCH: usize = 10;
+/// SNS: at most ten entries in one `PublishBatch`.
+pub const MAX_PUBLISH_BATCH: usize = 10;
+/// SQS caps a message's visibility at 12 hours from its first receive.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+/// SQS long polling waits at most 20 seconds.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// SQS FIFO queues and SNS FIFO topics deduplicate within five minutes.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// SQS's largest message body (256 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// One message as a receive hands it out.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// The queue's id for the message; the same on every delivery.
+    pub message_id: String,
+    /// The handle of this delivery; a newer receive makes it stale.
+    pub receipt_handle: String,
+    /// The body as sent.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: HashMap<String, String>,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+    /// FIFO message group, if any.
+    pub group_id: Option<String>,
+    /// FIFO deduplication id, if any.
+    pub dedup_id: Option<String>,
+}
+
+/// One message to send.
+#[derive(Debug, Clone, Default)]
+pub struct OutgoingMessage {
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: HashMap<String, String>,
+    /// FIFO message group (required on FIFO queues).
+    pub group_id: Option<String>,
+    /// FIFO deduplication id.
+    pub dedup_id: Option<String>,
+    /// Delay before the message becomes visible.
+    pub delay: Option<Duration>,
+}
+
+impl OutgoingMessage {
+    /// A message with this body and nothing else.
+    pub fn new(body: impl Into<String>) -> Self {
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a string attribute.
+    pub fn attribute(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the FIFO group id.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group_id = Some(group.into());
+        self
+    }
+
+    /// Sets the FIFO deduplication id.
+    pub fn dedup(mut self, id: impl Into<String>) -> Self {
+        self.dedup_id = Some(id.into());
+        self
+    }
+}
+
+/// One notification to publish on a topic.
+pub type Notification = OutgoingMessage;
+
+/// The visible and in-flight counts of a queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages a receive could return now (or after their delay).
+    pub visible: usize,
+    /// Messages received and not yet deleted or visible again.
+    pub in_flight: usize,
+}
+
+impl QueueDepth {
+    /// Visible plus in flight.
+    pub fn total(&self) -> usize {
+        self.visible + self.in_flight
+    }
+}
+
+/// What is stored with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// User metadata (S3 `x-amz-meta-*`), among them `ferry-job-id`.
+    pub metadata: HashMap<String, String>,
+}
+
+/// The outcome of one entry of a batch call, in the order of the request.
+pub type EntryResult<T = ()> = Result<T, BackendError>;
+
+/// A queue: SQS or the embedded one.
+#[async_trait]
+pub trait Queue: Send + Sync + fmt::Debug + 'static {
+    /// A name for logs and errors (the queue name or URL).
+    fn name(&self) -> &str;
+
+    /// Whether this is a FIFO queue.
+    fn is_fifo(&self) -> bool;
+
+    /// Receives up to `max` (≤ [`MAX_BATCH`]) messages, waiting up to `wait`
+    /// for the first, and hides them for `visibility`.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, BackendError>;
+
+    /// Deletes up to [`MAX_BATCH`] messages by receipt handle.
+    async fn delete_batch(&self, handles: &[String]) -> Result<Vec<EntryResult>, BackendError>;
+
+    /// Sets the visibility of up to [`MAX_BATCH`] messages from now.
+    async fn change_visibility_batch(
+        &self,
+        entries: &[(String, Duration)],
+    ) -> Result<Vec<EntryResult>, BackendError>;
+
+    /// Sends up to [`MAX_BATCH`] messages; each entry gives the message id.
+    async fn send_batch(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<EntryResult<String>>, BackendError>;
+
+    /// Approximate visible and in-flight counts.
+    async fn depth(&self) -> Result<QueueDepth, BackendError>;
+
+    /// Whether dropping a receive before it returns loses no message (true
+    /// when messages are taken in one step as the call completes). Shutdown
+    /// cancels such receives instead of waiting out their long poll.
+    fn receive_is_cancel_safe(&self) -> bool {
+        false
+    }
+}
+
+/// A topic: SNS or the embedded one.
+#[async_trait]
+pub trait Topic: Send + Sync + fmt::Debug + 'static {
+    /// A name for logs and errors (the topic name or ARN).
+    fn name(&self) -> &str;
+
+    /// Whether this is a FIFO topic.
+    fn is_fifo(&self) -> bool;
+
+    /// Publishes up to [`MAX_PUBLISH_BATCH`] notifications.
+    async fn publish_batch(
+        &self,
+        notifications: Vec<Notification>,
+    ) -> Result<Vec<EntryResult<String>>, BackendError>;
+}
+
+/// A blob store: S3 or the embedded one. Buckets are named per call.
+#[async_trait]
+pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
+    /// Writes an object, replacing any object at the key.
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: ObjectMeta,
+    ) -> Result<(), BackendError>;
+
+    /// Reads an object; [`BackendError::NotFound`] when there is none.
+    async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BackendError>;
+
+    /// Reads an object's metadata; `None` when there is no object.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError>;
+
+    /// Lists the keys under a prefix (used by reports and tests).
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, BackendError>;
+}

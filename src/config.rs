@@ -1,0 +1,117 @@
+//! Pipeline settings: a plain struct with defaults fit for SQS.
+
+use std::time::Duration;
+
+/// How a pipeline's processors are supervised (Erlang's vocabulary: a
+/// permanent child, restarted one-for-one, with a restart intensity).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window` before the pipeline escalates: it
+    /// stops polling and releases its leases.
+    pub max_restarts: u32,
+    /// The window restarts are counted in.
+    pub window: Duration,
+    /// First restart delay; doubles with each consecutive panic.
+    pub backoff_base: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 50,
+            window: Duration::from_secs(60),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the n-th consecutive restart (n ≥ 1).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(16);
+        (self.backoff_base * factor).min(self.backoff_max)
+    }
+}
+
+/// Settings of one pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Processor threads.
+    pub workers: usize,
+    /// Leases held at once; the poller receives only below this.
+    pub max_in_flight: usize,
+    /// Receives kept in flight at once.
+    pub receive_concurrency: usize,
+    /// Long-polling wait of one receive (SQS allows up to 20 s).
+    pub receive_wait: Duration,
+    /// Visibility set on receive and by each extension.
+    pub visibility_timeout: Duration,
+    /// A lease is not extended past this age (SQS caps it at 12 h); the job
+    /// is then cancelled and its message released.
+    pub max_lease_age: Duration,
+    /// After this many receives a failing job goes to the dead-letter queue.
+    pub max_receives: u32,
+    /// Visibility after the first failed attempt; doubles per receive.
+    pub retry_backoff_base: Duration,
+    /// Longest retry backoff.
+    pub retry_backoff_max: Duration,
+    /// Pending deletes and visibility changes are sent at least this often
+    /// (and at once when ten are waiting).
+    pub flush_interval: Duration,
+    /// How long a completed job id is remembered.
+    pub seen_ttl: Duration,
+    /// How many job ids are remembered at most.
+    pub seen_capacity: usize,
+    /// Attempts of an upload or publish before the job is retried later.
+    pub effect_attempts: u32,
+    /// Largest object [`crate::Context::fetch`] accepts; a larger one is bad input.
+    pub max_fetch_bytes: usize,
+    /// Processor supervision.
+    pub restart: RestartPolicy,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_in_flight: 64,
+            receive_concurrency: 2,
+            receive_wait: Duration::from_secs(20),
+            visibility_timeout: Duration::from_secs(30),
+            max_lease_age: Duration::from_secs(11 * 3600 + 50 * 60),
+            max_receives: 5,
+            retry_backoff_base: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(15 * 60),
+            flush_interval: Duration::from_millis(5),
+            seen_ttl: Duration::from_secs(15 * 60),
+            seen_capacity: 100_000,
+            effect_attempts: 4,
+            max_fetch_bytes: 64 * 1024 * 1024,
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The visibility to set after the `receive_count`-th attempt failed.
+    pub fn retry_backoff(&self, receive_count: u32) -> Duration {
+        let factor = 1u32 << receive_count.saturating_sub(1).min(16);
+        (self.retry_backoff_base * factor).min(self.retry_backoff_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_grows_and_caps() {
+        let c = PipelineConfig::default();
+        assert_eq!(c.retry_backoff(1), Duration::from_secs(1));
+        assert_eq!(c.retry_backoff(3), Duration::from_secs(4));
+        assert_eq!(c.retry_backoff(40), c.retry_backoff_max);
+    }
+}

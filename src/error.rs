@@ -1,0 +1,149 @@
+//! Errors: what a backend call, a processor and the runtime can report.
+//!
+//! The retry decision lives in the error type: [`BackendError::is_retryable`]
+//! tells the actors whether to try a call again, and a processor's
+//! [`ProcessError`] says whether its job should come back later or go to the
+//! dead-letter queue.
+
+use std::time::Duration;
+
+/// A failed backend call, classified once so every actor decides alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The service asked us to slow down.
+    #[error("throttled: {message}")]
+    Throttled {
+        /// What the service said.
+        message: String,
+    },
+    /// A timeout, a connection failure, a 5xx: worth trying again.
+    #[error("transient failure: {message}")]
+    Transient {
+        /// What failed.
+        message: String,
+    },
+    /// The receipt handle is stale or the message is no longer in flight:
+    /// the lease is lost.
+    #[error("receipt handle is no longer valid")]
+    ReceiptInvalid,
+    /// The queue, topic, bucket or object does not exist.
+    #[error("{resource} not found")]
+    NotFound {
+        /// Which resource.
+        resource: String,
+    },
+    /// The credentials may not touch the resource.
+    #[error("access denied to {resource}")]
+    AccessDenied {
+        /// Which resource.
+        resource: String,
+    },
+    /// A body over the service's limit.
+    #[error("payload too large: {actual} bytes, limit {limit}")]
+    PayloadTooLarge {
+        /// The body's size.
+        actual: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A request the service refused as malformed.
+    #[error("invalid request: {message}")]
+    Invalid {
+        /// What the service said.
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// A transient failure with this message.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+        }
+    }
+
+    /// A missing resource.
+    pub fn not_found(resource: impl Into<String>) -> Self {
+        Self::NotFound {
+            resource: resource.into(),
+        }
+    }
+
+    /// Whether the same call may succeed if tried again after a pause.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Transient { .. })
+    }
+}
+
+/// What a processor returns when it cannot produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    /// Try the job again later: its visibility is set to a backoff that grows
+    /// with the receive count, and after the pipeline's maximum receive count
+    /// it goes to the dead-letter queue.
+    #[error("retry later: {reason}")]
+    Retry {
+        /// Why.
+        reason: String,
+        /// A delay to use instead of the pipeline's backoff.
+        after: Option<Duration>,
+    },
+    /// The input can never succeed: the message goes to the dead-letter queue
+    /// with this reason, then is deleted.
+    #[error("bad input: {reason}")]
+    BadInput {
+        /// Why, as the dead-letter entry will say.
+        reason: String,
+    },
+}
+
+impl ProcessError {
+    /// Retry later with the pipeline's backoff.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
+    /// Retry after this delay.
+    pub fn retry_after(reason: impl Into<String>, after: Duration) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            after: Some(after),
+        }
+    }
+
+    /// Bad input: dead-letter with this reason.
+    pub fn bad_input(reason: impl Into<String>) -> Self {
+        Self::BadInput {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason text.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Retry { reason, .. } | Self::BadInput { reason } => reason,
+        }
+    }
+}
+
+/// Starting or running the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FerryError {
+    /// A pipeline's configuration is incomplete or contradictory.
+    #[error("pipeline `{pipeline}`: {message}")]
+    Config {
+        /// The pipeline's name.
+        pipeline: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A backend call at start-up failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The runtime thread could not start or died.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}

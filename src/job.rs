@@ -1,0 +1,235 @@
+//! A job: one received message as a processor sees it, and the pure
+//! functions that derive a job's effects from its id (DESIGN rule 2).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ReceivedMessage;
+use crate::error::ProcessError;
+
+/// The attribute that carries a job's id from producer to every stage.
+pub const JOB_ID_ATTRIBUTE: &str = "ferry-job-id";
+/// The attribute of a dead-letter entry that says why it is there.
+pub const DLQ_REASON_ATTRIBUTE: &str = "ferry-dlq-reason";
+/// The attribute of a dead-letter entry that names the queue it came from.
+pub const DLQ_SOURCE_ATTRIBUTE: &str = "ferry-source-queue";
+/// The attribute of a dead-letter entry that gives the receive count.
+pub const DLQ_RECEIVES_ATTRIBUTE: &str = "ferry-receive-count";
+/// The metadata key of a result object that names the job that wrote it.
+pub const RESULT_JOB_TAG: &str = "ferry-job-id";
+
+/// A job's identity: the producer's `ferry-job-id` attribute when present,
+/// else the FIFO deduplication id, else the message id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(Arc<str>);
+
+impl JobId {
+    /// A job id from a string.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        Self(Arc::from(id.as_ref()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id made safe for an object key: ASCII letters, digits, `.`, `_`
+    /// and `-` stay, every other byte becomes `%XX`. Injective, so two jobs
+    /// never share a key.
+    pub fn key_safe(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        for b in self.0.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    /// The deduplication id of the notification one pipeline publishes for
+    /// this job: a pure function of the two, at most 128 characters.
+    pub fn dedup_id(&self, pipeline: &str) -> String {
+        let id = format!("{pipeline}:{}", self.key_safe());
+        if id.len() <= 128 {
+            return id;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut h);
+        let short: String = pipeline.chars().take(100).collect();
+        format!("{short}:{:016x}", h.finish())
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({})", self.0)
+    }
+}
+
+/// One job as a processor sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The queue's message id.
+    pub message_id: String,
+    /// The body; an SNS envelope is unwrapped to the notification's message.
+    pub body: String,
+    /// Message attributes (an SNS envelope's attributes included).
+    pub attributes: HashMap<String, String>,
+    /// How many times the message has been received.
+    pub receive_count: u32,
+    /// FIFO message group, if any.
+    pub group_id: Option<String>,
+    /// The body as received, when it was an SNS envelope.
+    pub(crate) raw_body: Option<String>,
+}
+
+impl Job {
+    /// Reads a received message: unwraps an SNS envelope and finds the job id.
+    pub fn from_message(m: ReceivedMessage) -> Self {
+        let mut attributes = m.attributes;
+        let (body, raw_body) = match unwrap_sns(&m.body) {
+            Some((message, attrs)) => {
+                for (k, v) in attrs {
+                    attributes.entry(k).or_insert(v);
+                }
+                (message, Some(m.body))
+            }
+            None => (m.body, None),
+        };
+        let id = attributes
+            .get(JOB_ID_ATTRIBUTE)
+            .cloned()
+            .or(m.dedup_id)
+            .unwrap_or_else(|| m.message_id.clone());
+        Self {
+            id: JobId::new(id),
+            message_id: m.message_id,
+            body,
+            attributes,
+            receive_count: m.receive_count,
+            group_id: m.group_id,
+            raw_body,
+        }
+    }
+
+    /// The body as the queue delivered it (what a dead-letter entry keeps).
+    pub fn original_body(&self) -> &str {
+        self.raw_body.as_deref().unwrap_or(&self.body)
+    }
+
+    /// Parses the body as a [`ResultNotice`] (what an upstream ferry stage
+    /// published); a body that is not one is bad input.
+    pub fn notice(&self) -> Result<ResultNotice, ProcessError> {
+        serde_json::from_str(&self.body)
+            .map_err(|e| ProcessError::bad_input(format!("not a ferry result notice: {e}")))
+    }
+}
+
+/// If `body` is an SNS notification envelope, its message and attributes.
+fn unwrap_sns(body: &str) -> Option<(String, Vec<(String, String)>)> {
+    if !body.trim_start().starts_with('{') || !body.contains("\"Notification\"") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    if v.get("Type")?.as_str()? != "Notification" {
+        return None;
+    }
+    let message = v.get("Message")?.as_str()?.to_owned();
+    let attrs = v
+        .get("MessageAttributes")
+        .and_then(|a| a.as_object())
+        .map(|a| {
+            a.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.get("Value")?.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((message, attrs))
+}
+
+/// What a stage publishes when it has stored a result: where the result is
+/// and which job it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultNotice {
+    /// The job's id.
+    pub job_id: JobId,
+    /// The pipeline that wrote the result.
+    pub pipeline: String,
+    /// The result's bucket.
+    pub bucket: String,
+    /// The result's key.
+    pub key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(body: &str, attrs: &[(&str, &str)]) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: "m-1".into(),
+            receipt_handle: "h".into(),
+            body: body.into(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            receive_count: 1,
+            group_id: None,
+            dedup_id: None,
+        }
+    }
+
+    #[test]
+    fn job_id_prefers_attribute_then_dedup_then_message_id() {
+        assert_eq!(Job::from_message(msg("x", &[(JOB_ID_ATTRIBUTE, "j7")])).id.as_str(), "j7");
+        let mut m = msg("x", &[]);
+        m.dedup_id = Some("d1".into());
+        assert_eq!(Job::from_message(m).id.as_str(), "d1");
+        assert_eq!(Job::from_message(msg("x", &[])).id.as_str(), "m-1");
+    }
+
+    #[test]
+    fn sns_envelope_is_unwrapped_with_its_attributes() {
+        let n = crate::backend::OutgoingMessage::new("{\"a\":1}").attribute(JOB_ID_ATTRIBUTE, "j9");
+        let body = crate::backend::local::sns_envelope("t", "n-1", &n);
+        let job = Job::from_message(msg(&body, &[]));
+        assert_eq!(job.body, "{\"a\":1}");
+        assert_eq!(job.id.as_str(), "j9");
+        assert_eq!(job.original_body(), body);
+    }
+
+    #[test]
+    fn key_safe_is_injective_on_tricky_ids() {
+        let a = JobId::new("a/b").key_safe();
+        let b = JobId::new("a_b").key_safe();
+        let c = JobId::new("a%2Fb").key_safe();
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(JobId::new("job-001.x").key_safe(), "job-001.x");
+    }
+
+    #[test]
+    fn dedup_id_is_bounded_and_pure() {
+        let long = JobId::new("x".repeat(500));
+        assert!(long.dedup_id("stage1").len() <= 128);
+        assert_eq!(long.dedup_id("stage1"), long.dedup_id("stage1"));
+        assert_ne!(JobId::new("a").dedup_id("s1"), JobId::new("a").dedup_id("s2"));
+    }
+}

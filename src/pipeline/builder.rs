@@ -1,0 +1,198 @@
+//! [`Pipeline`]: one source queue, one processor, and the sinks it feeds.
+
+use std::sync::Arc;
+
+use crate::backend::{BlobStore, Queue, Topic};
+use crate::config::PipelineConfig;
+use crate::error::FerryError;
+use crate::processor::{Processor, ProcessorFactory};
+
+/// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
+/// `Arc<dyn …>` into the shared trait object a pipeline holds.
+pub trait IntoShared<T: ?Sized> {
+    /// The trait object.
+    fn into_shared(self) -> Arc<T>;
+}
+
+macro_rules! into_shared {
+    ($tr:ident) => {
+        impl<Q: $tr> IntoShared<dyn $tr> for Arc<Q> {
+            fn into_shared(self) -> Arc<dyn $tr> {
+                self
+            }
+        }
+        impl IntoShared<dyn $tr> for Arc<dyn $tr> {
+            fn into_shared(self) -> Arc<dyn $tr> {
+                self
+            }
+        }
+    };
+}
+into_shared!(Queue);
+into_shared!(Topic);
+into_shared!(BlobStore);
+
+/// Where a pipeline stores its results: `s3://{bucket}/{prefix}{job-id}.{extension}`.
+#[derive(Debug, Clone)]
+pub struct ResultStore {
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) extension: String,
+}
+
+impl ResultStore {
+    /// The key of a job's result: a pure function of the job id.
+    pub fn key(&self, job: &crate::job::JobId) -> String {
+        format!("{}{}.{}", self.prefix, job.key_safe(), self.extension)
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+/// One stage: a source queue, a processor, and optionally a result store, a
+/// topic to announce results on, and a dead-letter queue (required).
+///
+/// A stage whose sink is absent skips that step: no result store, no upload;
+/// no topic, no publish.
+pub struct Pipeline {
+    pub(crate) name: String,
+    pub(crate) source: Option<Arc<dyn Queue>>,
+    pub(crate) dead_letter: Option<Arc<dyn Queue>>,
+    pub(crate) topic: Option<Arc<dyn Topic>>,
+    pub(crate) results: Option<ResultStore>,
+    pub(crate) blobs: Option<Arc<dyn BlobStore>>,
+    pub(crate) factory: Option<ProcessorFactory>,
+    pub(crate) config: PipelineConfig,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("source", &self.source.as_ref().map(|q| q.name().to_owned()))
+            .field("topic", &self.topic.as_ref().map(|t| t.name().to_owned()))
+            .field("results", &self.results)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// A pipeline with this name (used in logs, keys' dedup ids and stats).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            source: None,
+            dead_letter: None,
+            topic: None,
+            results: None,
+            blobs: None,
+            factory: None,
+            config: PipelineConfig::default(),
+        }
+    }
+
+    /// The queue to consume.
+    pub fn source(mut self, queue: impl IntoShared<dyn Queue>) -> Self {
+        self.source = Some(queue.into_shared());
+        self
+    }
+
+    /// The dead-letter queue for bad input and exhausted retries.
+    pub fn dead_letter(mut self, queue: impl IntoShared<dyn Queue>) -> Self {
+        self.dead_letter = Some(queue.into_shared());
+        self
+    }
+
+    /// The topic to announce each result on.
+    pub fn topic(mut self, topic: impl IntoShared<dyn Topic>) -> Self {
+        self.topic = Some(topic.into_shared());
+        self
+    }
+
+    /// Stores each result at `s3://{bucket}/{prefix}{job-id}.{extension}`;
+    /// the same store serves [`crate::Context::fetch`] unless
+    /// [`Pipeline::blobs`] names another.
+    pub fn results(
+        mut self,
+        blobs: impl IntoShared<dyn BlobStore>,
+        bucket: impl Into<String>,
+        prefix: impl Into<String>,
+        extension: impl Into<String>,
+    ) -> Self {
+        let blobs = blobs.into_shared();
+        self.blobs.get_or_insert_with(|| blobs.clone());
+        self.results = Some(ResultStore {
+            blobs,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            extension: extension.into(),
+        });
+        self
+    }
+
+    /// The blob store processors read inputs from.
+    pub fn blobs(mut self, blobs: impl IntoShared<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs.into_shared());
+        self
+    }
+
+    /// The processor: `factory` builds one per worker thread, and a fresh one
+    /// after a panic.
+    pub fn processor<P, F>(mut self, factory: F) -> Self
+    where
+        P: Processor,
+        F: Fn() -> P + Send + Sync + 'static,
+    {
+        self.factory = Some(Arc::new(move || Box::new(factory()) as Box<dyn Processor>));
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut PipelineConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), FerryError> {
+        let fail = |message: &str| {
+            Err(FerryError::Config {
+                pipeline: self.name.clone(),
+                message: message.to_owned(),
+            })
+        };
+        if self.source.is_none() {
+            return fail("no source queue");
+        }
+        if self.factory.is_none() {
+            return fail("no processor");
+        }
+        let Some(dlq) = &self.dead_letter else {
+            return fail("no dead-letter queue: bad input would have nowhere to go");
+        };
+        if self.source.as_ref().is_some_and(|q| q.is_fifo()) && !dlq.is_fifo() {
+            return fail("a FIFO source needs a FIFO dead-letter queue");
+        }
+        let c = &self.config;
+        if c.workers == 0 || c.max_in_flight == 0 || c.receive_concurrency == 0 {
+            return fail("workers, max_in_flight and receive_concurrency must be at least 1");
+        }
+        if c.visibility_timeout < std::time::Duration::from_millis(10) {
+            return fail("visibility_timeout must be at least 10 ms");
+        }
+        if c.max_receives == 0 {
+            return fail("max_receives must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! One pipeline's actors and the state they share.
+//!
+//! ```text
+//! Poller ──Leased──▶ ProcessorPool ──Processed──▶ Uploader ──Uploaded──▶ Publisher ──Settle──▶ Acker
+//!   │  └──Probe (redeliveries)──▶ Uploader ──(result exists)──▶ Publisher                        │
+//!   └────────── leases ──────────▶ LeaseTable ◀── LeaseKeeper (extends)    settles, releases ◀───┘
+//! ```
+//!
+//! All actors of a pipeline run on the runtime's I/O thread; processors run
+//! on worker threads of their own. Leases and the seen-ID cache live in
+//! [`Shared`], outside every actor, so no restart loses them.
+
+mod acker;
+mod builder;
+mod lease_keeper;
+mod messages;
+mod poller;
+mod pool;
+mod publisher;
+mod supervisor;
+mod uploader;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext};
+use tokio::sync::Notify;
+
+pub use builder::{IntoShared, Pipeline, ResultStore};
+
+use crate::backend::{BlobStore, Queue, Topic};
+use crate::config::PipelineConfig;
+use crate::error::BackendError;
+use crate::lease::{Lease, LeaseTable};
+use crate::processor::ProcessorFactory;
+use crate::seen::SeenCache;
+use crate::stats::Stats;
+
+pub(crate) use messages::{Flush, Settle, Settlement, StopPolling};
+
+/// What every actor of one pipeline shares.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) source: Arc<dyn Queue>,
+    pub(crate) dead_letter: Arc<dyn Queue>,
+    pub(crate) topic: Option<Arc<dyn Topic>>,
+    pub(crate) results: Option<ResultStore>,
+    pub(crate) blobs: Option<Arc<dyn BlobStore>>,
+    pub(crate) factory: ProcessorFactory,
+    pub(crate) config: PipelineConfig,
+    pub(crate) leases: LeaseTable,
+    pub(crate) seen: SeenCache,
+    pub(crate) stats: Stats,
+    /// Signalled whenever leases are removed, so a full poller resumes.
+    pub(crate) capacity: Notify,
+    pub(crate) receives_in_flight: AtomicUsize,
+    pub(crate) escalated: AtomicBool,
+    restarts: Mutex<VecDeque<std::time::Instant>>,
+}
+
+impl Shared {
+    pub(crate) fn new(p: Pipeline) -> Arc<Self> {
+        let config = p.config;
+        Arc::new(Self {
+            name: Arc::from(p.name.as_str()),
+            source: p.source.expect("checked"),
+            dead_letter: p.dead_letter.expect("checked"),
+            topic: p.topic,
+            results: p.results,
+            blobs: p.blobs,
+            factory: p.factory.expect("checked"),
+            leases: LeaseTable::default(),
+            seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
+            stats: Stats::default(),
+            capacity: Notify::new(),
+            receives_in_flight: AtomicUsize::new(0),
+            escalated: AtomicBool::new(false),
+            restarts: Mutex::new(VecDeque::new()),
+            config,
+        })
+    }
+
+    /// The lease is gone (lost, or given back): forget it here so the next
+    /// delivery is processed afresh.
+    pub(crate) fn drop_lease(&self, lease: &Lease) {
+        lease.mark_released();
+        self.seen.forget(&lease.job.id, lease);
+        if self.leases.remove(lease) {
+            self.capacity.notify_one();
+        }
+    }
+
+    /// The job is finished (deleted or dead-lettered).
+    pub(crate) fn finish_lease(&self, lease: &Lease) {
+        lease.mark_released();
+        self.seen.complete(&lease.job.id);
+        if self.leases.remove(lease) {
+            self.capacity.notify_one();
+        }
+    }
+
+    /// Records a restart; true when the restart limit is passed.
+    pub(crate) fn record_restart(&self) -> bool {
+        let policy = &self.config.restart;
+        let now = std::time::Instant::now();
+        let mut r = self.restarts.lock().expect("restarts lock");
+        r.push_back(now);
+        while r.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            r.pop_front();
+        }
+        r.len() > policy.max_restarts as usize
+    }
+
+    pub(crate) fn is_escalated(&self) -> bool {
+        self.escalated.load(Ordering::Acquire)
+    }
+}
+
+/// A started pipeline's addresses.
+pub(crate) struct Running {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) poller: Addr<poller::Poller>,
+    pub(crate) acker: Addr<acker::Acker>,
+    /// Held so these actors live exactly as long as the runtime.
+    _keeper: Addr<lease_keeper::LeaseKeeper>,
+    _supervisor: Addr<supervisor::PipelineSupervisor>,
+}
+
+/// Starts one pipeline's actors; must run inside the actix system.
+pub(crate) fn start(shared: Arc<Shared>) -> Running {
+    let io = tokio::runtime::Handle::current();
+    let acker = acker::Acker::new(shared.clone()).start();
+    let publisher = publisher::Publisher::new(shared.clone(), acker.clone()).start();
+    // The uploader and the pool send to each other: make the pool's address
+    // first, start it after the uploader.
+    let pool_ctx = actix::Context::<pool::ProcessorPool>::new();
+    let pool_addr = pool_ctx.address();
+    let uploader = uploader::Uploader::new(
+        shared.clone(),
+        pool_addr.clone(),
+        publisher.clone(),
+        acker.clone(),
+    )
+    .start();
+    let sup_ctx = actix::Context::<supervisor::PipelineSupervisor>::new();
+    let supervisor = sup_ctx.address();
+    pool_ctx.run(pool::ProcessorPool::new(
+        shared.clone(),
+        uploader.clone(),
+        acker.clone(),
+        supervisor.clone(),
+        io,
+    ));
+    let poller = poller::Poller::new(
+        shared.clone(),
+        pool_addr.clone(),
+        uploader.clone(),
+        acker.clone(),
+    )
+    .start();
+    let keeper = lease_keeper::LeaseKeeper::new(shared.clone(), acker.clone()).start();
+    sup_ctx.run(supervisor::PipelineSupervisor::new(
+        shared.clone(),
+        poller.clone(),
+        acker.clone(),
+    ));
+    Running {
+        shared,
+        poller,
+        acker,
+        _keeper: keeper,
+        _supervisor: supervisor,
+    }
+}
+
+/// Runs `call` up to `attempts` times while it fails with a retryable error,
+/// waiting a doubling backoff from 20 ms between tries.
+pub(crate) async fn with_retries<T, F, Fut>(attempts: u32, mut call: F) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let mut delay = Duration::from_millis(20);
+    let mut n = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && n < attempts => {
+                tracing::debug!(error = %e, attempt = n, "retrying backend call");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Releases every lease of a pipeline: pending ones only, or all (cancelling
+/// started jobs). Returns how many were released.
+pub(crate) fn release_leases(run: &Running, started_too: bool) -> usize {
+    release_leases_of(&run.shared, &run.acker, started_too)
+}
+
+pub(crate) fn release_leases_of(
+    shared: &Shared,
+    acker: &Addr<acker::Acker>,
+    started_too: bool,
+) -> usize {
+    let mut out = Vec::new();
+    for lease in shared.leases.all() {
+        if lease.try_release_pending() {
+            out.push(Settlement::Release(lease));
+        } else if started_too && !lease.is_cancelled() {
+            lease.cancel();
+            out.push(Settlement::Release(lease));
+        }
+    }
+    let n = out.len();
+    if n > 0 {
+        acker.do_send(Settle(out));
+    }
+    n
+}

@@ -1,0 +1,252 @@
+//! The runtime: the root of the supervision tree. It runs every pipeline's
+//! actors on an I/O thread of its own (an actix system), so a service's own
+//! `#[tokio::main]` never touches actix, and hands back a [`RuntimeHandle`]
+//! with stats and a graceful [`RuntimeHandle::shutdown`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::FerryError;
+use crate::pipeline::{self, Flush, Pipeline, Running, Shared, StopPolling};
+use crate::stats::StatsSnapshot;
+
+/// Entry point: `Runtime::builder().pipeline(…).start().await`.
+#[derive(Debug)]
+pub struct Runtime;
+
+impl Runtime {
+    /// A builder with no pipelines and a 30 s shutdown grace period.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            pipelines: Vec::new(),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Collects pipelines, then starts them.
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    pipelines: Vec<Pipeline>,
+    grace: Duration,
+}
+
+impl RuntimeBuilder {
+    /// Adds a pipeline.
+    pub fn pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipelines.push(pipeline);
+        self
+    }
+
+    /// How long [`RuntimeHandle::shutdown`] lets started jobs finish.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Checks the pipelines and starts them on the runtime's I/O thread.
+    pub async fn start(self) -> Result<RuntimeHandle, FerryError> {
+        let mut names = std::collections::HashSet::new();
+        for p in &self.pipelines {
+            p.check()?;
+            if !names.insert(p.name.clone()) {
+                return Err(FerryError::Config {
+                    pipeline: p.name.clone(),
+                    message: "two pipelines have this name".into(),
+                });
+            }
+        }
+        let shared: Vec<Arc<Shared>> = self.pipelines.into_iter().map(Shared::new).collect();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (cmd_tx, cmd_rx) = oneshot::channel::<Duration>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-io".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
+                    let running: Vec<Running> =
+                        for_thread.into_iter().map(pipeline::start).collect();
+                    let _ = ready_tx.send(());
+                    // A dropped handle (abort) ends the system without a drain.
+                    if let Ok(grace) = cmd_rx.await {
+                        let report = drain(&running, grace).await;
+                        let _ = done_tx.send(report);
+                    }
+                });
+            })
+            .map_err(|e| FerryError::Runtime(format!("could not start the I/O thread: {e}")))?;
+        ready_rx
+            .await
+            .map_err(|_| FerryError::Runtime("the I/O thread died while starting".into()))?;
+        Ok(RuntimeHandle {
+            shared,
+            grace: self.grace,
+            cmd: Some(cmd_tx),
+            done: Some(done_rx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// One pipeline's counters and its leases held now.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStats {
+    /// The pipeline's name.
+    pub name: String,
+    /// Its counters.
+    pub stats: StatsSnapshot,
+    /// Leases held now.
+    pub in_flight: usize,
+    /// Whether it passed its restart limit and stopped polling.
+    pub escalated: bool,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShutdownReport {
+    /// Leases of jobs not yet started, released at once.
+    pub released_unstarted: usize,
+    /// Leases of started jobs that outlived the grace period, released.
+    pub released_after_grace: usize,
+    /// Leases still held when the runtime stopped (0 unless the queue
+    /// refused every release).
+    pub held_at_exit: usize,
+    /// How long the shutdown took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// A running runtime. Dropping it without [`RuntimeHandle::shutdown`] stops
+/// everything at once, as a crash would.
+#[derive(Debug)]
+pub struct RuntimeHandle {
+    shared: Vec<Arc<Shared>>,
+    grace: Duration,
+    cmd: Option<oneshot::Sender<Duration>>,
+    done: Option<oneshot::Receiver<ShutdownReport>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("name", &self.name).finish()
+    }
+}
+
+impl RuntimeHandle {
+    /// Every pipeline's counters.
+    pub fn stats(&self) -> Vec<PipelineStats> {
+        self.shared
+            .iter()
+            .map(|s| PipelineStats {
+                name: s.name.to_string(),
+                stats: s.stats.snapshot(),
+                in_flight: s.leases.len(),
+                escalated: s.is_escalated(),
+            })
+            .collect()
+    }
+
+    /// One pipeline's counters.
+    pub fn stats_of(&self, pipeline: &str) -> Option<StatsSnapshot> {
+        self.shared
+            .iter()
+            .find(|s| &*s.name == pipeline)
+            .map(|s| s.stats.snapshot())
+    }
+
+    /// All pipelines' counters added up.
+    pub fn total(&self) -> StatsSnapshot {
+        self.shared
+            .iter()
+            .map(|s| s.stats.snapshot())
+            .fold(StatsSnapshot::default(), |a, b| a + b)
+    }
+
+    /// Leases held now, over all pipelines.
+    pub fn in_flight(&self) -> usize {
+        self.shared.iter().map(|s| s.leases.len()).sum()
+    }
+
+    /// Stops polling, releases the leases of jobs not yet started, lets
+    /// started jobs finish within the grace period, flushes pending deletes,
+    /// then releases whatever remains.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let report = match (self.cmd.take(), self.done.take()) {
+            (Some(cmd), Some(done)) => {
+                let _ = cmd.send(self.grace);
+                done.await.unwrap_or_default()
+            }
+            _ => ShutdownReport::default(),
+        };
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        report
+    }
+
+    /// Stops at once without releasing or flushing anything, as SIGKILL
+    /// would: held messages come back when their visibility lapses.
+    pub fn abort(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.cmd.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RuntimeHandle {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+async fn wait_until(deadline: tokio::time::Instant, mut done: impl FnMut() -> bool) {
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
+    let started = tokio::time::Instant::now();
+    let mut report = ShutdownReport::default();
+    for r in running {
+        let _ = r.poller.send(StopPolling).await;
+    }
+    for r in running {
+        report.released_unstarted += pipeline::release_leases(r, false);
+    }
+    let busy = || {
+        running.iter().any(|r| {
+            r.shared.leases.len() > 0 || r.shared.receives_in_flight.load(Ordering::Acquire) > 0
+        })
+    };
+    wait_until(started + grace, || !busy()).await;
+    for r in running {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
+    }
+    for r in running {
+        report.released_after_grace += pipeline::release_leases(r, true);
+    }
+    for r in running {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
+    }
+    wait_until(tokio::time::Instant::now() + Duration::from_secs(5), || {
+        running.iter().all(|r| r.shared.leases.len() == 0)
+    })
+    .await;
+    report.held_at_exit = running.iter().map(|r| r.shared.leases.len()).sum();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(?report, "ferry stopped");
+    report
+}

@@ -1,0 +1,163 @@
+//! The per-process seen-ID cache (DESIGN rule 4): a job runs at most once at a
+//! time in this process, a copy that arrives mid-flight joins the first's
+//! lease, and a copy that arrives after completion is dropped unprocessed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use crate::job::JobId;
+use crate::lease::Lease;
+
+#[derive(Debug, Clone)]
+enum Seen {
+    InFlight(Arc<Lease>),
+    Done(Instant),
+}
+
+/// What a delivery is, as far as this process knows.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Not seen (or seen long ago): process it under this new lease.
+    New(Arc<Lease>),
+    /// The same job is in flight under this lease.
+    InFlight(Arc<Lease>),
+    /// The same job completed within the TTL.
+    Done,
+}
+
+/// Bounded by count and by age of completed entries.
+#[derive(Debug)]
+pub(crate) struct SeenCache {
+    map: DashMap<JobId, Seen>,
+    completed: Mutex<VecDeque<(Instant, JobId)>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+impl SeenCache {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            completed: Mutex::new(VecDeque::new()),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Classifies a delivery; `make` creates the lease of a new one.
+    pub(crate) fn claim(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Claim {
+        let now = Instant::now();
+        match self.map.entry(id.clone()) {
+            Entry::Occupied(mut e) => match e.get() {
+                Seen::InFlight(lease) => Claim::InFlight(lease.clone()),
+                Seen::Done(at) if now.duration_since(*at) < self.ttl => Claim::Done,
+                Seen::Done(_) => {
+                    let lease = make();
+                    e.insert(Seen::InFlight(lease.clone()));
+                    Claim::New(lease)
+                }
+            },
+            Entry::Vacant(v) => {
+                let lease = make();
+                v.insert(Seen::InFlight(lease.clone()));
+                Claim::New(lease)
+            }
+        }
+    }
+
+    /// The job finished (deleted or dead-lettered): later copies are dropped.
+    pub(crate) fn complete(&self, id: &JobId) {
+        let now = Instant::now();
+        self.map.insert(id.clone(), Seen::Done(now));
+        let mut done = self.completed.lock().expect("seen lock");
+        done.push_back((now, id.clone()));
+        while let Some((at, old)) = done.front() {
+            let expired = now.duration_since(*at) >= self.ttl;
+            if !expired && self.map.len() <= self.capacity {
+                break;
+            }
+            // Only drop the entry this record stands for, not a newer one.
+            self.map
+                .remove_if(old, |_, s| matches!(s, Seen::Done(t) if t == at));
+            done.pop_front();
+        }
+    }
+
+    /// The job will come back (retry, release, lost lease): forget it.
+    pub(crate) fn forget(&self, id: &JobId, lease: &Lease) {
+        self.map
+            .remove_if(id, |_, s| matches!(s, Seen::InFlight(l) if l.id == lease.id));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ReceivedMessage;
+    use crate::job::Job;
+    use crate::lease::LeaseTable;
+
+    fn lease(table: &LeaseTable, id: &str) -> Arc<Lease> {
+        let job = Job::from_message(ReceivedMessage {
+            message_id: id.into(),
+            receipt_handle: "h".into(),
+            body: String::new(),
+            attributes: Default::default(),
+            receive_count: 1,
+            group_id: None,
+            dedup_id: None,
+        });
+        table.insert(job, "h".into(), Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_then_done_then_expired() {
+        let table = LeaseTable::default();
+        let cache = SeenCache::new(Duration::from_secs(60), 100);
+        let id = JobId::new("a");
+        let first = match cache.claim(&id, || lease(&table, "a")) {
+            Claim::New(l) => l,
+            other => panic!("expected new, got {other:?}"),
+        };
+        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(l) if l.id == first.id));
+        cache.complete(&id);
+        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::Done));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::New(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_by_capacity() {
+        let table = LeaseTable::default();
+        let cache = SeenCache::new(Duration::from_secs(3600), 100);
+        for i in 0..1000 {
+            let id = JobId::new(format!("j{i}"));
+            let _ = cache.claim(&id, || lease(&table, "x"));
+            cache.complete(&id);
+        }
+        assert!(cache.len() <= 101, "cache holds {}", cache.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forget_only_drops_its_own_lease() {
+        let table = LeaseTable::default();
+        let cache = SeenCache::new(Duration::from_secs(60), 100);
+        let id = JobId::new("a");
+        let Claim::New(first) = cache.claim(&id, || lease(&table, "a")) else { panic!() };
+        let other = lease(&table, "a");
+        cache.forget(&id, &other);
+        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(_)));
+        cache.forget(&id, &first);
+        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::New(_)));
+    }
+}
