@@ -198,7 +198,12 @@ mod tests {
 
     #[test]
     fn job_id_prefers_attribute_then_dedup_then_message_id() {
-        assert_eq!(Job::from_message(msg("x", &[(JOB_ID_ATTRIBUTE, "j7")])).id.as_str(), "j7");
+        assert_eq!(
+            Job::from_message(msg("x", &[(JOB_ID_ATTRIBUTE, "j7")]))
+                .id
+                .as_str(),
+            "j7"
+        );
         let mut m = msg("x", &[]);
         m.dedup_id = Some("d1".into());
         assert_eq!(Job::from_message(m).id.as_str(), "d1");
@@ -230,6 +235,9 @@ mod tests {
         let long = JobId::new("x".repeat(500));
         assert!(long.dedup_id("stage1").len() <= 128);
         assert_eq!(long.dedup_id("stage1"), long.dedup_id("stage1"));
-        assert_ne!(JobId::new("a").dedup_id("s1"), JobId::new("a").dedup_id("s2"));
+        assert_ne!(
+            JobId::new("a").dedup_id("s1"),
+            JobId::new("a").dedup_id("s2")
+        );
     }
 }

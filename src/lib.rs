@@ -87,7 +87,7 @@ pub use stats::StatsSnapshot;
 /// The names a service needs to write and register a processor.
 pub mod prelude {
     pub use crate::{
-        Context, FerryError, Job, JobId, Output, Pipeline, PipelineConfig, ProcessError,
-        Processor, ResultNotice, Runtime, RuntimeHandle,
+        Context, FerryError, Job, JobId, Output, Pipeline, PipelineConfig, ProcessError, Processor,
+        ResultNotice, Runtime, RuntimeHandle,
     };
 }

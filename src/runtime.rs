@@ -135,7 +135,9 @@ pub struct RuntimeHandle {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("name", &self.name).finish()
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

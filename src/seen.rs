@@ -90,8 +90,10 @@ impl SeenCache {
 
     /// The job will come back (retry, release, lost lease): forget it.
     pub(crate) fn forget(&self, id: &JobId, lease: &Lease) {
-        self.map
-            .remove_if(id, |_, s| matches!(s, Seen::InFlight(l) if l.id == lease.id));
+        self.map.remove_if(
+            id,
+            |_, s| matches!(s, Seen::InFlight(l) if l.id == lease.id),
+        );
     }
 
     #[cfg(test)]
@@ -129,11 +131,19 @@ mod tests {
             Claim::New(l) => l,
             other => panic!("expected new, got {other:?}"),
         };
-        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(l) if l.id == first.id));
+        assert!(
+            matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(l) if l.id == first.id)
+        );
         cache.complete(&id);
-        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::Done));
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::Done
+        ));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::New(_)));
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::New(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -153,11 +163,19 @@ mod tests {
         let table = LeaseTable::default();
         let cache = SeenCache::new(Duration::from_secs(60), 100);
         let id = JobId::new("a");
-        let Claim::New(first) = cache.claim(&id, || lease(&table, "a")) else { panic!() };
+        let Claim::New(first) = cache.claim(&id, || lease(&table, "a")) else {
+            panic!()
+        };
         let other = lease(&table, "a");
         cache.forget(&id, &other);
-        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(_)));
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::InFlight(_)
+        ));
         cache.forget(&id, &first);
-        assert!(matches!(cache.claim(&id, || lease(&table, "a")), Claim::New(_)));
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::New(_)
+        ));
     }
 }

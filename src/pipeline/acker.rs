@@ -252,10 +252,8 @@ impl Acker {
     }
 
     fn send_visibility(&mut self, batch: Vec<VisChange>, ctx: &mut Context<Self>) {
-        let entries: Vec<(String, Duration)> = batch
-            .iter()
-            .map(|v| (v.lease.handle(), v.after))
-            .collect();
+        let entries: Vec<(String, Duration)> =
+            batch.iter().map(|v| (v.lease.handle(), v.after)).collect();
         let queue = self.shared.source.clone();
         self.outstanding += 1;
         ctx.spawn(

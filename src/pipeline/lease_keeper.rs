@@ -64,8 +64,7 @@ impl LeaseKeeper {
             self.acker.do_send(Settle(settle));
         }
         while !due.is_empty() {
-            let chunk: Vec<(Arc<Lease>, String)> =
-                due.drain(..due.len().min(MAX_BATCH)).collect();
+            let chunk: Vec<(Arc<Lease>, String)> = due.drain(..due.len().min(MAX_BATCH)).collect();
             let entries: Vec<(String, Duration)> =
                 chunk.iter().map(|(_, h)| (h.clone(), visibility)).collect();
             let queue = s.source.clone();

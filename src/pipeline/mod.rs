@@ -108,7 +108,10 @@ impl Shared {
         let now = std::time::Instant::now();
         let mut r = self.restarts.lock().expect("restarts lock");
         r.push_back(now);
-        while r.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+        while r
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
             r.pop_front();
         }
         r.len() > policy.max_restarts as usize

@@ -65,7 +65,9 @@ impl Poller {
             let max = room.min(MAX_BATCH);
             let queue = self.shared.source.clone();
             let (wait, visibility) = (cfg.receive_wait, cfg.visibility_timeout);
-            self.shared.receives_in_flight.fetch_add(1, Ordering::AcqRel);
+            self.shared
+                .receives_in_flight
+                .fetch_add(1, Ordering::AcqRel);
             let slot = self.next_slot;
             self.next_slot += 1;
             let handle = ctx.spawn(
@@ -101,7 +103,9 @@ impl Poller {
         ctx: &mut Context<Self>,
     ) {
         self.active.retain(|(s, _)| *s != slot);
-        self.shared.receives_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared
+            .receives_in_flight
+            .fetch_sub(1, Ordering::AcqRel);
         match res {
             Ok(messages) => {
                 self.error_streak = 0;
@@ -127,9 +131,9 @@ impl Poller {
             let handle = m.receipt_handle.clone();
             let job = Job::from_message(m);
             let id = job.id.clone();
-            let claim = s.seen.claim(&id, || {
-                s.leases.insert(job, handle.clone(), visible_until)
-            });
+            let claim = s
+                .seen
+                .claim(&id, || s.leases.insert(job, handle.clone(), visible_until));
             match claim {
                 Claim::InFlight(lease) => {
                     // The newest handle is the one SQS honours.
@@ -190,7 +194,9 @@ impl Handler<StopPolling> for Poller {
         if self.shared.source.receive_is_cancel_safe() {
             for (_, h) in self.active.drain(..) {
                 if ctx.cancel_future(h) {
-                    self.shared.receives_in_flight.fetch_sub(1, Ordering::AcqRel);
+                    self.shared
+                        .receives_in_flight
+                        .fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }

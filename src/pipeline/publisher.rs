@@ -79,7 +79,11 @@ impl Handler<Uploaded> for Publisher {
 
     fn handle(&mut self, msg: Uploaded, ctx: &mut Context<Self>) {
         let Some(topic) = self.shared.topic.clone() else {
-            let settle = msg.0.into_iter().map(|(l, _)| Settlement::Done(l)).collect();
+            let settle = msg
+                .0
+                .into_iter()
+                .map(|(l, _)| Settlement::Done(l))
+                .collect();
             self.acker.do_send(Settle(settle));
             return;
         };

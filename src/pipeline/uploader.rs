@@ -72,7 +72,9 @@ impl Uploader {
         ctx.spawn(
             async move {
                 with_retries(attempts, || {
-                    store.blobs.put(&store.bucket, &key, body.clone(), meta.clone())
+                    store
+                        .blobs
+                        .put(&store.bucket, &key, body.clone(), meta.clone())
                 })
                 .await
             }
@@ -94,7 +96,11 @@ impl Uploader {
 
     fn probe(&mut self, lease: Arc<Lease>, ctx: &mut Context<Self>) {
         let notice = self.notice(&lease).expect("probes only with a store");
-        let store = self.shared.results.clone().expect("probes only with a store");
+        let store = self
+            .shared
+            .results
+            .clone()
+            .expect("probes only with a store");
         let key = notice.key.clone();
         ctx.spawn(
             async move { store.blobs.head(&store.bucket, &key).await }

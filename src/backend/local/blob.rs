@@ -110,7 +110,9 @@ impl BlobStore for LocalBlobStore {
         body: Bytes,
         mut meta: ObjectMeta,
     ) -> Result<(), BackendError> {
-        self.faults.before(Op::Put, &object_name(bucket, key)).await?;
+        self.faults
+            .before(Op::Put, &object_name(bucket, key))
+            .await?;
         meta.size = body.len() as u64;
         match &self.storage {
             Storage::Memory(map) => {
@@ -161,7 +163,9 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
-        self.faults.before(Op::Head, &object_name(bucket, key)).await?;
+        self.faults
+            .before(Op::Head, &object_name(bucket, key))
+            .await?;
         match &self.storage {
             Storage::Memory(map) => Ok(map
                 .get(&(bucket.to_owned(), key.to_owned()))

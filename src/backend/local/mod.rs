@@ -130,7 +130,12 @@ impl LocalBackend {
 
     /// The queue of that name, if created.
     pub fn queue(&self, name: &str) -> Option<Arc<LocalQueue>> {
-        self.inner.queues.lock().expect("queues lock").get(name).cloned()
+        self.inner
+            .queues
+            .lock()
+            .expect("queues lock")
+            .get(name)
+            .cloned()
     }
 
     /// Creates a topic, or returns the existing one of that name.
@@ -141,7 +146,11 @@ impl LocalBackend {
             .expect("topics lock")
             .entry(name.to_owned())
             .or_insert_with(|| {
-                Arc::new(LocalTopic::new(name.to_owned(), fifo, self.inner.faults.clone()))
+                Arc::new(LocalTopic::new(
+                    name.to_owned(),
+                    fifo,
+                    self.inner.faults.clone(),
+                ))
             })
             .clone()
     }

@@ -266,7 +266,8 @@ impl LocalQueue {
                     })
                 }
             };
-            st.dedup.retain(|_, (at, _)| now.duration_since(*at) < DEDUP_WINDOW);
+            st.dedup
+                .retain(|_, (at, _)| now.duration_since(*at) < DEDUP_WINDOW);
             if let Some((_, message_id)) = st.dedup.get(&id) {
                 return Ok(message_id.clone());
             }
@@ -358,7 +359,11 @@ impl LocalQueue {
         taken
     }
 
-    fn receive_now(&self, max: usize, visibility: Duration) -> (Vec<ReceivedMessage>, Option<Instant>) {
+    fn receive_now(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> (Vec<ReceivedMessage>, Option<Instant>) {
         let now = Instant::now();
         let dup_rate = self.faults.duplicate_rate();
         let mut st = self.state.lock().expect("queue lock");
@@ -436,9 +441,8 @@ impl Queue for LocalQueue {
             .iter()
             .map(|h| {
                 let seq = st.current(h).ok_or(BackendError::ReceiptInvalid)?;
-                let resurrect = redeliver > 0.0
-                    && !st.msgs[&seq].resurrected
-                    && self.faults.roll(redeliver);
+                let resurrect =
+                    redeliver > 0.0 && !st.msgs[&seq].resurrected && self.faults.roll(redeliver);
                 if resurrect {
                     // A replica missed the delete: the message returns once.
                     let later = now + self.faults.jitter(Duration::from_millis(200));

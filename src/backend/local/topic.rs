@@ -86,7 +86,12 @@ impl LocalTopic {
             }
             seen.insert(dedup, now);
         }
-        for sub in self.subscriptions.read().expect("subscriptions lock").iter() {
+        for sub in self
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .iter()
+        {
             let msg = if sub.raw {
                 n.clone()
             } else {
