@@ -124,3 +124,114 @@ impl Actor for LeaseKeeper {
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use actix::Actor;
+
+    use super::*;
+    use crate::backend::local::{LocalBackend, Op, QueueOptions};
+    use crate::backend::{OutgoingMessage, Queue};
+    use crate::job::Job;
+    use crate::pipeline::acker::Acker;
+    use crate::pipeline::Pipeline;
+    use crate::processor::{Context, Output, Processor};
+    use crate::ProcessError;
+
+    struct Noop;
+    impl Processor for Noop {
+        fn process(&mut self, _: &Job, _: &Context) -> Result<Output, ProcessError> {
+            Ok(Output::empty())
+        }
+    }
+
+    /// An actix system on a paused clock: sleeps advance time at once.
+    fn paused_system() -> actix_rt::SystemRunner {
+        actix_rt::System::with_tokio_rt(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("a runtime")
+        })
+    }
+
+    /// Receives every message of `q` as the poller would and leases it.
+    async fn lease_all(shared: &Shared, q: &dyn Queue, n: usize) -> Vec<Arc<Lease>> {
+        let vis = shared.config.visibility_timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            for m in q.receive(10, Duration::ZERO, vis).await.unwrap() {
+                let handle = m.receipt_handle.clone();
+                out.push(shared.leases.insert(Job::from_message(m), handle, Instant::now() + vis));
+            }
+        }
+        out
+    }
+
+    fn setup(n: usize, max_age: Duration) -> (LocalBackend, Arc<crate::backend::local::LocalQueue>, Arc<Shared>) {
+        let local = LocalBackend::new();
+        let q = local.create_queue("q", QueueOptions::default());
+        let dlq = local.create_queue("dlq", QueueOptions::default());
+        for i in 0..n {
+            q.enqueue(OutgoingMessage::new(format!("m{i}"))).unwrap();
+        }
+        let shared = Shared::new(
+            Pipeline::new("p")
+                .source(q.clone())
+                .dead_letter(dlq)
+                .processor(|| Noop)
+                .configure(|c| {
+                    c.visibility_timeout = Duration::from_secs(30);
+                    c.max_lease_age = max_age;
+                }),
+        );
+        (local, q, shared)
+    }
+
+    #[test]
+    fn leases_are_extended_in_batches_then_released_at_the_maximum_age() {
+        paused_system().block_on(async {
+            let (local, q, shared) = setup(12, Duration::from_secs(600));
+            lease_all(&shared, q.as_ref(), 12).await;
+            let acker = Acker::new(shared.clone()).start();
+            LeaseKeeper::new(shared.clone(), acker).start();
+            // Nine minutes with a 30 s visibility: never visible to anyone else.
+            for _ in 0..18 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                assert_eq!(q.depth_now().visible, 0, "a held lease lapsed");
+            }
+            let s = shared.stats.snapshot();
+            assert!(s.leases_extended >= 12 * 18, "extended {} times", s.leases_extended);
+            let calls = local.calls().get(Op::ChangeVisibility);
+            assert!(calls * 5 <= s.leases_extended, "{calls} calls for {} extensions: not batched", s.leases_extended);
+            // Past the maximum age the jobs are cancelled and the messages released.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(q.depth_now().visible, 12);
+            assert_eq!(shared.leases.len(), 0);
+            assert_eq!(shared.stats.snapshot().leases_lost, 12);
+        });
+    }
+
+    #[test]
+    fn a_lease_taken_by_another_reader_is_cancelled_before_any_effect() {
+        paused_system().block_on(async {
+            let (_local, q, shared) = setup(1, Duration::from_secs(3600));
+            let lease = lease_all(&shared, q.as_ref(), 1).await.remove(0);
+            let acker = Acker::new(shared.clone()).start();
+            LeaseKeeper::new(shared.clone(), acker).start();
+            // Another reader receives the message: our handle is stale now.
+            assert!(q.duplicate_now(&lease.job.message_id));
+            let theirs = q.receive(1, Duration::ZERO, Duration::from_secs(300)).await.unwrap();
+            assert_eq!(theirs.len(), 1);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(lease.is_cancelled(), "the job must stop before its effects");
+            assert_eq!(shared.leases.len(), 0);
+            assert_eq!(shared.stats.snapshot().leases_lost, 1);
+            // The other reader's lease is untouched.
+            assert_eq!(q.depth_now().in_flight, 1);
+        });
+    }
+}

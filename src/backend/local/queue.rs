@@ -222,6 +222,25 @@ impl LocalQueue {
             .collect()
     }
 
+    /// Makes an in-flight message visible again at once, as when SQS hands
+    /// one message to a second reader: the next receive gets it with a newer
+    /// receipt handle. Returns false if no such message is in flight.
+    pub fn duplicate_now(&self, message_id: &str) -> bool {
+        let now = Instant::now();
+        let mut st = self.state.lock().expect("queue lock");
+        let seq = st
+            .msgs
+            .iter()
+            .find(|(_, m)| m.message_id == message_id && m.in_flight)
+            .map(|(s, _)| *s);
+        let Some(seq) = seq else { return false };
+        st.hide(seq, now);
+        st.promote(now, self.options.fifo);
+        drop(st);
+        self.notify.notify_waiters();
+        true
+    }
+
     /// Visible and in-flight counts now, without counting a call.
     pub fn depth_now(&self) -> QueueDepth {
         let now = Instant::now();

@@ -1,0 +1,119 @@
+//! DESIGN rule 4: the seen-ID cache. A copy that arrives mid-flight joins the
+//! first delivery's lease and its newer receipt handle is the one used to
+//! delete; a copy that arrives after completion is deleted unprocessed.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use ferry::backend::local::Faults;
+use ferry::prelude::*;
+
+/// A processor that waits for the test to let it go.
+#[derive(Clone)]
+struct Held {
+    inner: Counting,
+    release: Arc<Mutex<bool>>,
+}
+
+impl Processor for Held {
+    fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+        self.inner.started.lock().unwrap().push(job.id.to_string());
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !*self.release.lock().unwrap() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut inner = self.inner.clone();
+        inner.started = Default::default();
+        inner.process(job, ctx)
+    }
+}
+
+#[tokio::test]
+async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    let counting = Counting::new();
+    let held = Held { inner: counting.clone(), release: Arc::new(Mutex::new(false)) };
+    let release = held.release.clone();
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .topic(h.topic.clone())
+                .processor(move || held.clone())
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the job started", || counting.started_count() == 1).await;
+    let message_id = h.jobs.snapshot()[0].message_id.clone();
+    // SQS hands the in-flight message to a reader again: twice.
+    for n in 1..=2 {
+        assert!(h.jobs.duplicate_now(&message_id));
+        eventually("the copy merged", || rt.stats_of("stage").unwrap().duplicates_merged == n).await;
+    }
+    assert_eq!(h.jobs.snapshot()[0].receive_count, 3);
+    *release.lock().unwrap() = true;
+    eventually("the message deleted", || h.jobs.depth_now().total() == 0).await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    // Only the third handle could delete it: the first two are stale.
+    assert_eq!(stats.acked, 1);
+    assert_eq!(stats.leases_lost, 0);
+    assert_eq!(counting.total_runs(), 1, "the copies were not processed");
+    assert_eq!(h.downstream.snapshot().len(), 1, "one notification");
+}
+
+#[tokio::test]
+async fn copy_after_completion_is_deleted_unprocessed() {
+    let h = Harness::new();
+    h.send_jobs(3).await;
+    let p = Counting::new();
+    let rt = Runtime::builder().pipeline(h.pipeline(p.clone())).start().await.unwrap();
+    eventually("first copies done", || h.jobs.depth_now().total() == 0).await;
+    // The producer sends the same jobs again (new messages, same job ids).
+    h.send_jobs(3).await;
+    eventually("copies deleted", || {
+        h.jobs.depth_now().total() == 0 && rt.stats_of("stage").unwrap().duplicates_dropped == 3
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(p.total_runs(), 3);
+    assert_eq!(h.downstream.snapshot().len(), 3, "no second notification");
+}
+
+#[tokio::test]
+async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
+    let h = Harness::new();
+    h.send_jobs(60).await;
+    h.local.set_faults(Faults {
+        seed: 11,
+        duplicate_rate: 0.3,
+        redeliver_after_delete_rate: 0.3,
+        ..Faults::none()
+    });
+    let p = Counting::new();
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).configure(|c| c.receive_concurrency = 3))
+        .start()
+        .await
+        .unwrap();
+    eventually_async("every job settled, every ghost copy drained", || async {
+        h.jobs.depth_now().total() == 0 && h.results().await.len() == 60
+    })
+    .await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert!(stats.duplicates_merged > 0, "{stats:?}");
+    assert!(stats.duplicates_dropped > 0, "{stats:?}");
+    for i in 0..60 {
+        assert_eq!(p.runs_of(&format!("job-{i}")), 1, "job-{i} ran twice");
+    }
+    assert_eq!(h.downstream.snapshot().len(), 60, "one notification per job");
+}

@@ -1,0 +1,93 @@
+//! DESIGN rule 9: back-pressure and graceful shutdown. The poller holds no
+//! more than its limit; shutdown releases jobs not yet started at once, lets
+//! started ones finish within the grace period, flushes deletes, releases the
+//! rest, and exits holding no lease.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry::prelude::*;
+
+#[tokio::test]
+async fn the_poller_holds_no_more_than_its_limit() {
+    let h = Harness::new();
+    h.send_jobs(50).await;
+    let p = Counting::new().with_delay(Duration::from_millis(30));
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).configure(|c| {
+            c.workers = 1;
+            c.max_in_flight = 7;
+        }))
+        .start()
+        .await
+        .unwrap();
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        peak = peak.max(h.jobs.depth_now().in_flight);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rt.shutdown().await;
+    assert!(peak > 0 && peak <= 7, "in flight at the queue peaked at {peak}");
+}
+
+#[tokio::test]
+async fn shutdown_releases_unstarted_jobs_at_once_and_finishes_started_ones() {
+    let h = Harness::new();
+    h.send_jobs(20).await;
+    let p = Counting::new().with_delay(Duration::from_millis(300));
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).configure(|c| {
+            c.workers = 1;
+            c.max_in_flight = 10;
+            c.visibility_timeout = Duration::from_secs(30);
+        }))
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    eventually("ten leases held and one job started", || {
+        rt.in_flight() == 10 && p.started_count() == 1
+    })
+    .await;
+    let asked = Instant::now();
+    let shutdown = tokio::spawn(rt.shutdown());
+    // The nine not started are visible again well within a second, while
+    // the started job is still running.
+    eventually("unstarted leases released", || h.jobs.depth_now().visible >= 19).await;
+    let released_after = asked.elapsed();
+    assert!(released_after < Duration::from_secs(1), "took {released_after:?}");
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.released_unstarted, 9, "{report:?}");
+    assert_eq!(report.released_after_grace, 0);
+    assert_eq!(report.held_at_exit, 0);
+    // The started job finished and was deleted; the rest wait in the queue.
+    assert_eq!(p.total_runs(), 1);
+    let depth = h.jobs.depth_now();
+    assert_eq!((depth.visible, depth.in_flight), (19, 0));
+    assert_eq!(h.results().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_job_outliving_the_grace_period_is_cancelled_and_released() {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    let p = Counting::new().with_delay(Duration::from_millis(1500));
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).configure(|c| c.visibility_timeout = Duration::from_secs(30)))
+        .shutdown_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    eventually("the job started", || p.started_count() == 1).await;
+    let report = rt.shutdown().await;
+    assert_eq!(report.released_after_grace, 1, "{report:?}");
+    assert_eq!(report.held_at_exit, 0);
+    assert_eq!(h.jobs.depth_now().visible, 1, "the message is back in the queue");
+    // Give the abandoned processor time to finish: its result is discarded.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.results().await.is_empty(), "a cancelled job stored a result");
+    assert!(h.downstream.snapshot().is_empty());
+}
