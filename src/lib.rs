@@ -60,6 +60,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod backend;
 mod config;
 mod error;

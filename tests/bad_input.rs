@@ -19,29 +19,74 @@ async fn bad_inputs_are_dead_lettered_with_reasons_while_good_jobs_finish() {
     let jobs = local.create_queue("jobs", QueueOptions::default());
     for i in 0..6 {
         let png = samples::synthetic_png(i, 64);
-        blobs.put("in", &format!("good-{i}.png"), png.into(), ObjectMeta::default()).await.unwrap();
+        blobs
+            .put(
+                "in",
+                &format!("good-{i}.png"),
+                png.into(),
+                ObjectMeta::default(),
+            )
+            .await
+            .unwrap();
     }
-    blobs.put("in", "bomb.png", samples::decompression_bomb_png().into(), ObjectMeta::default()).await.unwrap();
-    blobs.put("in", "text.png", samples::not_an_image().into(), ObjectMeta::default()).await.unwrap();
-    blobs.put("in", "huge.png", vec![7u8; 300_000].into(), ObjectMeta::default()).await.unwrap();
+    blobs
+        .put(
+            "in",
+            "bomb.png",
+            samples::decompression_bomb_png().into(),
+            ObjectMeta::default(),
+        )
+        .await
+        .unwrap();
+    blobs
+        .put(
+            "in",
+            "text.png",
+            samples::not_an_image().into(),
+            ObjectMeta::default(),
+        )
+        .await
+        .unwrap();
+    blobs
+        .put(
+            "in",
+            "huge.png",
+            vec![7u8; 300_000].into(),
+            ObjectMeta::default(),
+        )
+        .await
+        .unwrap();
     let plain = |key: &str| serde_json::json!({"bucket": "in", "key": key}).to_string();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("bad-json", "{\"bucket\": \"in\", ".to_string(), "malformed message"),
-        ("wrong-shape", "{\"hello\": 1}".to_string(), "expected an S3 event"),
-        ("missing", plain("nope.png"), "missing object s3://in/nope.png"),
+        (
+            "bad-json",
+            "{\"bucket\": \"in\", ".to_string(),
+            "malformed message",
+        ),
+        (
+            "wrong-shape",
+            "{\"hello\": 1}".to_string(),
+            "expected an S3 event",
+        ),
+        (
+            "missing",
+            plain("nope.png"),
+            "missing object s3://in/nope.png",
+        ),
         ("bomb", plain("bomb.png"), "decompression bomb"),
         ("text", plain("text.png"), "not an image"),
         ("huge", plain("huge.png"), "over the limit"),
     ];
-    let mut batch: Vec<_> = cases
+    let batch: Vec<_> = cases
         .iter()
         .map(|(id, body, _)| OutgoingMessage::new(body.clone()).attribute(JOB_ID_ATTRIBUTE, *id))
         .collect();
-    for m in batch.drain(..).collect::<Vec<_>>().chunks(10) {
-        jobs.send_batch(m.to_vec()).await.unwrap();
-    }
+    jobs.send_batch(batch).await.unwrap();
     let good: Vec<_> = (0..6)
-        .map(|i| OutgoingMessage::new(plain(&format!("good-{i}.png"))).attribute(JOB_ID_ATTRIBUTE, format!("good-{i}")))
+        .map(|i| {
+            OutgoingMessage::new(plain(&format!("good-{i}.png")))
+                .attribute(JOB_ID_ATTRIBUTE, format!("good-{i}"))
+        })
         .collect();
     jobs.send_batch(good).await.unwrap();
 
@@ -70,8 +115,14 @@ async fn bad_inputs_are_dead_lettered_with_reasons_while_good_jobs_finish() {
     let dead = dlq.snapshot();
     assert_eq!(dead.len(), cases.len());
     for (id, _, want) in &cases {
-        let entry = dead.iter().find(|m| m.attributes[JOB_ID_ATTRIBUTE] == *id).unwrap_or_else(|| panic!("{id} not dead-lettered"));
+        let entry = dead
+            .iter()
+            .find(|m| m.attributes[JOB_ID_ATTRIBUTE] == *id)
+            .unwrap_or_else(|| panic!("{id} not dead-lettered"));
         let reason = &entry.attributes[DLQ_REASON_ATTRIBUTE];
-        assert!(reason.contains(want), "{id}: reason {reason:?} lacks {want:?}");
+        assert!(
+            reason.contains(want),
+            "{id}: reason {reason:?} lacks {want:?}"
+        );
     }
 }

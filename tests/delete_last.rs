@@ -18,14 +18,22 @@ use ferry::{JOB_ID_ATTRIBUTE, RESULT_JOB_TAG};
 const JOBS: usize = 5;
 
 async fn start(h: &Harness, p: &Counting) -> RuntimeHandle {
-    Runtime::builder().pipeline(h.pipeline(p.clone())).start().await.unwrap()
+    Runtime::builder()
+        .pipeline(h.pipeline(p.clone()))
+        .start()
+        .await
+        .unwrap()
 }
 
 /// The downstream notifications per job id, with their bodies.
 fn notifications(h: &Harness) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for m in h.downstream.snapshot() {
-        let id = m.attributes.get(JOB_ID_ATTRIBUTE).cloned().expect("every notification names its job");
+        let id = m
+            .attributes
+            .get(JOB_ID_ATTRIBUTE)
+            .cloned()
+            .expect("every notification names its job");
         out.entry(id).or_default().push(m.body);
     }
     out
@@ -50,18 +58,29 @@ async fn crash_before_the_result_is_stored_redoes_the_job() {
     eventually("every job processed", || p.total_runs() as usize == JOBS).await;
     // Frozen before the upload: nothing stored, nothing deleted.
     assert!(h.results().await.is_empty());
-    assert_eq!(h.jobs.depth_now().total(), JOBS, "a message was deleted before its effects");
+    assert_eq!(
+        h.jobs.depth_now().total(),
+        JOBS,
+        "a message was deleted before its effects"
+    );
     rt.abort();
     gate.open();
 
     finish_with_fresh_worker(&h, &p).await;
     assert_eq!(h.results().await.len(), JOBS);
     for i in 0..JOBS {
-        assert_eq!(p.runs_of(&format!("job-{i}")), 2, "no result was stored, so the job runs again");
+        assert_eq!(
+            p.runs_of(&format!("job-{i}")),
+            2,
+            "no result was stored, so the job runs again"
+        );
     }
     let notes = notifications(&h);
     assert_eq!(notes.len(), JOBS);
-    assert!(notes.values().all(|n| n.len() == 1), "published once per job: {notes:?}");
+    assert!(
+        notes.values().all(|n| n.len() == 1),
+        "published once per job: {notes:?}"
+    );
 }
 
 #[tokio::test]
@@ -71,19 +90,35 @@ async fn crash_after_the_result_is_stored_resumes_without_reprocessing() {
     let p = Counting::new();
     let gate = h.local.gate(Op::Publish);
     let rt = start(&h, &p).await;
-    eventually("every result stored", || rt.stats_of("stage").unwrap().uploaded as usize == JOBS).await;
-    assert_eq!(h.jobs.depth_now().total(), JOBS, "a message was deleted before its notification");
+    eventually("every result stored", || {
+        rt.stats_of("stage").unwrap().uploaded as usize == JOBS
+    })
+    .await;
+    assert_eq!(
+        h.jobs.depth_now().total(),
+        JOBS,
+        "a message was deleted before its notification"
+    );
     assert!(h.downstream.snapshot().is_empty());
     rt.abort();
     gate.open();
 
     let stats = finish_with_fresh_worker(&h, &p).await;
-    assert_eq!(stats.resumed as usize, JOBS, "the fresh worker found every stored result");
+    assert_eq!(
+        stats.resumed as usize, JOBS,
+        "the fresh worker found every stored result"
+    );
     for i in 0..JOBS {
         let id = format!("job-{i}");
         assert_eq!(p.runs_of(&id), 1, "{id} was processed again");
         // The key and its tag are pure functions of the job id.
-        let meta = h.local.blobs().head("results", &format!("out/{id}.txt")).await.unwrap().unwrap();
+        let meta = h
+            .local
+            .blobs()
+            .head("results", &format!("out/{id}.txt"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(meta.metadata.get(RESULT_JOB_TAG), Some(&id));
     }
     assert!(notifications(&h).values().all(|n| n.len() == 1));
@@ -96,7 +131,10 @@ async fn crash_after_publishing_republishes_the_same_job_and_deletes() {
     let p = Counting::new();
     let gate = h.local.gate(Op::Delete);
     let rt = start(&h, &p).await;
-    eventually("every notification accepted", || rt.stats_of("stage").unwrap().published as usize == JOBS).await;
+    eventually("every notification accepted", || {
+        rt.stats_of("stage").unwrap().published as usize == JOBS
+    })
+    .await;
     assert_eq!(h.jobs.depth_now().total(), JOBS);
     let before = notifications(&h);
     rt.abort();
@@ -119,11 +157,16 @@ async fn crash_after_publishing_republishes_the_same_job_and_deletes() {
 async fn effects_are_keyed_by_job_id_not_by_message() {
     let h = Harness::new();
     // Two different messages for one job (a producer retry): one result key.
-    h.send_named(&["same".to_string(), "same".to_string()]).await;
+    h.send_named(&["same".to_string(), "same".to_string()])
+        .await;
     let p = Counting::new();
     let rt = start(&h, &p).await;
     eventually("both messages deleted", || h.jobs.depth_now().total() == 0).await;
     rt.shutdown().await;
     assert_eq!(h.results().await, vec!["out/same.txt".to_string()]);
-    assert_eq!(p.runs_of("same"), 1, "the second copy was dropped by the seen-ID cache");
+    assert_eq!(
+        p.runs_of("same"),
+        1,
+        "the second copy was dropped by the seen-ID cache"
+    );
 }

@@ -36,7 +36,10 @@ async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
     let h = Harness::new();
     h.send_jobs(1).await;
     let counting = Counting::new();
-    let held = Held { inner: counting.clone(), release: Arc::new(Mutex::new(false)) };
+    let held = Held {
+        inner: counting.clone(),
+        release: Arc::new(Mutex::new(false)),
+    };
     let release = held.release.clone();
     let rt = Runtime::builder()
         .pipeline(
@@ -56,7 +59,10 @@ async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
     // SQS hands the in-flight message to a reader again: twice.
     for n in 1..=2 {
         assert!(h.jobs.duplicate_now(&message_id));
-        eventually("the copy merged", || rt.stats_of("stage").unwrap().duplicates_merged == n).await;
+        eventually("the copy merged", || {
+            rt.stats_of("stage").unwrap().duplicates_merged == n
+        })
+        .await;
     }
     assert_eq!(h.jobs.snapshot()[0].receive_count, 3);
     *release.lock().unwrap() = true;
@@ -75,7 +81,11 @@ async fn copy_after_completion_is_deleted_unprocessed() {
     let h = Harness::new();
     h.send_jobs(3).await;
     let p = Counting::new();
-    let rt = Runtime::builder().pipeline(h.pipeline(p.clone())).start().await.unwrap();
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()))
+        .start()
+        .await
+        .unwrap();
     eventually("first copies done", || h.jobs.depth_now().total() == 0).await;
     // The producer sends the same jobs again (new messages, same job ids).
     h.send_jobs(3).await;
@@ -100,7 +110,10 @@ async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
     });
     let p = Counting::new();
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| c.receive_concurrency = 3))
+        .pipeline(
+            h.pipeline(p.clone())
+                .configure(|c| c.receive_concurrency = 3),
+        )
         .start()
         .await
         .unwrap();
@@ -115,5 +128,9 @@ async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
     for i in 0..60 {
         assert_eq!(p.runs_of(&format!("job-{i}")), 1, "job-{i} ran twice");
     }
-    assert_eq!(h.downstream.snapshot().len(), 60, "one notification per job");
+    assert_eq!(
+        h.downstream.snapshot().len(),
+        60,
+        "one notification per job"
+    );
 }

@@ -33,15 +33,24 @@ async fn retries_back_off_then_dead_letter_after_max_receives() {
     let stats = rt.stats_of("stage").unwrap();
     rt.shutdown().await;
     // Backoffs of 40, 80 and 160 ms separate the four attempts.
-    assert!(took >= Duration::from_millis(280), "retried without backing off: {took:?}");
+    assert!(
+        took >= Duration::from_millis(280),
+        "retried without backing off: {took:?}"
+    );
     assert_eq!(stats.retried, 6, "three retries per job: {stats:?}");
     assert_eq!(p.started_count(), 8, "four attempts per job");
     for m in h.dlq.snapshot() {
         let reason = &m.attributes[DLQ_REASON_ATTRIBUTE];
-        assert!(reason.contains("failed on all 4 receives") && reason.contains("not yet"), "{reason}");
+        assert!(
+            reason.contains("failed on all 4 receives") && reason.contains("not yet"),
+            "{reason}"
+        );
         assert_eq!(m.attributes[DLQ_RECEIVES_ATTRIBUTE], "4");
         assert_eq!(m.attributes[DLQ_SOURCE_ATTRIBUTE], "jobs");
-        assert!(m.body.starts_with("payload of job-"), "the original body is kept");
+        assert!(
+            m.body.starts_with("payload of job-"),
+            "the original body is kept"
+        );
     }
 }
 
@@ -51,7 +60,11 @@ async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once() {
     h.send_jobs(3).await;
     let p = Counting::new();
     p.set(Behaviour::BadInput);
-    let rt = Runtime::builder().pipeline(h.pipeline(p.clone())).start().await.unwrap();
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()))
+        .start()
+        .await
+        .unwrap();
     eventually("all dead-lettered and deleted", || {
         h.dlq.snapshot().len() == 3 && h.jobs.depth_now().total() == 0
     })
@@ -61,13 +74,21 @@ async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once() {
     assert_eq!(p.started_count(), 3, "bad input is not retried");
     assert_eq!(stats.dead_lettered, 3);
     assert_eq!(stats.acked, 0, "a dead-lettered job is not a success");
-    let mut ids: Vec<_> = h.dlq.snapshot().into_iter().map(|m| {
-        assert_eq!(m.attributes[DLQ_REASON_ATTRIBUTE], "unusable payload");
-        m.attributes[JOB_ID_ATTRIBUTE].clone()
-    }).collect();
+    let mut ids: Vec<_> = h
+        .dlq
+        .snapshot()
+        .into_iter()
+        .map(|m| {
+            assert_eq!(m.attributes[DLQ_REASON_ATTRIBUTE], "unusable payload");
+            m.attributes[JOB_ID_ATTRIBUTE].clone()
+        })
+        .collect();
     ids.sort();
     assert_eq!(ids, ["job-0", "job-1", "job-2"]);
-    assert!(h.results().await.is_empty() && h.downstream.snapshot().is_empty(), "no effect of bad input");
+    assert!(
+        h.results().await.is_empty() && h.downstream.snapshot().is_empty(),
+        "no effect of bad input"
+    );
 }
 
 #[tokio::test]
@@ -78,7 +99,11 @@ async fn a_message_received_too_often_is_dead_lettered_unprocessed() {
     h.send_jobs(1).await;
     for _ in 0..3 {
         use ferry::backend::Queue;
-        let got = h.jobs.receive(1, Duration::ZERO, Duration::ZERO).await.unwrap();
+        let got = h
+            .jobs
+            .receive(1, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
     }
     let p = Counting::new();
@@ -87,7 +112,10 @@ async fn a_message_received_too_often_is_dead_lettered_unprocessed() {
         .start()
         .await
         .unwrap();
-    eventually("dead-lettered", || h.dlq.snapshot().len() == 1 && h.jobs.depth_now().total() == 0).await;
+    eventually("dead-lettered", || {
+        h.dlq.snapshot().len() == 1 && h.jobs.depth_now().total() == 0
+    })
+    .await;
     rt.shutdown().await;
     assert_eq!(p.started_count(), 0);
     assert!(h.dlq.snapshot()[0].attributes[DLQ_REASON_ATTRIBUTE].contains("received 4 times"));
@@ -97,13 +125,29 @@ async fn a_message_received_too_often_is_dead_lettered_unprocessed() {
 async fn the_queue_redrive_policy_is_a_backstop() {
     let local = ferry::backend::local::LocalBackend::new();
     let dlq = local.create_queue("dlq", QueueOptions::default());
-    let q = local.create_queue("q", QueueOptions { redrive: Some((dlq.clone(), 2)), ..Default::default() });
+    let q = local.create_queue(
+        "q",
+        QueueOptions {
+            redrive: Some((dlq.clone(), 2)),
+            ..Default::default()
+        },
+    );
     use ferry::backend::{OutgoingMessage, Queue};
     q.send_batch(vec![OutgoingMessage::new("x")]).await.unwrap();
     for _ in 0..2 {
-        assert_eq!(q.receive(10, Duration::ZERO, Duration::ZERO).await.unwrap().len(), 1);
+        assert_eq!(
+            q.receive(10, Duration::ZERO, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
-    assert!(q.receive(10, Duration::ZERO, Duration::ZERO).await.unwrap().is_empty());
+    assert!(q
+        .receive(10, Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(dlq.snapshot().len(), 1);
     assert_eq!(q.depth_now().total(), 0);
 }

@@ -20,7 +20,10 @@ async fn each_receive_gets_a_new_handle_and_an_old_one_no_longer_deletes() {
     let local = LocalBackend::new();
     let q = local.create_queue("q", QueueOptions::default());
     send(q.as_ref(), &["a"]).await;
-    let first = q.receive(10, Duration::ZERO, Duration::from_secs(1)).await.unwrap();
+    let first = q
+        .receive(10, Duration::ZERO, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(first[0].receive_count, 1);
     // Hidden until the visibility lapses, then delivered again.
     assert!(q.receive(10, Duration::ZERO, VIS).await.unwrap().is_empty());
@@ -29,12 +32,23 @@ async fn each_receive_gets_a_new_handle_and_an_old_one_no_longer_deletes() {
     assert_eq!(second[0].receive_count, 2);
     assert_eq!(second[0].message_id, first[0].message_id);
     assert_ne!(second[0].receipt_handle, first[0].receipt_handle);
-    let stale = q.delete_batch(&[first[0].receipt_handle.clone()]).await.unwrap();
+    let stale = q
+        .delete_batch(&[first[0].receipt_handle.clone()])
+        .await
+        .unwrap();
     assert_eq!(stale, vec![Err(BackendError::ReceiptInvalid)]);
-    let stale_vis = q.change_visibility_batch(&[(first[0].receipt_handle.clone(), VIS)]).await.unwrap();
+    let stale_vis = q
+        .change_visibility_batch(&[(first[0].receipt_handle.clone(), VIS)])
+        .await
+        .unwrap();
     assert_eq!(stale_vis, vec![Err(BackendError::ReceiptInvalid)]);
     assert_eq!(q.depth_now().total(), 1);
-    assert_eq!(q.delete_batch(&[second[0].receipt_handle.clone()]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(
+        q.delete_batch(&[second[0].receipt_handle.clone()])
+            .await
+            .unwrap(),
+        vec![Ok(())]
+    );
     assert_eq!(q.depth_now().total(), 0);
 }
 
@@ -43,13 +57,28 @@ async fn visibility_changes_extend_and_release() {
     let local = LocalBackend::new();
     let q = local.create_queue("q", QueueOptions::default());
     send(q.as_ref(), &["a"]).await;
-    let m = q.receive(1, Duration::ZERO, Duration::from_secs(10)).await.unwrap().remove(0);
+    let m = q
+        .receive(1, Duration::ZERO, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .remove(0);
     tokio::time::advance(Duration::from_secs(8)).await;
-    q.change_visibility_batch(&[(m.receipt_handle.clone(), Duration::from_secs(10))]).await.unwrap();
+    q.change_visibility_batch(&[(m.receipt_handle.clone(), Duration::from_secs(10))])
+        .await
+        .unwrap();
     tokio::time::advance(Duration::from_secs(8)).await;
-    assert!(q.receive(1, Duration::ZERO, VIS).await.unwrap().is_empty(), "extended lease lapsed");
-    q.change_visibility_batch(&[(m.receipt_handle.clone(), Duration::ZERO)]).await.unwrap();
-    assert_eq!(q.receive(1, Duration::ZERO, VIS).await.unwrap().len(), 1, "released at once");
+    assert!(
+        q.receive(1, Duration::ZERO, VIS).await.unwrap().is_empty(),
+        "extended lease lapsed"
+    );
+    q.change_visibility_batch(&[(m.receipt_handle.clone(), Duration::ZERO)])
+        .await
+        .unwrap();
+    assert_eq!(
+        q.receive(1, Duration::ZERO, VIS).await.unwrap().len(),
+        1,
+        "released at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,7 +102,14 @@ async fn long_polling_waits_for_a_send_and_for_a_lapse() {
 #[tokio::test(start_paused = true)]
 async fn fifo_locks_a_group_while_in_flight_and_keeps_order() {
     let local = LocalBackend::new();
-    let q = local.create_queue("q.fifo", QueueOptions { fifo: true, content_based_dedup: true, ..Default::default() });
+    let q = local.create_queue(
+        "q.fifo",
+        QueueOptions {
+            fifo: true,
+            content_based_dedup: true,
+            ..Default::default()
+        },
+    );
     let batch = [("a", "1"), ("a", "2"), ("b", "1"), ("a", "3")]
         .iter()
         .map(|(g, n)| OutgoingMessage::new(format!("{g}{n}")).group(*g))
@@ -83,17 +119,31 @@ async fn fifo_locks_a_group_while_in_flight_and_keeps_order() {
     assert_eq!(first[0].body, "a1");
     // Group a is locked; b is free.
     let next = q.receive(10, Duration::ZERO, VIS).await.unwrap();
-    assert_eq!(next.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["b1"]);
+    assert_eq!(
+        next.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["b1"]
+    );
     // Releasing a1 returns it first, before a2.
-    q.change_visibility_batch(&[(first[0].receipt_handle.clone(), Duration::ZERO)]).await.unwrap();
+    q.change_visibility_batch(&[(first[0].receipt_handle.clone(), Duration::ZERO)])
+        .await
+        .unwrap();
     let again = q.receive(10, Duration::ZERO, VIS).await.unwrap();
-    assert_eq!(again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["a1", "a2", "a3"]);
+    assert_eq!(
+        again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2", "a3"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn fifo_deduplicates_within_five_minutes_only() {
     let local = LocalBackend::new();
-    let q = local.create_queue("q.fifo", QueueOptions { fifo: true, ..Default::default() });
+    let q = local.create_queue(
+        "q.fifo",
+        QueueOptions {
+            fifo: true,
+            ..Default::default()
+        },
+    );
     let msg = || OutgoingMessage::new("x").group("g").dedup("d-1");
     let a = q.send_batch(vec![msg()]).await.unwrap().remove(0).unwrap();
     tokio::time::advance(Duration::from_secs(299)).await;
@@ -102,8 +152,15 @@ async fn fifo_deduplicates_within_five_minutes_only() {
     assert_eq!(q.depth_now().total(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     q.send_batch(vec![msg()]).await.unwrap();
-    assert_eq!(q.depth_now().total(), 2, "past the window it is a new message");
-    let missing = q.send_batch(vec![OutgoingMessage::new("y").group("g")]).await.unwrap();
+    assert_eq!(
+        q.depth_now().total(),
+        2,
+        "past the window it is a new message"
+    );
+    let missing = q
+        .send_batch(vec![OutgoingMessage::new("y").group("g")])
+        .await
+        .unwrap();
     assert!(matches!(missing[0], Err(BackendError::Invalid { .. })));
 }
 
@@ -115,9 +172,14 @@ async fn topics_fan_out_raw_and_enveloped() {
     let env = local.create_queue("env", QueueOptions::default());
     local.subscribe(&t, &raw, true);
     local.subscribe(&t, &env, false);
-    t.publish_batch(vec![OutgoingMessage::new("hello").attribute("k", "v")]).await.unwrap();
+    t.publish_batch(vec![OutgoingMessage::new("hello").attribute("k", "v")])
+        .await
+        .unwrap();
     let r = raw.snapshot().remove(0);
-    assert_eq!((r.body.as_str(), r.attributes["k"].as_str()), ("hello", "v"));
+    assert_eq!(
+        (r.body.as_str(), r.attributes["k"].as_str()),
+        ("hello", "v")
+    );
     let e = env.snapshot().remove(0);
     let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
     assert_eq!(v["Type"], "Notification");
@@ -129,7 +191,13 @@ async fn topics_fan_out_raw_and_enveloped() {
 async fn fifo_topics_deduplicate() {
     let local = LocalBackend::new();
     let t = local.create_topic("t.fifo", true);
-    let q = local.create_queue("q.fifo", QueueOptions { fifo: true, ..Default::default() });
+    let q = local.create_queue(
+        "q.fifo",
+        QueueOptions {
+            fifo: true,
+            ..Default::default()
+        },
+    );
     local.subscribe(&t, &q, true);
     let n = || OutgoingMessage::new("x").group("g").dedup("job-1");
     t.publish_batch(vec![n(), n()]).await.unwrap();
@@ -147,26 +215,42 @@ async fn blob_stores_in_memory_and_in_a_directory() {
             metadata: [("ferry-job-id".to_string(), "j1".to_string())].into(),
             ..Default::default()
         };
-        b.put("bkt", "a/b/c.txt", "hello".into(), meta).await.unwrap();
+        b.put("bkt", "a/b/c.txt", "hello".into(), meta)
+            .await
+            .unwrap();
         assert_eq!(&b.get("bkt", "a/b/c.txt").await.unwrap()[..], b"hello");
         let head = b.head("bkt", "a/b/c.txt").await.unwrap().unwrap();
         assert_eq!(head.size, 5);
         assert_eq!(head.metadata["ferry-job-id"], "j1");
         assert_eq!(b.head("bkt", "nope").await.unwrap(), None);
-        assert!(matches!(b.get("bkt", "nope").await, Err(BackendError::NotFound { .. })));
-        assert_eq!(b.list("bkt", "a/").await.unwrap(), vec!["a/b/c.txt".to_string()]);
+        assert!(matches!(
+            b.get("bkt", "nope").await,
+            Err(BackendError::NotFound { .. })
+        ));
+        assert_eq!(
+            b.list("bkt", "a/").await.unwrap(),
+            vec!["a/b/c.txt".to_string()]
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn failure_pattern(seed: u64) -> Vec<bool> {
-    let local = LocalBackend::with_faults(Faults { seed, fail_rate: 0.3, ..Faults::none() });
+    let local = LocalBackend::with_faults(Faults {
+        seed,
+        fail_rate: 0.3,
+        ..Faults::none()
+    });
     let q = local.create_queue("q", QueueOptions::default());
     let mut out = Vec::new();
     for _ in 0..50 {
         out.push(q.receive(1, Duration::ZERO, VIS).await.is_err());
     }
-    assert_eq!(local.calls().get(Op::Receive), 50, "failed calls are counted too");
+    assert_eq!(
+        local.calls().get(Op::Receive),
+        50,
+        "failed calls are counted too"
+    );
     out
 }
 
@@ -176,12 +260,19 @@ async fn faults_are_seeded_and_reproducible() {
     assert_eq!(a, failure_pattern(42).await);
     assert_ne!(a, failure_pattern(43).await);
     let failures = a.iter().filter(|f| **f).count();
-    assert!((5..=25).contains(&failures), "{failures} of 50 failed at a 30% rate");
+    assert!(
+        (5..=25).contains(&failures),
+        "{failures} of 50 failed at a 30% rate"
+    );
 }
 
 #[tokio::test]
 async fn concurrent_duplicates_hand_one_message_to_two_receives() {
-    let local = LocalBackend::with_faults(Faults { seed: 1, duplicate_rate: 1.0, ..Faults::none() });
+    let local = LocalBackend::with_faults(Faults {
+        seed: 1,
+        duplicate_rate: 1.0,
+        ..Faults::none()
+    });
     let q = local.create_queue("q", QueueOptions::default());
     send(q.as_ref(), &["once"]).await;
     let (a, b) = tokio::join!(
@@ -196,13 +287,20 @@ async fn concurrent_duplicates_hand_one_message_to_two_receives() {
 
 #[tokio::test]
 async fn latency_and_gates_hold_calls() {
-    let local = LocalBackend::with_faults(Faults { latency: Duration::from_millis(30), ..Faults::none() });
+    let local = LocalBackend::with_faults(Faults {
+        latency: Duration::from_millis(30),
+        ..Faults::none()
+    });
     let q = local.create_queue("q", QueueOptions::default());
     let t0 = std::time::Instant::now();
     send(q.as_ref(), &["a"]).await;
     assert!(t0.elapsed() >= Duration::from_millis(30));
     let gate = local.gate(Op::Receive);
-    let held = tokio::time::timeout(Duration::from_millis(100), q.receive(1, Duration::ZERO, VIS)).await;
+    let held = tokio::time::timeout(
+        Duration::from_millis(100),
+        q.receive(1, Duration::ZERO, VIS),
+    )
+    .await;
     assert!(held.is_err(), "a closed gate holds the call");
     gate.open();
     assert_eq!(q.receive(1, Duration::ZERO, VIS).await.unwrap().len(), 1);

@@ -30,7 +30,10 @@ async fn the_poller_holds_no_more_than_its_limit() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     rt.shutdown().await;
-    assert!(peak > 0 && peak <= 7, "in flight at the queue peaked at {peak}");
+    assert!(
+        peak > 0 && peak <= 7,
+        "in flight at the queue peaked at {peak}"
+    );
 }
 
 #[tokio::test]
@@ -56,9 +59,15 @@ async fn shutdown_releases_unstarted_jobs_at_once_and_finishes_started_ones() {
     let shutdown = tokio::spawn(rt.shutdown());
     // The nine not started are visible again well within a second, while
     // the started job is still running.
-    eventually("unstarted leases released", || h.jobs.depth_now().visible >= 19).await;
+    eventually("unstarted leases released", || {
+        h.jobs.depth_now().visible >= 19
+    })
+    .await;
     let released_after = asked.elapsed();
-    assert!(released_after < Duration::from_secs(1), "took {released_after:?}");
+    assert!(
+        released_after < Duration::from_secs(1),
+        "took {released_after:?}"
+    );
     let report = shutdown.await.unwrap();
     assert_eq!(report.released_unstarted, 9, "{report:?}");
     assert_eq!(report.released_after_grace, 0);
@@ -76,7 +85,10 @@ async fn a_job_outliving_the_grace_period_is_cancelled_and_released() {
     h.send_jobs(1).await;
     let p = Counting::new().with_delay(Duration::from_millis(1500));
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| c.visibility_timeout = Duration::from_secs(30)))
+        .pipeline(
+            h.pipeline(p.clone())
+                .configure(|c| c.visibility_timeout = Duration::from_secs(30)),
+        )
         .shutdown_grace(Duration::from_millis(200))
         .start()
         .await
@@ -85,9 +97,16 @@ async fn a_job_outliving_the_grace_period_is_cancelled_and_released() {
     let report = rt.shutdown().await;
     assert_eq!(report.released_after_grace, 1, "{report:?}");
     assert_eq!(report.held_at_exit, 0);
-    assert_eq!(h.jobs.depth_now().visible, 1, "the message is back in the queue");
+    assert_eq!(
+        h.jobs.depth_now().visible,
+        1,
+        "the message is back in the queue"
+    );
     // Give the abandoned processor time to finish: its result is discarded.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(h.results().await.is_empty(), "a cancelled job stored a result");
+    assert!(
+        h.results().await.is_empty(),
+        "a cancelled job stored a result"
+    );
     assert!(h.downstream.snapshot().is_empty());
 }

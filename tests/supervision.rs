@@ -40,13 +40,20 @@ async fn panicking_processor_is_rebuilt_and_every_job_completes() {
     rt.shutdown().await;
     assert!(stats.panics > 0, "the injector chose no job: {stats:?}");
     assert_eq!(stats.restarts, stats.panics, "one rebuild per panic");
-    assert_eq!(*built.lock().unwrap() as u64, 2 + stats.restarts, "built by the factory");
+    assert_eq!(
+        *built.lock().unwrap() as u64,
+        2 + stats.restarts,
+        "built by the factory"
+    );
     assert_eq!(h.results().await.len(), 40);
     for i in 0..40 {
         assert_eq!(p.runs_of(&format!("job-{i}")), 1);
     }
     // A lapsed lease would have come back as a copy or been lost.
-    assert_eq!(stats.duplicates_merged, 0, "a lease lapsed while held: {stats:?}");
+    assert_eq!(
+        stats.duplicates_merged, 0,
+        "a lease lapsed while held: {stats:?}"
+    );
     assert_eq!(stats.leases_lost, 0);
     assert!(stats.leases_extended > 0, "{stats:?}");
     assert!(h.dlq.snapshot().is_empty());
@@ -68,17 +75,26 @@ async fn restarts_past_the_limit_stop_polling_and_release_every_lease() {
         .start()
         .await
         .unwrap();
-    eventually("escalation", || rt.stats_of("stage").unwrap().escalations == 1).await;
+    eventually("escalation", || {
+        rt.stats_of("stage").unwrap().escalations == 1
+    })
+    .await;
     eventually("every lease released", || rt.in_flight() == 0).await;
     let received = rt.stats_of("stage").unwrap().received;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = rt.stats_of("stage").unwrap();
-    assert_eq!(after.received, received, "the pipeline kept polling after escalating");
+    assert_eq!(
+        after.received, received,
+        "the pipeline kept polling after escalating"
+    );
     assert!(rt.stats()[0].escalated);
     // Nothing lost: every message is still in the queue, none dead-lettered.
     let depth = h.jobs.depth_now();
     assert_eq!(depth.total(), 20);
-    assert!(depth.visible > 0, "released messages are visible again: {depth:?}");
+    assert!(
+        depth.visible > 0,
+        "released messages are visible again: {depth:?}"
+    );
     assert!(h.dlq.snapshot().is_empty());
     rt.shutdown().await;
 }

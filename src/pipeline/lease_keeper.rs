@@ -165,13 +165,24 @@ mod tests {
         while out.len() < n {
             for m in q.receive(10, Duration::ZERO, vis).await.unwrap() {
                 let handle = m.receipt_handle.clone();
-                out.push(shared.leases.insert(Job::from_message(m), handle, Instant::now() + vis));
+                out.push(
+                    shared
+                        .leases
+                        .insert(Job::from_message(m), handle, Instant::now() + vis),
+                );
             }
         }
         out
     }
 
-    fn setup(n: usize, max_age: Duration) -> (LocalBackend, Arc<crate::backend::local::LocalQueue>, Arc<Shared>) {
+    fn setup(
+        n: usize,
+        max_age: Duration,
+    ) -> (
+        LocalBackend,
+        Arc<crate::backend::local::LocalQueue>,
+        Arc<Shared>,
+    ) {
         let local = LocalBackend::new();
         let q = local.create_queue("q", QueueOptions::default());
         let dlq = local.create_queue("dlq", QueueOptions::default());
@@ -204,9 +215,17 @@ mod tests {
                 assert_eq!(q.depth_now().visible, 0, "a held lease lapsed");
             }
             let s = shared.stats.snapshot();
-            assert!(s.leases_extended >= 12 * 18, "extended {} times", s.leases_extended);
+            assert!(
+                s.leases_extended >= 12 * 18,
+                "extended {} times",
+                s.leases_extended
+            );
             let calls = local.calls().get(Op::ChangeVisibility);
-            assert!(calls * 5 <= s.leases_extended, "{calls} calls for {} extensions: not batched", s.leases_extended);
+            assert!(
+                calls * 5 <= s.leases_extended,
+                "{calls} calls for {} extensions: not batched",
+                s.leases_extended
+            );
             // Past the maximum age the jobs are cancelled and the messages released.
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert_eq!(q.depth_now().visible, 12);
@@ -224,7 +243,10 @@ mod tests {
             LeaseKeeper::new(shared.clone(), acker).start();
             // Another reader receives the message: our handle is stale now.
             assert!(q.duplicate_now(&lease.job.message_id));
-            let theirs = q.receive(1, Duration::ZERO, Duration::from_secs(300)).await.unwrap();
+            let theirs = q
+                .receive(1, Duration::ZERO, Duration::from_secs(300))
+                .await
+                .unwrap();
             assert_eq!(theirs.len(), 1);
             tokio::time::sleep(Duration::from_secs(30)).await;
             assert!(lease.is_cancelled(), "the job must stop before its effects");

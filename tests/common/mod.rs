@@ -15,7 +15,10 @@ pub const LIMIT: Duration = Duration::from_secs(20);
 
 /// Waits for `cond`, failing the test with `what` after [`LIMIT`].
 pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
-    assert!(ferry::testkit::wait_until(LIMIT, cond).await, "timed out waiting for {what}");
+    assert!(
+        ferry::testkit::wait_until(LIMIT, cond).await,
+        "timed out waiting for {what}"
+    );
 }
 
 /// Like [`eventually`], for a condition that needs to await.
@@ -26,7 +29,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -49,19 +55,29 @@ impl Harness {
         let topic = local.create_topic("done", false);
         let downstream = local.create_queue("downstream", QueueOptions::default());
         local.subscribe(&topic, &downstream, true);
-        Self { local, jobs, dlq, topic, downstream }
+        Self {
+            local,
+            jobs,
+            dlq,
+            topic,
+            downstream,
+        }
     }
 
     /// Sends `n` jobs named `job-0…`; returns their ids.
     pub async fn send_jobs(&self, n: usize) -> Vec<String> {
-        self.send_named(&(0..n).map(|i| format!("job-{i}")).collect::<Vec<_>>()).await
+        self.send_named(&(0..n).map(|i| format!("job-{i}")).collect::<Vec<_>>())
+            .await
     }
 
     pub async fn send_named(&self, ids: &[String]) -> Vec<String> {
         for chunk in ids.chunks(10) {
             let batch = chunk
                 .iter()
-                .map(|id| OutgoingMessage::new(format!("payload of {id}")).attribute(JOB_ID_ATTRIBUTE, id.clone()))
+                .map(|id| {
+                    OutgoingMessage::new(format!("payload of {id}"))
+                        .attribute(JOB_ID_ATTRIBUTE, id.clone())
+                })
                 .collect();
             for r in self.jobs.send_batch(batch).await.unwrap() {
                 r.unwrap();
@@ -167,7 +183,12 @@ impl Processor for Counting {
         let behaviour = *self.behaviour.lock().unwrap();
         match behaviour {
             Behaviour::Succeed => {
-                *self.runs.lock().unwrap().entry(job.id.to_string()).or_default() += 1;
+                *self
+                    .runs
+                    .lock()
+                    .unwrap()
+                    .entry(job.id.to_string())
+                    .or_default() += 1;
                 Ok(Output::text(job.body.to_uppercase()))
             }
             Behaviour::Retry => Err(ProcessError::retry("not yet")),

@@ -1,0 +1,96 @@
+//! The main job end to end: runs the `spot_pipeline` example binary (built by
+//! `cargo test` with the other examples) and checks its report.
+
+use std::process::Command;
+
+fn example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/spot_pipeline
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir
+        .join("examples")
+        .join(format!("spot_pipeline{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test`",
+        path.display()
+    );
+    path
+}
+
+fn run(args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(example())
+        .args(args)
+        .arg("--json")
+        .arg("--timeout")
+        .arg("120")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): stdout {stdout:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+#[test]
+fn chaos_run_loses_nothing_and_dead_letters_exactly_the_bad_inputs() {
+    let (ok, r) = run(&[
+        "--jobs",
+        "40",
+        "--side",
+        "96",
+        "--chaos",
+        "--seed",
+        "7",
+        "--bad-inputs",
+        "4",
+    ]);
+    assert!(ok, "exit status non-zero: {r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["jobs"], 40);
+    assert_eq!(r["stage1_results"], 40);
+    assert_eq!(r["stage2_results"], 40);
+    assert_eq!(r["dead_lettered"], 4, "{r}");
+    let reasons: Vec<&str> = r["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    for want in [
+        "malformed message",
+        "missing object",
+        "not an image",
+        "decompression bomb",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "no dead letter says {want:?}: {reasons:?}"
+        );
+    }
+    assert!(r["duplicates_dropped"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["restarts"].as_u64().unwrap() > 0, "{r}");
+    for key in ["leases_extended", "elapsed_s"] {
+        assert!(r.get(key).is_some(), "report lacks {key}");
+    }
+}
+
+#[test]
+fn a_plain_run_reports_every_job() {
+    let (ok, r) = run(&["--jobs", "12", "--side", "64"]);
+    assert!(ok);
+    assert_eq!(
+        (
+            r["stage1_results"].as_u64(),
+            r["stage2_results"].as_u64(),
+            r["lost"].as_u64()
+        ),
+        (Some(12), Some(12), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["dead_lettered"], 0);
+}
