@@ -86,7 +86,9 @@ pub use job::{
 };
 pub use pipeline::{IntoShared, Pipeline, ResultStore};
 pub use processor::{Context, Output, Processor, WorkerInfo};
-pub use runtime::{PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport};
+pub use runtime::{
+    termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,
+};
 pub use stats::StatsSnapshot;
 
 /// The names a service needs to write and register a processor.

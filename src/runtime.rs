@@ -193,6 +193,18 @@ impl RuntimeHandle {
         report
     }
 
+    /// Runs until `stop` completes (a signal, a spot-interruption notice, a
+    /// test's trigger), then shuts down gracefully.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> ShutdownReport {
+        stop.await;
+        self.shutdown().await
+    }
+
+    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> ShutdownReport {
+        self.run_until(termination_signal()).await
+    }
+
     /// Stops at once without releasing or flushing anything, as SIGKILL
     /// would: held messages come back when their visibility lapses.
     pub fn abort(mut self) {
@@ -210,6 +222,39 @@ impl RuntimeHandle {
 impl Drop for RuntimeHandle {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// A future that completes on SIGTERM or ctrl-c (SIGINT), whichever comes
+/// first. The handlers are installed when this is called, not when the future
+/// is first polled, so call it early: a signal that arrives in between is
+/// not lost. Must be called within a tokio runtime.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams =
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+        async move {
+            match streams {
+                Ok((mut term, mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; waiting for ctrl-c only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

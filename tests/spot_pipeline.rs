@@ -1,25 +1,12 @@
 //! The main job end to end: runs the `spot_pipeline` example binary (built by
 //! `cargo test` with the other examples) and checks its report.
 
+mod common;
+
 use std::process::Command;
 
-fn example() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/examples/spot_pipeline
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir
-        .join("examples")
-        .join(format!("spot_pipeline{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} not built: run the tests with `cargo test`",
-        path.display()
-    );
-    path
-}
-
 fn run(args: &[&str]) -> (bool, serde_json::Value) {
-    let out = Command::new(example())
+    let out = Command::new(common::example_binary())
         .args(args)
         .arg("--json")
         .arg("--timeout")

@@ -14,6 +14,8 @@ use bytes::Bytes;
 
 use crate::error::BackendError;
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod local;
 
 /// SQS: at most ten entries in one receive, delete, visibility or send batch.

@@ -1,6 +1,9 @@
 //! Shared harness for the invariant tests on the embedded backend.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +38,23 @@ where
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The `spot_pipeline` example binary, built by `cargo test` with the
+/// other examples.
+pub fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/spot_pipeline
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir
+        .join("examples")
+        .join(format!("spot_pipeline{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test`",
+        path.display()
+    );
+    path
 }
 
 /// A source queue with a DLQ, a topic routed (raw) to a downstream queue,

@@ -1,0 +1,118 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Which backend to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Backend {
+    /// The embedded backend, in this process.
+    Local,
+    /// SQS, SNS and S3 through the AWS SDK's standard configuration chain
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, profiles, instance roles).
+    Aws,
+}
+
+/// Which stages this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Stage {
+    #[value(name = "1")]
+    One,
+    #[value(name = "2")]
+    Two,
+    Both,
+}
+
+/// The two-stage image pipeline: stage 1 resizes and blurs each source image
+/// into `stage1/<job-id>.png` and announces it on a topic routed to the
+/// stage-2 queue; stage 2 writes `stage2/<job-id>.json` with grey-level
+/// statistics. Without `--worker` it also produces the jobs, waits for them
+/// and prints a report computed from the stores; the exit status is non-zero
+/// if any job is lost.
+#[derive(Parser, Debug)]
+#[command(version)]
+pub(crate) struct Args {
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub(crate) backend: Backend,
+    /// Synthetic jobs to generate (ignored with --input).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) jobs: usize,
+    /// Read source images (PNG or JPEG) from this directory instead.
+    #[arg(long)]
+    pub(crate) input: Option<PathBuf>,
+    /// Side of the synthetic images, in pixels.
+    #[arg(long, default_value_t = 384)]
+    pub(crate) side: u32,
+    /// Inject processor panics and, on the embedded backend, duplicate and
+    /// concurrent deliveries, redeliveries after delete and failing calls.
+    #[arg(long)]
+    pub(crate) chaos: bool,
+    /// Seed for the synthetic images and every injected fault.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Add this many malformed jobs (bad JSON, missing object, not an image,
+    /// decompression bomb, in turn); each must end in the dead-letter queue.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) bad_inputs: usize,
+    /// Stage-1 worker threads (default: one per core).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// Give up waiting for the jobs after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Run as a worker only: no producing, no report; stop on SIGTERM or
+    /// ctrl-c with a graceful drain.
+    #[arg(long)]
+    pub(crate) worker: bool,
+    /// Stages this process runs.
+    #[arg(long, value_enum, default_value_t = Stage::Both)]
+    pub(crate) stage: Stage,
+    /// Visibility timeout of each lease, in seconds (kept alive by the lease
+    /// keeper while a job runs).
+    #[arg(long)]
+    pub(crate) visibility_secs: Option<u64>,
+    /// Extra time each stage-1 job takes, to stand in for heavier work.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) process_delay_ms: u64,
+    /// Seconds a draining worker lets started jobs finish.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) grace_secs: u64,
+
+    /// AWS: create the buckets, queues (with dead-letter queues and a redrive
+    /// policy), topic and subscription this run needs, named after --prefix.
+    #[arg(long)]
+    pub(crate) provision: bool,
+    /// AWS: name prefix of provisioned resources.
+    #[arg(long, default_value = "ferry")]
+    pub(crate) prefix: String,
+    /// AWS: address S3 buckets path-style (moto and some LocalStack setups).
+    #[arg(long)]
+    pub(crate) s3_path_style: bool,
+    /// AWS: bucket of the source images.
+    #[arg(long)]
+    pub(crate) input_bucket: Option<String>,
+    /// AWS: bucket of the results.
+    #[arg(long)]
+    pub(crate) result_bucket: Option<String>,
+    /// AWS: stage-1 queue (name or URL).
+    #[arg(long)]
+    pub(crate) stage1_queue: Option<String>,
+    /// AWS: stage-1 dead-letter queue (name or URL).
+    #[arg(long)]
+    pub(crate) stage1_dlq: Option<String>,
+    /// AWS: stage-2 queue (name or URL).
+    #[arg(long)]
+    pub(crate) stage2_queue: Option<String>,
+    /// AWS: stage-2 dead-letter queue (name or URL).
+    #[arg(long)]
+    pub(crate) stage2_dlq: Option<String>,
+    /// AWS: topic stage 1 announces results on (ARN or name).
+    #[arg(long)]
+    pub(crate) topic: Option<String>,
+}

@@ -1,0 +1,253 @@
+//! The two-stage image pipeline, end to end.
+//!
+//! ```text
+//! cargo run --release --example spot_pipeline
+//! cargo run --release --example spot_pipeline -- --jobs 300 --chaos --seed 7 --bad-inputs 4 --json
+//! AWS_ENDPOINT_URL=http://127.0.0.1:5000 cargo run --release --example spot_pipeline -- \
+//!     --backend aws --provision --jobs 50 --json
+//! ```
+//!
+//! Stage 1 reads a job (an S3 event notification or `{"bucket","key"}`),
+//! resizes and blurs the image, stores `stage1/<job-id>.png` and publishes a
+//! notice to a topic that routes to the stage-2 queue; stage 2 stores
+//! `stage2/<job-id>.json` with the image's statistics. The report is computed
+//! by reading the stores and queues; the exit status is non-zero if any job
+//! is lost. With `--worker` the process only runs its stages until SIGTERM.
+
+mod args;
+mod produce;
+mod report;
+mod resources;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ferry::backend::local::Faults;
+use ferry::prelude::*;
+use ferry::testkit::PanicInjector;
+use ferry_actors::{Stage1, Stage2};
+
+use args::{Args, Backend, Stage};
+use resources::Resources;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Stands in for heavier work: sleeps before each job.
+struct Slow<P> {
+    inner: P,
+    delay: Duration,
+}
+
+impl<P: Processor> Processor for Slow<P> {
+    fn process(&mut self, job: &Job, ctx: &Context) -> std::result::Result<Output, ProcessError> {
+        std::thread::sleep(self.delay);
+        self.inner.process(job, ctx)
+    }
+}
+
+fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
+    let (seed, delay) = (args.seed, Duration::from_millis(args.process_delay_ms));
+    let panic_rate = if args.chaos { 0.05 } else { 0.0 };
+    let aws = args.backend == Backend::Aws;
+    let visibility = Duration::from_secs(args.visibility_secs.unwrap_or(if aws { 30 } else { 4 }));
+    let tune = move |c: &mut PipelineConfig| {
+        c.visibility_timeout = visibility;
+        // SQS counts visibility in whole seconds.
+        c.retry_backoff_base = if aws {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        c.retry_backoff_max = Duration::from_secs(if aws { 8 } else { 2 });
+        c.max_receives = 8;
+        // Short long polls: a draining worker waits for its open receives.
+        c.receive_wait = Duration::from_secs(if aws { 2 } else { 1 });
+        c.max_in_flight = 32;
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let mut out = Vec::new();
+    if args.stage != Stage::Two {
+        out.push(
+            Pipeline::new("stage1")
+                .source(r.stage1.clone())
+                .dead_letter(r.stage1_dlq.clone())
+                .results(r.blobs.clone(), r.result_bucket.clone(), "stage1/", "png")
+                .topic(r.topic.clone())
+                .processor(move || Slow {
+                    inner: PanicInjector::new(Stage1::default(), seed, panic_rate),
+                    delay,
+                })
+                .configure(|c| {
+                    tune(c);
+                    c.workers = workers;
+                }),
+        );
+    }
+    if args.stage != Stage::One {
+        out.push(
+            Pipeline::new("stage2")
+                .source(r.stage2.clone())
+                .dead_letter(r.stage2_dlq.clone())
+                .results(r.blobs.clone(), r.result_bucket.clone(), "stage2/", "json")
+                .processor(move || PanicInjector::new(Stage2, seed ^ 0x5eed, panic_rate))
+                .configure(|c| {
+                    tune(c);
+                    c.workers = 1;
+                }),
+        );
+    }
+    out
+}
+
+async fn start(args: &Args, r: &Resources) -> Result<RuntimeHandle> {
+    let mut builder = Runtime::builder().shutdown_grace(Duration::from_secs(args.grace_secs));
+    for p in pipelines(args, r) {
+        builder = builder.pipeline(p);
+    }
+    Ok(builder.start().await?)
+}
+
+/// Worker mode: run the stages until SIGTERM or ctrl-c, then drain.
+async fn worker(
+    args: &Args,
+    r: &Resources,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let runtime = start(args, r).await?;
+    let pid = std::process::id();
+    eprintln!("worker {pid} running stage(s) {:?}", args.stage);
+    tokio::pin!(stop);
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => eprintln!("stats {}", serde_json::to_string(&runtime.total())?),
+        }
+    }
+    eprintln!("stats {}", serde_json::to_string(&runtime.total())?);
+    let report = runtime.shutdown().await;
+    eprintln!(
+        "worker {} stopped: {}",
+        std::process::id(),
+        serde_json::to_string(&report)?
+    );
+    Ok(())
+}
+
+async fn settled(r: &Resources, produced: &produce::Produced) -> Result<(usize, bool)> {
+    let (_, done2) = report::count_results(r, &produced.good).await?;
+    let dead = r.stage1_dlq.depth().await?.total() + r.stage2_dlq.depth().await?.total();
+    let drained = r.stage1.depth().await?.total() == 0 && r.stage2.depth().await?.total() == 0;
+    let settled = done2 + dead;
+    Ok((
+        settled,
+        drained && settled >= produced.good.len() + produced.bad.len(),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    // Listen for SIGTERM from the first moment: a worker told to stop while
+    // it starts up still exits cleanly.
+    let stop = ferry::termination_signal();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Injected panics are expected: keep them out of the terminal.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map_or("", String::as_str);
+        if !msg.starts_with("injected panic") {
+            default_hook(info);
+        }
+    }));
+
+    let r = resources::open(&args).await?;
+    if args.worker {
+        return worker(&args, &r, stop).await;
+    }
+    let produced = produce::produce(&args, &r).await?;
+    let total = produced.good.len() + produced.bad.len();
+    if !args.json {
+        println!(
+            "ferry spot_pipeline: {} jobs + {} bad inputs, {:?} backend, chaos {}",
+            produced.good.len(),
+            produced.bad.len(),
+            args.backend,
+            if args.chaos {
+                format!("on (seed {})", args.seed)
+            } else {
+                "off".into()
+            }
+        );
+    }
+    if let (true, Some(local)) = (args.chaos, &r.local) {
+        local.set_faults(Faults::chaos(args.seed));
+    }
+
+    let started = Instant::now();
+    let runtime = start(&args, &r).await?;
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} settled  {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let poll = Duration::from_millis(if r.local.is_some() { 50 } else { 250 });
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let (n, done) = settled(&r, &produced).await?;
+        let t = runtime.total();
+        bar.set_position(n.min(total) as u64);
+        bar.set_message(format!(
+            "dup {} retry {} restart {}",
+            t.duplicates(),
+            t.retried,
+            t.restarts
+        ));
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let stats = runtime.stats();
+    let shutdown = runtime.shutdown().await;
+
+    if let Some(local) = &r.local {
+        // The report reads the stores without injected faults.
+        local.set_faults(Faults::none());
+    }
+    let report = report::build(&r, &produced, stats, elapsed).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+        println!(
+            "shutdown            {} ms, {} leases held at exit",
+            shutdown.elapsed_ms, shutdown.held_at_exit
+        );
+    }
+    if report.lost > 0 {
+        eprintln!("{} job(s) lost", report.lost);
+        std::process::exit(1);
+    }
+    Ok(())
+}

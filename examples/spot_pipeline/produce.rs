@@ -1,0 +1,114 @@
+//! The producer side: source images in the input bucket and one job message
+//! each, half as S3 event notifications, half as `{"bucket","key"}`.
+
+use ferry::backend::{ObjectMeta, OutgoingMessage, MAX_BATCH};
+use ferry::prelude::*;
+use ferry::JOB_ID_ATTRIBUTE;
+use ferry_actors::samples;
+
+use crate::args::Args;
+use crate::resources::Resources;
+use crate::Result;
+
+/// The jobs sent: good ones, and bad inputs that must be dead-lettered.
+pub(crate) struct Produced {
+    pub(crate) good: Vec<JobId>,
+    pub(crate) bad: Vec<JobId>,
+}
+
+fn job_message(i: usize, bucket: &str, key: &str) -> OutgoingMessage {
+    if i.is_multiple_of(2) {
+        // What S3 itself sends: no attributes, so the job id is the message id.
+        OutgoingMessage::new(
+            serde_json::json!({"Records": [{
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key}}
+            }]})
+            .to_string(),
+        )
+    } else {
+        // A producer of ours names the job itself.
+        OutgoingMessage::new(serde_json::json!({"bucket": bucket, "key": key}).to_string())
+            .attribute(JOB_ID_ATTRIBUTE, format!("job-{i:05}"))
+    }
+}
+
+async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<JobId>> {
+    let mut ids = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(MAX_BATCH) {
+        let named: Vec<Option<String>> = chunk
+            .iter()
+            .map(|m| m.attributes.get(JOB_ID_ATTRIBUTE).cloned())
+            .collect();
+        let sent = r.stage1.send_batch(chunk.to_vec()).await?;
+        for (name, sent) in named.into_iter().zip(sent) {
+            ids.push(JobId::new(name.unwrap_or(sent?)));
+        }
+    }
+    Ok(ids)
+}
+
+async fn put(r: &Resources, key: &str, body: Vec<u8>) -> Result<()> {
+    r.blobs
+        .put(&r.input_bucket, key, body.into(), ObjectMeta::default())
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
+    let mut keys = Vec::new();
+    match &args.input {
+        Some(dir) => {
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for path in files {
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let key = format!("input/{name}");
+                put(r, &key, std::fs::read(&path)?).await?;
+                keys.push(key);
+            }
+        }
+        None => {
+            for i in 0..args.jobs {
+                let key = format!("input/img-{i:05}.png");
+                let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+                put(r, &key, samples::synthetic_png(seed, args.side)).await?;
+                keys.push(key);
+            }
+        }
+    }
+    put(r, "bad/not-an-image.png", samples::not_an_image()).await?;
+    put(r, "bad/bomb.png", samples::decompression_bomb_png()).await?;
+    let bucket = r.input_bucket.as_str();
+    let good = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| job_message(i, bucket, k))
+        .collect();
+    let bad = (0..args.bad_inputs)
+        .map(|i| {
+            let body = match i % 4 {
+                0 => format!("{{\"bucket\": \"{bucket}\", \"key\": "),
+                1 => serde_json::json!({"bucket": bucket, "key": format!("missing/{i}.png")})
+                    .to_string(),
+                2 => {
+                    serde_json::json!({"bucket": bucket, "key": "bad/not-an-image.png"}).to_string()
+                }
+                _ => serde_json::json!({"bucket": bucket, "key": "bad/bomb.png"}).to_string(),
+            };
+            OutgoingMessage::new(body).attribute(JOB_ID_ATTRIBUTE, format!("bad-{i:03}"))
+        })
+        .collect();
+    Ok(Produced {
+        good: enqueue(r, good).await?,
+        bad: enqueue(r, bad).await?,
+    })
+}

@@ -1,0 +1,170 @@
+//! The final report, computed by reading the stores and queues.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use ferry::backend::Queue;
+use ferry::prelude::*;
+use ferry::{PipelineStats, StatsSnapshot, DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
+use ferry_actors::ImageStats;
+use serde::Serialize;
+
+use crate::produce::Produced;
+use crate::resources::Resources;
+use crate::Result;
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    jobs: usize,
+    bad_inputs: usize,
+    stage1_results: usize,
+    stage2_results: usize,
+    pub(crate) lost: usize,
+    dead_lettered: usize,
+    duplicates_dropped: u64,
+    restarts: u64,
+    leases_extended: u64,
+    retried: u64,
+    resumed: u64,
+    elapsed_s: f64,
+    jobs_per_s: f64,
+    dead_letters: Vec<DeadLetter>,
+    stages: BTreeMap<String, StatsSnapshot>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeadLetter {
+    queue: String,
+    job_id: String,
+    reason: String,
+}
+
+/// How many jobs have a stage-1 and a stage-2 result.
+pub(crate) async fn count_results(r: &Resources, jobs: &[JobId]) -> Result<(usize, usize)> {
+    let s1: HashSet<String> = r
+        .blobs
+        .list(&r.result_bucket, "stage1/")
+        .await?
+        .into_iter()
+        .collect();
+    let s2: HashSet<String> = r
+        .blobs
+        .list(&r.result_bucket, "stage2/")
+        .await?
+        .into_iter()
+        .collect();
+    let has = |set: &HashSet<String>, prefix: &str, ext: &str, j: &JobId| {
+        set.contains(&format!("{prefix}{}.{ext}", j.key_safe()))
+    };
+    Ok((
+        jobs.iter()
+            .filter(|j| has(&s1, "stage1/", "png", j))
+            .count(),
+        jobs.iter()
+            .filter(|j| has(&s2, "stage2/", "json", j))
+            .count(),
+    ))
+}
+
+/// Reads (without deleting) every entry of the dead-letter queues.
+async fn dead_letters(queues: &[&dyn Queue]) -> Result<Vec<DeadLetter>> {
+    let mut out = Vec::new();
+    for q in queues {
+        loop {
+            let got = q
+                .receive(10, Duration::ZERO, Duration::from_secs(60))
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            for m in got {
+                out.push(DeadLetter {
+                    queue: q.name().to_owned(),
+                    job_id: m
+                        .attributes
+                        .get(JOB_ID_ATTRIBUTE)
+                        .cloned()
+                        .unwrap_or(m.message_id),
+                    reason: m
+                        .attributes
+                        .get(DLQ_REASON_ATTRIBUTE)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            "(no reason: moved by the queue's redrive policy)".into()
+                        }),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn build(
+    r: &Resources,
+    produced: &Produced,
+    stats: Vec<PipelineStats>,
+    elapsed: Duration,
+) -> Result<Report> {
+    let good = &produced.good;
+    let (stage1_results, stage2_results) = count_results(r, good).await?;
+    let mut valid2 = 0;
+    for j in good {
+        let key = format!("stage2/{}.json", j.key_safe());
+        if let Ok(bytes) = r.blobs.get(&r.result_bucket, &key).await {
+            if serde_json::from_slice::<ImageStats>(&bytes).is_ok_and(|s| s.job_id == *j) {
+                valid2 += 1;
+            }
+        }
+    }
+    let dead = dead_letters(&[r.stage1_dlq.as_ref(), r.stage2_dlq.as_ref()]).await?;
+    let dead_ids: HashSet<&str> = dead.iter().map(|d| d.job_id.as_str()).collect();
+    let lost = (good.len() - valid2.min(good.len()))
+        + produced
+            .bad
+            .iter()
+            .filter(|b| !dead_ids.contains(b.as_str()))
+            .count();
+    let total = stats
+        .iter()
+        .fold(StatsSnapshot::default(), |a, p| a + p.stats);
+    Ok(Report {
+        jobs: good.len(),
+        bad_inputs: produced.bad.len(),
+        stage1_results,
+        stage2_results,
+        lost,
+        dead_lettered: dead.len(),
+        duplicates_dropped: total.duplicates(),
+        restarts: total.restarts,
+        leases_extended: total.leases_extended,
+        retried: total.retried,
+        resumed: total.resumed,
+        elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        jobs_per_s: (good.len() as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        dead_letters: dead,
+        stages: stats.into_iter().map(|p| (p.name, p.stats)).collect(),
+    })
+}
+
+impl Report {
+    pub(crate) fn print(&self) {
+        println!("jobs                {}", self.jobs);
+        println!("stage1_results      {}", self.stage1_results);
+        println!("stage2_results      {}", self.stage2_results);
+        println!("lost                {}", self.lost);
+        println!(
+            "dead_lettered       {} (bad inputs sent: {})",
+            self.dead_lettered, self.bad_inputs
+        );
+        for d in &self.dead_letters {
+            println!("  {} {}: {}", d.queue, d.job_id, d.reason);
+        }
+        println!("duplicates_dropped  {}", self.duplicates_dropped);
+        println!("restarts            {}", self.restarts);
+        println!("retried             {}", self.retried);
+        println!("resumed             {}", self.resumed);
+        println!("leases_extended     {}", self.leases_extended);
+        println!("elapsed_s           {:.3}", self.elapsed_s);
+        println!("jobs_per_s          {:.1}", self.jobs_per_s);
+    }
+}

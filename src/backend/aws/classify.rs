@@ -1,0 +1,140 @@
+//! One classifier for every AWS error: what the actors should do with it.
+
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::error::BackendError;
+
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "KMS.ThrottlingException",
+    "KMSThrottling",
+];
+
+const ACCESS: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthorizationError",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "InvalidSecurity",
+    "KMS.AccessDeniedException",
+];
+
+const MISSING: &[&str] = &[
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "NotFound",
+    "NotFoundException",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "404",
+];
+
+/// Classifies an error code and message from AWS; `server_fault` marks a
+/// failure on the service's side (5xx, or a batch entry without sender
+/// fault).
+pub(crate) fn classify_code(
+    code: &str,
+    message: &str,
+    server_fault: bool,
+    resource: &str,
+) -> BackendError {
+    let stale_handle = matches!(
+        code,
+        "ReceiptHandleIsInvalid" | "AWS.SimpleQueueService.MessageNotInflight"
+    ) || (code == "InvalidParameterValue"
+        && message.to_ascii_lowercase().contains("receipt"));
+    if stale_handle {
+        BackendError::ReceiptInvalid
+    } else if THROTTLING.contains(&code) {
+        BackendError::Throttled {
+            message: format!("{resource}: {code}: {message}"),
+        }
+    } else if ACCESS.contains(&code) {
+        BackendError::AccessDenied {
+            resource: format!("{resource} ({code}: {message})"),
+        }
+    } else if MISSING.contains(&code) {
+        BackendError::NotFound {
+            resource: resource.to_owned(),
+        }
+    } else if server_fault
+        || matches!(
+            code,
+            "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+        )
+    {
+        BackendError::transient(format!("{resource}: {code}: {message}"))
+    } else {
+        BackendError::Invalid {
+            message: format!("{resource}: {code}: {message}"),
+        }
+    }
+}
+
+/// Classifies any SDK error of any AWS service: throttling, 5xx, timeouts
+/// and connection failures are retryable; a stale receipt handle means the
+/// lease is lost; a missing resource or denied access names the resource.
+pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>, resource: &str) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code().unwrap_or(if se.raw().status().as_u16() == 404 {
+                "404"
+            } else {
+                "Unknown"
+            });
+            let message = e.message().unwrap_or("");
+            classify_code(code, message, se.raw().status().is_server_error(), resource)
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            BackendError::transient(format!("{resource}: {}", DisplayErrorContext(&err)))
+        }
+        _ => BackendError::Invalid {
+            message: format!("{resource}: {}", DisplayErrorContext(&err)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_decisions() {
+        assert_eq!(
+            classify_code("ReceiptHandleIsInvalid", "", false, "q"),
+            BackendError::ReceiptInvalid
+        );
+        assert_eq!(
+            classify_code("InvalidParameterValue", "Value x for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.", false, "q"),
+            BackendError::ReceiptInvalid
+        );
+        assert!(classify_code("RequestThrottled", "", false, "q").is_retryable());
+        assert!(classify_code("SlowDown", "", false, "b").is_retryable());
+        assert!(classify_code("Weird", "", true, "q").is_retryable());
+        assert!(!classify_code("InvalidParameterValue", "bad delay", false, "q").is_retryable());
+        assert!(
+            matches!(classify_code("AWS.SimpleQueueService.NonExistentQueue", "", false, "queue jobs"),
+            BackendError::NotFound { resource } if resource == "queue jobs")
+        );
+        assert!(matches!(
+            classify_code("AccessDenied", "no", false, "s3://b"),
+            BackendError::AccessDenied { .. }
+        ));
+    }
+}

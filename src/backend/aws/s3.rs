@@ -1,0 +1,108 @@
+//! S3 through `aws-sdk-s3`.
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use super::classify::classify;
+use crate::backend::{BlobStore, ObjectMeta};
+use crate::error::BackendError;
+
+/// S3, any bucket the credentials reach.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    pub(crate) client: aws_sdk_s3::Client,
+}
+
+fn name(bucket: &str, key: &str) -> String {
+    format!("s3://{bucket}/{key}")
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    #[tracing::instrument(skip_all, fields(bucket, key, size = body.len()))]
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: ObjectMeta,
+    ) -> Result<(), BackendError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .set_content_type(meta.content_type)
+            .set_metadata(Some(meta.metadata))
+            .send()
+            .await
+            .map_err(|e| classify(e, &name(bucket, key)))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(bucket, key))]
+    async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BackendError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, &name(bucket, key)))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| BackendError::transient(format!("{}: {e}", name(bucket, key))))?;
+        Ok(data.into_bytes())
+    }
+
+    #[tracing::instrument(skip_all, fields(bucket, key))]
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                content_type: out.content_type().map(str::to_owned),
+                metadata: out.metadata().cloned().unwrap_or_default(),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(classify(e, &name(bucket, key))),
+        }
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| classify(e, &format!("s3://{bucket}/{prefix}")))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}

@@ -1,0 +1,419 @@
+//! Worker processes against one moto server: a spot-kill soak (workers
+//! SIGKILLed at random while fresh ones start) and a SIGTERM drain. Both are
+//! bounded in time and stop by themselves.
+#![cfg(feature = "aws")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::aws::*;
+use common::example_binary;
+use ferry::backend::aws::{AwsBackend, QueueSpec, SqsQueue};
+use ferry::backend::{BlobStore, ObjectMeta, OutgoingMessage, Queue};
+use ferry::{DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
+use std::sync::Arc;
+
+/// One run's resources, provisioned as `--provision` would.
+struct Stages {
+    aws: AwsBackend,
+    input: String,
+    results: String,
+    stage1: Arc<SqsQueue>,
+    stage1_dlq: Arc<SqsQueue>,
+    stage2: Arc<SqsQueue>,
+    stage2_dlq: Arc<SqsQueue>,
+    topic_arn: String,
+    logs: PathBuf,
+}
+
+impl Stages {
+    async fn new(tag: &str) -> Self {
+        let aws = backend().await;
+        let p = unique(tag).to_lowercase();
+        let dlq1 = aws
+            .create_queue(&format!("{p}-s1-dlq"), &QueueSpec::default())
+            .await
+            .unwrap();
+        let dlq2 = aws
+            .create_queue(&format!("{p}-s2-dlq"), &QueueSpec::default())
+            .await
+            .unwrap();
+        let spec = |arn: &str| QueueSpec {
+            redrive: Some((arn.to_owned(), 10)),
+            ..QueueSpec::default()
+        };
+        let stage1 = aws
+            .create_queue(&format!("{p}-s1"), &spec(dlq1.arn()))
+            .await
+            .unwrap();
+        let stage2 = aws
+            .create_queue(&format!("{p}-s2"), &spec(dlq2.arn()))
+            .await
+            .unwrap();
+        let topic = aws.create_topic(&format!("{p}-done"), false).await.unwrap();
+        aws.subscribe(&topic, &stage2, false).await.unwrap();
+        let (input, results) = (format!("{p}-in"), format!("{p}-out"));
+        aws.create_bucket(&input).await.unwrap();
+        aws.create_bucket(&results).await.unwrap();
+        let logs = std::env::temp_dir().join(format!("ferry-{p}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        Self {
+            aws,
+            input,
+            results,
+            stage1,
+            stage1_dlq: dlq1,
+            stage2,
+            stage2_dlq: dlq2,
+            topic_arn: topic.arn().to_owned(),
+            logs,
+        }
+    }
+
+    /// Uploads `n` images and enqueues one job each, plus the bad inputs.
+    async fn produce(&self, n: usize, bad: &[(&str, String)]) {
+        let blobs = self.aws.blobs();
+        blobs
+            .put(
+                &self.input,
+                "bad/text.png",
+                ferry_actors::samples::not_an_image().into(),
+                ObjectMeta::default(),
+            )
+            .await
+            .unwrap();
+        let mut msgs = Vec::new();
+        for i in 0..n {
+            let key = format!("in/{i}.png");
+            let png = ferry_actors::samples::synthetic_png(i as u64, 48);
+            blobs
+                .put(&self.input, &key, png.into(), ObjectMeta::default())
+                .await
+                .unwrap();
+            let body = serde_json::json!({"bucket": self.input, "key": key}).to_string();
+            msgs.push(
+                OutgoingMessage::new(body).attribute(JOB_ID_ATTRIBUTE, format!("job-{i:03}")),
+            );
+        }
+        for (id, body) in bad {
+            msgs.push(OutgoingMessage::new(body.clone()).attribute(JOB_ID_ATTRIBUTE, *id));
+        }
+        for chunk in msgs.chunks(10) {
+            for r in self.stage1.send_batch(chunk.to_vec()).await.unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+
+    /// Waits until worker `n` says it is running (bounded).
+    fn wait_running(&self, stage: &str, n: usize) {
+        let log = self.logs.join(format!("worker-{stage}-{n}.log"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("running stage")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "worker {n} never started; see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn worker(&self, stage: &str, n: usize, extra: &[&str]) -> Child {
+        let log = std::fs::File::create(self.logs.join(format!("worker-{stage}-{n}.log"))).unwrap();
+        Command::new(example_binary())
+            .args([
+                "--backend",
+                "aws",
+                "--worker",
+                "--s3-path-style",
+                "--stage",
+                stage,
+            ])
+            .args([
+                "--input-bucket",
+                &self.input,
+                "--result-bucket",
+                &self.results,
+            ])
+            .args([
+                "--stage1-queue",
+                self.stage1.url(),
+                "--stage1-dlq",
+                self.stage1_dlq.url(),
+            ])
+            .args([
+                "--stage2-queue",
+                self.stage2.url(),
+                "--stage2-dlq",
+                self.stage2_dlq.url(),
+            ])
+            .args(["--topic", &self.topic_arn, "--workers", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn depth_total(&self, q: &SqsQueue) -> usize {
+        q.depth().await.unwrap().total()
+    }
+
+    /// The last `stats` line each worker log holds, summed.
+    fn worker_stats(&self) -> ferry::StatsSnapshot {
+        let mut total = ferry::StatsSnapshot::default();
+        for entry in std::fs::read_dir(&self.logs).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            if let Some(line) = text.lines().rev().find_map(|l| l.strip_prefix("stats ")) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                let get = |k: &str| v[k].as_u64().unwrap_or(0);
+                total = total
+                    + ferry::StatsSnapshot {
+                        duplicates_merged: get("duplicates_merged"),
+                        duplicates_dropped: get("duplicates_dropped"),
+                        resumed: get("resumed"),
+                        restarts: get("restarts"),
+                        received: get("received"),
+                        processed: get("processed"),
+                        leases_lost: get("leases_lost"),
+                        ..Default::default()
+                    };
+            }
+        }
+        total
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "could not signal worker {}", child.id());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
+    let Some(_) = endpoint() else { return };
+    const JOBS: usize = 150;
+    let s = Stages::new("spot").await;
+    let bad = vec![
+        ("bad-json", "{\"bucket\": ".to_string()),
+        (
+            "bad-missing",
+            serde_json::json!({"bucket": s.input, "key": "nope.png"}).to_string(),
+        ),
+        (
+            "bad-text",
+            serde_json::json!({"bucket": s.input, "key": "bad/text.png"}).to_string(),
+        ),
+    ];
+    s.produce(JOBS, &bad).await;
+    let started = Instant::now();
+    // 300 ms of work per stage-1 job: kills land mid-job, not between runs.
+    let extra = [
+        "--visibility-secs",
+        "4",
+        "--grace-secs",
+        "5",
+        "--process-delay-ms",
+        "300",
+    ];
+    let mut spawned = 0;
+    let mut workers: Vec<(String, usize, Child)> = Vec::new();
+    for stage in ["1", "1", "1", "2", "2", "2"] {
+        workers.push((stage.to_string(), spawned, s.worker(stage, spawned, &extra)));
+        spawned += 1;
+    }
+    let deadline = started + Duration::from_secs(300);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut kills = 0;
+    let mut last_kill = Instant::now();
+    let blobs = s.aws.blobs();
+    let done = loop {
+        assert!(
+            Instant::now() < deadline,
+            "not done within 300 s after {kills} kills"
+        );
+        if last_kill.elapsed() >= Duration::from_secs(2) {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let i = (rng % workers.len() as u64) as usize;
+            let (stage, _, mut child) = workers.swap_remove(i);
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            workers.push((stage.clone(), spawned, s.worker(&stage, spawned, &extra)));
+            spawned += 1;
+            last_kill = Instant::now();
+        }
+        let results = blobs.list(&s.results, "stage2/").await.unwrap();
+        if results.len() >= JOBS
+            && s.depth_total(&s.stage1).await == 0
+            && s.depth_total(&s.stage2).await == 0
+            && s.depth_total(&s.stage1_dlq).await == bad.len()
+        {
+            break results;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let elapsed = started.elapsed();
+    for (stage, n, child) in &workers {
+        s.wait_running(stage, *n);
+        sigterm(child);
+    }
+    for (_, _, child) in &mut workers {
+        assert!(
+            wait_exit(child, Duration::from_secs(30)).success(),
+            "a worker exited non-zero on SIGTERM"
+        );
+    }
+
+    // Exactly one stage-2 result per job, each naming its job.
+    let expected: BTreeSet<String> = (0..JOBS)
+        .map(|i| format!("stage2/job-{i:03}.json"))
+        .collect();
+    let got: BTreeSet<String> = done.into_iter().collect();
+    assert_eq!(got, expected);
+    for key in &expected {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&blobs.get(&s.results, key).await.unwrap()).unwrap();
+        assert_eq!(
+            format!("stage2/{}.json", doc["job_id"].as_str().unwrap()),
+            *key
+        );
+    }
+    // Both work queues empty, visible and in flight; the DLQ holds exactly the bad inputs.
+    assert_eq!(
+        s.depth_total(&s.stage1).await + s.depth_total(&s.stage2).await,
+        0
+    );
+    assert_eq!(s.depth_total(&s.stage2_dlq).await, 0);
+    let h = AwsHarness {
+        aws: s.aws.clone(),
+        jobs: s.stage1.clone(),
+        dlq: s.stage1_dlq.clone(),
+        topic: s.aws.topic(&s.topic_arn).await.unwrap(),
+        downstream: s.stage2.clone(),
+        bucket: s.results.clone(),
+    };
+    let mut dead: Vec<(String, String)> = h
+        .drain_view(&s.stage1_dlq)
+        .await
+        .into_iter()
+        .map(|m| {
+            (
+                m.attributes[JOB_ID_ATTRIBUTE].clone(),
+                m.attributes
+                    .get(DLQ_REASON_ATTRIBUTE)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+        ["bad-json", "bad-missing", "bad-text"]
+    );
+    assert!(dead[0].1.contains("malformed message"), "{dead:?}");
+    assert!(dead[1].1.contains("missing object"), "{dead:?}");
+    assert!(dead[2].1.contains("not an image"), "{dead:?}");
+    let seen = s.worker_stats();
+    eprintln!(
+        "spot-kill: {kills} kills, {spawned} workers started, {JOBS} jobs, {} stage-2 results, \
+         messages received {} and processor runs {} (both stages, workers' last stats lines), \
+         duplicates seen {} (merged {}, dropped {}), resumed {}, dead letters {}, {:.1} s",
+        got.len(),
+        seen.received,
+        seen.processed,
+        seen.duplicates(),
+        seen.duplicates_merged,
+        seen.duplicates_dropped,
+        seen.resumed,
+        dead.len(),
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        kills >= 3,
+        "the soak ended before it killed anything: {kills} kills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_unstarted_jobs_within_a_second_and_exits_clean() {
+    let Some(_) = endpoint() else { return };
+    let s = Stages::new("term").await;
+    s.produce(10, &[]).await;
+    let mut child = s.worker(
+        "1",
+        0,
+        &[
+            "--visibility-secs",
+            "30",
+            "--process-delay-ms",
+            "3000",
+            "--grace-secs",
+            "15",
+        ],
+    );
+    s.wait_running("1", 0);
+    let limit = Instant::now() + Duration::from_secs(30);
+    while s.stage1.depth().await.unwrap().in_flight < 10 {
+        assert!(Instant::now() < limit, "the worker never leased the jobs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first job is now in its three seconds of work.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    sigterm(&child);
+    let signalled = Instant::now();
+    while s.stage1.depth().await.unwrap().visible < 9 {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "unstarted jobs were not released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let released_in = signalled.elapsed();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    let depth = s.stage1.depth().await.unwrap();
+    eprintln!("sigterm: 9 unstarted jobs visible again after {released_in:?}; exit {status:?}; queue {depth:?}");
+    assert!(released_in < Duration::from_secs(1), "took {released_in:?}");
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (9, 0),
+        "the worker exited holding a lease"
+    );
+    let done = s.aws.blobs().list(&s.results, "stage1/").await.unwrap();
+    assert_eq!(
+        done.len(),
+        1,
+        "the started job finished within the grace period"
+    );
+}
