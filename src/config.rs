@@ -41,9 +41,16 @@ impl RestartPolicy {
 pub struct PipelineConfig {
     /// Processor threads.
     pub workers: usize,
-    /// Leases held at once; the poller receives only below this.
+    /// Jobs received but not yet started, at most. The default adapts: a
+    /// quarter second of work at the rate jobs have been starting, at least
+    /// twice the workers plus one batch, at most `max_in_flight`. It keeps a
+    /// worker from hoarding messages its fleet could run, while its
+    /// processors never wait for a receive.
+    pub prefetch: Option<usize>,
+    /// Leases held at once, in any stage; a hard cap above `prefetch`.
     pub max_in_flight: usize,
-    /// Receives kept in flight at once.
+    /// Most receives in flight at once. The poller starts with one, adds one
+    /// while receives come back full and drops one after an empty receive.
     pub receive_concurrency: usize,
     /// Long-polling wait of one receive (SQS allows up to 20 s).
     pub receive_wait: Duration,
@@ -58,8 +65,10 @@ pub struct PipelineConfig {
     pub retry_backoff_base: Duration,
     /// Longest retry backoff.
     pub retry_backoff_max: Duration,
-    /// Pending deletes and visibility changes are sent at least this often
-    /// (and at once when ten are waiting).
+    /// Pending deletes, visibility changes and notifications are sent at
+    /// once when ten are waiting, else after waiting this long: a longer
+    /// interval fills more batches (fewer paid calls), a shorter one settles
+    /// single jobs sooner.
     pub flush_interval: Duration,
     /// How long a completed job id is remembered.
     pub seen_ttl: Duration,
@@ -77,15 +86,16 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            max_in_flight: 64,
-            receive_concurrency: 2,
+            prefetch: None,
+            max_in_flight: 1024,
+            receive_concurrency: 16,
             receive_wait: Duration::from_secs(20),
             visibility_timeout: Duration::from_secs(30),
             max_lease_age: Duration::from_secs(11 * 3600 + 50 * 60),
             max_receives: 5,
             retry_backoff_base: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(15 * 60),
-            flush_interval: Duration::from_millis(5),
+            flush_interval: Duration::from_millis(100),
             seen_ttl: Duration::from_secs(15 * 60),
             seen_capacity: 100_000,
             effect_attempts: 4,
@@ -96,6 +106,13 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// The prefetch limit in force when jobs start at `rate` per second.
+    pub fn prefetch_limit(&self, rate: f64) -> usize {
+        let floor = 2 * self.workers + crate::backend::MAX_BATCH;
+        let adaptive = ((rate * 0.25) as usize).clamp(floor, self.max_in_flight.max(floor));
+        self.prefetch.unwrap_or(adaptive).max(1)
+    }
+
     /// The visibility to set after the `receive_count`-th attempt failed.
     pub fn retry_backoff(&self, receive_count: u32) -> Duration {
         let factor = 1u32 << receive_count.saturating_sub(1).min(16);

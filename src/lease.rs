@@ -1,13 +1,14 @@
 //! The lease table: every received message's lease, kept outside any actor so
 //! an actor that restarts loses none (DESIGN rule 5).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::job::Job;
+use crate::seen::{key, SeenKey};
 
 /// Where a lease's job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +23,17 @@ pub(crate) enum LeaseState {
 
 /// One message's lease.
 #[derive(Debug)]
-pub(crate) struct Lease {
+pub struct Lease {
     pub(crate) id: u64,
     pub(crate) job: Job,
+    /// The job id's key in the seen-ID cache, hashed once.
+    pub(crate) seen_key: SeenKey,
     pub(crate) received_at: Instant,
     /// The newest receipt handle and the time its visibility lapses.
     handle: Mutex<(String, Instant)>,
     state: AtomicU8,
+    /// The table's count of leases still pending, shared.
+    pending: Arc<AtomicUsize>,
     cancelled: Arc<AtomicBool>,
     extending: AtomicBool,
     extensions: AtomicU32,
@@ -68,23 +73,32 @@ impl Lease {
         }
     }
 
+    fn leave_pending(&self, to: LeaseState) -> bool {
+        let left = self
+            .state
+            .compare_exchange(0, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if left {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        left
+    }
+
     /// Pending → Started; false if the lease was released first.
     pub(crate) fn try_start(&self) -> bool {
-        self.state
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            && !self.is_cancelled()
+        self.leave_pending(LeaseState::Started) && !self.is_cancelled()
     }
 
     /// Pending → Released; false if a processor took it first.
     pub(crate) fn try_release_pending(&self) -> bool {
-        self.state
-            .compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.leave_pending(LeaseState::Released)
     }
 
     pub(crate) fn mark_released(&self) {
-        self.state.store(2, Ordering::Release);
+        if !self.leave_pending(LeaseState::Released) {
+            self.state
+                .store(LeaseState::Released as u8, Ordering::Release);
+        }
     }
 
     /// The lease is lost or given up: no further side effect may happen.
@@ -113,34 +127,58 @@ impl Lease {
 
 /// Every live lease of one pipeline.
 #[derive(Debug, Default)]
-pub(crate) struct LeaseTable {
+pub struct LeaseTable {
     map: DashMap<u64, Arc<Lease>>,
     next: AtomicU64,
+    pending: Arc<AtomicUsize>,
 }
 
 impl LeaseTable {
-    pub(crate) fn insert(&self, job: Job, handle: String, visible_until: Instant) -> Arc<Lease> {
+    /// Leases a received job under its receipt handle.
+    pub fn insert(&self, job: Job, handle: String, visible_until: Instant) -> Arc<Lease> {
+        let k = key(&job.id);
+        self.insert_at(job, handle, visible_until, Instant::now(), k)
+    }
+
+    /// [`LeaseTable::insert`] with the receive time and seen key known.
+    pub(crate) fn insert_at(
+        &self,
+        job: Job,
+        handle: String,
+        visible_until: Instant,
+        received_at: Instant,
+        seen_key: SeenKey,
+    ) -> Arc<Lease> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let lease = Arc::new(Lease {
             id,
             job,
-            received_at: Instant::now(),
+            seen_key,
+            received_at,
             handle: Mutex::new((handle, visible_until)),
             state: AtomicU8::new(LeaseState::Pending as u8),
+            pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
         });
+        self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());
         lease
     }
 
+    /// Leases received whose job has not started.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
     /// Removes a lease; true if it was still there.
-    pub(crate) fn remove(&self, lease: &Lease) -> bool {
+    pub fn remove(&self, lease: &Lease) -> bool {
         self.map.remove(&lease.id).is_some()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Leases held.
+    pub fn len(&self) -> usize {
         self.map.len()
     }
 

@@ -91,6 +91,14 @@ pub use runtime::{
 };
 pub use stats::StatsSnapshot;
 
+/// ferry's internals, for its own benches and benchmark report only: not a
+/// stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::lease::{Lease, LeaseTable};
+    pub use crate::seen::{Claim, SeenCache};
+}
+
 /// The names a service needs to write and register a processor.
 pub mod prelude {
     pub use crate::{

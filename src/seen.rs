@@ -13,15 +13,27 @@ use tokio::time::Instant;
 use crate::job::JobId;
 use crate::lease::Lease;
 
+/// A job id's 128-bit hash: the cache keeps no id strings. Two ids share a
+/// key with a chance of about n²/2¹²⁹ (1e-29 for 100,000 ids).
+pub(crate) type SeenKey = [u64; 2];
+type Key = SeenKey;
+
+pub(crate) fn key(id: &JobId) -> Key {
+    let h = xxhash_rust::xxh3::xxh3_128(id.as_str().as_bytes());
+    [h as u64, (h >> 64) as u64]
+}
+
 #[derive(Debug, Clone)]
 enum Seen {
     InFlight(Arc<Lease>),
-    Done(Instant),
+    /// Completed, at this many milliseconds after the cache's epoch.
+    Done(u64),
 }
 
 /// What a delivery is, as far as this process knows.
+#[allow(missing_docs)]
 #[derive(Debug)]
-pub(crate) enum Claim {
+pub enum Claim {
     /// Not seen (or seen long ago): process it under this new lease.
     New(Arc<Lease>),
     /// The same job is in flight under this lease.
@@ -30,32 +42,44 @@ pub(crate) enum Claim {
     Done,
 }
 
-/// Bounded by count and by age of completed entries.
+/// The seen-ID cache, bounded by count and by age of completed entries.
 #[derive(Debug)]
-pub(crate) struct SeenCache {
-    map: DashMap<JobId, Seen>,
-    completed: Mutex<VecDeque<(Instant, JobId)>>,
+pub struct SeenCache {
+    map: DashMap<Key, Seen>,
+    completed: Mutex<VecDeque<(u64, Key)>>,
+    epoch: Instant,
     ttl: Duration,
     capacity: usize,
 }
 
 impl SeenCache {
-    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+    /// A cache remembering completed ids for `ttl`, at most `capacity` of them.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             map: DashMap::new(),
             completed: Mutex::new(VecDeque::new()),
+            epoch: Instant::now(),
             ttl,
             capacity: capacity.max(1),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        Instant::now().duration_since(self.epoch).as_millis() as u64
+    }
+
     /// Classifies a delivery; `make` creates the lease of a new one.
-    pub(crate) fn claim(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Claim {
-        let now = Instant::now();
-        match self.map.entry(id.clone()) {
+    pub fn claim(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Claim {
+        self.claim_key(key(id), make)
+    }
+
+    /// [`SeenCache::claim`] by a key already hashed.
+    pub(crate) fn claim_key(&self, k: Key, make: impl FnOnce() -> Arc<Lease>) -> Claim {
+        let ttl = self.ttl.as_millis() as u64;
+        match self.map.entry(k) {
             Entry::Occupied(mut e) => match e.get() {
                 Seen::InFlight(lease) => Claim::InFlight(lease.clone()),
-                Seen::Done(at) if now.duration_since(*at) < self.ttl => Claim::Done,
+                Seen::Done(at) if self.now_ms().saturating_sub(*at) < ttl => Claim::Done,
                 Seen::Done(_) => {
                     let lease = make();
                     e.insert(Seen::InFlight(lease.clone()));
@@ -71,13 +95,24 @@ impl SeenCache {
     }
 
     /// The job finished (deleted or dead-lettered): later copies are dropped.
-    pub(crate) fn complete(&self, id: &JobId) {
-        let now = Instant::now();
-        self.map.insert(id.clone(), Seen::Done(now));
+    pub fn complete(&self, id: &JobId) {
+        self.complete_keys(&[key(id)]);
+    }
+
+    /// Marks a batch of jobs completed at once (one clock read, one lock).
+    pub(crate) fn complete_keys(&self, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let ttl = self.ttl.as_millis() as u64;
+        for k in keys {
+            self.map.insert(*k, Seen::Done(now));
+        }
         let mut done = self.completed.lock().expect("seen lock");
-        done.push_back((now, id.clone()));
+        done.extend(keys.iter().map(|k| (now, *k)));
         while let Some((at, old)) = done.front() {
-            let expired = now.duration_since(*at) >= self.ttl;
+            let expired = now.saturating_sub(*at) >= ttl;
             if !expired && self.map.len() <= self.capacity {
                 break;
             }
@@ -89,15 +124,15 @@ impl SeenCache {
     }
 
     /// The job will come back (retry, release, lost lease): forget it.
-    pub(crate) fn forget(&self, id: &JobId, lease: &Lease) {
+    pub fn forget(&self, lease: &Lease) {
         self.map.remove_if(
-            id,
+            &lease.seen_key,
             |_, s| matches!(s, Seen::InFlight(l) if l.id == lease.id),
         );
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    /// Ids remembered now.
+    pub fn len(&self) -> usize {
         self.map.len()
     }
 }
@@ -167,12 +202,12 @@ mod tests {
             panic!()
         };
         let other = lease(&table, "a");
-        cache.forget(&id, &other);
+        cache.forget(&other);
         assert!(matches!(
             cache.claim(&id, || lease(&table, "a")),
             Claim::InFlight(_)
         ));
-        cache.forget(&id, &first);
+        cache.forget(&first);
         assert!(matches!(
             cache.claim(&id, || lease(&table, "a")),
             Claim::New(_)

@@ -79,6 +79,9 @@ impl StatsSnapshot {
 
 impl Stats {
     pub(crate) fn add(&self, counter: &AtomicU64, n: u64) {
+        if n == 0 {
+            return;
+        }
         counter.fetch_add(n, Ordering::Relaxed);
     }
 

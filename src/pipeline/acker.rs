@@ -5,6 +5,7 @@
 //! `flush_interval`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +69,20 @@ impl Acker {
         }
     }
 
+    /// A lease's ending entered the acker's care.
+    fn hold(&self) {
+        self.shared.settling.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A lease's ending left it (finished or dropped).
+    fn release_hold(&self) {
+        self.shared.settling.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn accept(&mut self, s: Settlement) {
+        if !matches!(s, Settlement::DropCopy(_)) {
+            self.hold();
+        }
         let cfg = &self.shared.config;
         match s {
             Settlement::Done(lease) => {
@@ -76,6 +90,7 @@ impl Acker {
                     // The lease is lost: deleting now could delete a copy
                     // another worker holds. It will come back.
                     self.shared.drop_lease(&lease);
+                    self.release_hold();
                 } else {
                     self.deletes.push(Delete::Job {
                         lease,
@@ -91,6 +106,7 @@ impl Acker {
                 let count = lease.job.receive_count;
                 if lease.is_cancelled() {
                     self.shared.drop_lease(&lease);
+                    self.release_hold();
                 } else if count >= cfg.max_receives {
                     let reason = format!("failed on all {count} receives; last error: {reason}");
                     self.dead.push((lease, reason));
@@ -109,6 +125,7 @@ impl Acker {
             Settlement::DeadLetter { lease, reason } => {
                 if lease.is_cancelled() {
                     self.shared.drop_lease(&lease);
+                    self.release_hold();
                 } else {
                     self.dead.push((lease, reason));
                 }
@@ -126,9 +143,11 @@ impl Acker {
         !(self.deletes.is_empty() && self.visibility.is_empty() && self.dead.is_empty())
     }
 
-    /// Sends full batches now and schedules the rest.
+    /// Sends full batches now and schedules the rest — or sends everything
+    /// now when no other job is in flight to fill a batch.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        self.flush(ctx, true);
+        let idle = self.shared.nothing_else_in_flight(0);
+        self.flush(ctx, !idle);
         if self.pending() && self.timer.is_none() {
             let every = self.shared.config.flush_interval;
             self.timer = Some(ctx.run_later(every, |act, ctx| {
@@ -208,6 +227,8 @@ impl Acker {
                 return;
             }
         };
+        let mut finished = Vec::with_capacity(batch.len());
+        let mut acked = 0;
         for ((d, used), r) in batch.into_iter().zip(handles).zip(results) {
             let Delete::Job {
                 lease,
@@ -219,10 +240,11 @@ impl Acker {
             match r {
                 Ok(()) => {
                     if !dead_lettered {
-                        Stats::inc(&s.stats.acked);
+                        acked += 1;
                     }
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, "deleted");
-                    s.finish_lease(&lease);
+                    finished.push(lease);
+                    self.release_hold();
                 }
                 Err(BackendError::ReceiptInvalid) if lease.handle() != used => {
                     // A newer copy merged in meanwhile: delete with its handle.
@@ -237,7 +259,8 @@ impl Acker {
                     tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                         "delete refused: lease lost after the job's effects completed");
                     Stats::inc(&s.stats.leases_lost);
-                    s.finish_lease(&lease);
+                    finished.push(lease);
+                    self.release_hold();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "delete entry failed; will retry");
@@ -249,6 +272,8 @@ impl Acker {
                 }
             }
         }
+        s.finish_leases(&finished);
+        s.stats.add(&s.stats.acked, acked);
     }
 
     fn send_visibility(&mut self, batch: Vec<VisChange>, ctx: &mut Context<Self>) {
@@ -298,6 +323,7 @@ impl Acker {
                         _ => {}
                     }
                     s.drop_lease(&v.lease);
+                    self.release_hold();
                 }
                 Ok(()) | Err(BackendError::ReceiptInvalid) => self.visibility.push(v),
                 Err(e) => {

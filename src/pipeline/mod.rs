@@ -57,6 +57,12 @@ pub(crate) struct Shared {
     /// Signalled whenever leases are removed, so a full poller resumes.
     pub(crate) capacity: Notify,
     pub(crate) receives_in_flight: AtomicUsize,
+    /// Jobs started so far (the poller's rate estimate reads it).
+    pub(crate) started: std::sync::atomic::AtomicU64,
+    /// The poller's prefetch limit now; workers wake it when a batch fits.
+    pub(crate) prefetch_now: AtomicUsize,
+    /// Leases whose ending the acker holds (buffered or being sent).
+    pub(crate) settling: AtomicUsize,
     pub(crate) escalated: AtomicBool,
     restarts: Mutex<VecDeque<std::time::Instant>>,
 }
@@ -77,6 +83,9 @@ impl Shared {
             stats: Stats::default(),
             capacity: Notify::new(),
             receives_in_flight: AtomicUsize::new(0),
+            started: std::sync::atomic::AtomicU64::new(0),
+            prefetch_now: AtomicUsize::new(0),
+            settling: AtomicUsize::new(0),
             escalated: AtomicBool::new(false),
             restarts: Mutex::new(VecDeque::new()),
             config,
@@ -87,19 +96,24 @@ impl Shared {
     /// delivery is processed afresh.
     pub(crate) fn drop_lease(&self, lease: &Lease) {
         lease.mark_released();
-        self.seen.forget(&lease.job.id, lease);
+        self.seen.forget(lease);
         if self.leases.remove(lease) {
             self.capacity.notify_one();
         }
     }
 
-    /// The job is finished (deleted or dead-lettered).
-    pub(crate) fn finish_lease(&self, lease: &Lease) {
-        lease.mark_released();
-        self.seen.complete(&lease.job.id);
-        if self.leases.remove(lease) {
-            self.capacity.notify_one();
+    /// These jobs are finished (deleted or dead-lettered).
+    pub(crate) fn finish_leases(&self, leases: &[Arc<Lease>]) {
+        if leases.is_empty() {
+            return;
         }
+        let keys: Vec<_> = leases.iter().map(|l| l.seen_key).collect();
+        self.seen.complete_keys(&keys);
+        for lease in leases {
+            lease.mark_released();
+            self.leases.remove(lease);
+        }
+        self.capacity.notify_one();
     }
 
     /// Records a restart; true when the restart limit is passed.
@@ -115,6 +129,23 @@ impl Shared {
             r.pop_front();
         }
         r.len() > policy.max_restarts as usize
+    }
+
+    /// `n` jobs left the prefetch window (started, or resumed without
+    /// processing): wake the poller if a full batch fits again.
+    pub(crate) fn jobs_started(&self, n: u64) {
+        self.started.fetch_add(n, Ordering::Relaxed);
+        let limit = self.prefetch_now.load(Ordering::Relaxed);
+        if self.leases.pending() + crate::backend::MAX_BATCH <= limit {
+            self.capacity.notify_one();
+        }
+    }
+
+    /// Whether every lease held is waiting in the acker or in `waiting`
+    /// more: then no other job can join a batch, and waiting for one only
+    /// adds latency.
+    pub(crate) fn nothing_else_in_flight(&self, waiting: usize) -> bool {
+        self.leases.len() <= self.settling.load(Ordering::Acquire) + waiting
     }
 
     pub(crate) fn is_escalated(&self) -> bool {
@@ -153,6 +184,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
     pool_ctx.run(pool::ProcessorPool::new(
         shared.clone(),
         uploader.clone(),
+        publisher.clone(),
         acker.clone(),
         supervisor.clone(),
         io,

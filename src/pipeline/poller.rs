@@ -27,6 +27,11 @@ pub(crate) struct Poller {
     /// Receives in flight, by slot number.
     active: Vec<(u64, SpawnHandle)>,
     next_slot: u64,
+    /// Receives to keep in flight now (1 ..= receive_concurrency).
+    target: usize,
+    /// Jobs started per second, smoothed; sizes the prefetch window.
+    rate: f64,
+    rate_mark: (Instant, u64),
     stopped: bool,
     waiting_capacity: bool,
     error_streak: u32,
@@ -46,19 +51,59 @@ impl Poller {
             acker,
             active: Vec::new(),
             next_slot: 0,
+            target: 1,
+            rate: 0.0,
+            rate_mark: (Instant::now(), 0),
             stopped: false,
             waiting_capacity: false,
             error_streak: 0,
         }
     }
 
-    /// Starts receives until the concurrency or the in-flight limit is met.
-    fn fill(&mut self, ctx: &mut Context<Self>) {
+    /// Updates the job-start rate (every 20 ms at most) and the prefetch
+    /// limit it sets.
+    fn prefetch_limit(&mut self) -> usize {
+        let now = Instant::now();
+        let (at, count) = self.rate_mark;
+        let dt = now.duration_since(at).as_secs_f64();
+        if dt >= 0.02 {
+            let started = self.shared.started.load(Ordering::Relaxed);
+            let sample = (started - count) as f64 / dt;
+            self.rate = if self.rate == 0.0 {
+                sample
+            } else {
+                0.7 * self.rate + 0.3 * sample
+            };
+            self.rate_mark = (now, started);
+        }
+        let limit = self.shared.config.prefetch_limit(self.rate);
+        self.shared.prefetch_now.store(limit, Ordering::Relaxed);
+        limit
+    }
+
+    /// Room for another receive: below the prefetch and in-flight limits,
+    /// counting what the receives already in flight may bring.
+    fn room(&mut self) -> usize {
+        let prefetch = self.prefetch_limit();
         let cfg = &self.shared.config;
-        while !self.stopped && self.active.len() < cfg.receive_concurrency {
-            let reserved = self.shared.leases.len() + self.active.len() * MAX_BATCH;
-            let room = cfg.max_in_flight.saturating_sub(reserved);
-            if room == 0 {
+        let coming = self.active.len() * MAX_BATCH;
+        let leases = &self.shared.leases;
+        cfg.max_in_flight
+            .saturating_sub(leases.len() + coming)
+            .min(prefetch.saturating_sub(leases.pending() + coming))
+    }
+
+    /// Starts receives until the target concurrency or a limit is met. Only
+    /// full batches are asked for (unless a limit is below ten), so no call
+    /// is spent on a receive that could return less than it might.
+    fn fill(&mut self, ctx: &mut Context<Self>) {
+        let full = MAX_BATCH
+            .min(self.shared.config.max_in_flight)
+            .min(self.shared.config.prefetch_limit(0.0));
+        while !self.stopped && self.active.len() < self.target {
+            let room = self.room();
+            let cfg = &self.shared.config;
+            if room < full {
                 self.wait_for_capacity(ctx);
                 return;
             }
@@ -73,7 +118,7 @@ impl Poller {
             let handle = ctx.spawn(
                 async move { queue.receive(max, wait, visibility).await }
                     .into_actor(self)
-                    .map(move |res, act, ctx| act.received(slot, res, visibility, ctx)),
+                    .map(move |res, act, ctx| act.received(slot, max, res, visibility, ctx)),
             );
             self.active.push((slot, handle));
         }
@@ -98,6 +143,7 @@ impl Poller {
     fn received(
         &mut self,
         slot: u64,
+        asked: usize,
         res: Result<Vec<ReceivedMessage>, BackendError>,
         visibility: Duration,
         ctx: &mut Context<Self>,
@@ -109,7 +155,20 @@ impl Poller {
         match res {
             Ok(messages) => {
                 self.error_streak = 0;
+                let full = messages.len() >= asked;
+                let empty = messages.is_empty();
                 self.accept(messages, Instant::now() + visibility);
+                // Grow while receives come back full and the processors
+                // risk running dry (under half the prefetch window waiting,
+                // and room for more); shrink when they have enough waiting,
+                // and after empty receives. Every receive kept in flight
+                // costs a call when the queue runs empty.
+                let starving = self.shared.leases.pending() * 2 < self.prefetch_limit();
+                if full && starving && self.room() >= asked {
+                    self.target = (self.target + 1).min(self.shared.config.receive_concurrency);
+                } else if empty || (full && !starving) {
+                    self.target = self.target.saturating_sub(1).max(1);
+                }
                 self.fill(ctx);
             }
             Err(e) => {
@@ -125,15 +184,18 @@ impl Poller {
     /// Classifies each delivery and sends new jobs on.
     fn accept(&mut self, messages: Vec<ReceivedMessage>, visible_until: Instant) {
         let s = &self.shared;
+        let now = Instant::now();
         Stats::add(&s.stats, &s.stats.received, messages.len() as u64);
         let (mut fresh, mut probes, mut settle) = (Vec::new(), Vec::new(), Vec::new());
         for m in messages {
             let handle = m.receipt_handle.clone();
             let job = Job::from_message(m);
             let id = job.id.clone();
-            let claim = s
-                .seen
-                .claim(&id, || s.leases.insert(job, handle.clone(), visible_until));
+            let k = crate::seen::key(&id);
+            let claim = s.seen.claim_key(k, || {
+                s.leases
+                    .insert_at(job, handle.clone(), visible_until, now, k)
+            });
             match claim {
                 Claim::InFlight(lease) => {
                     // The newest handle is the one SQS honours.

@@ -5,18 +5,20 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::acker::Acker;
-use super::messages::{Leased, Processed, Settle, Settlement};
+use super::messages::{Announce, Leased, Processed, Settle, Settlement, Uploaded};
+use super::publisher::Publisher;
 use super::supervisor::{Escalate, PipelineSupervisor};
 use super::uploader::Uploader;
 use super::Shared;
 use crate::error::ProcessError;
 use crate::lease::Lease;
-use crate::processor::{Context as JobContext, Processor, WorkerInfo};
+use crate::processor::{Context as JobContext, Output, Processor, WorkerInfo};
 use crate::stats::Stats;
 
 pub(crate) struct ProcessorPool {
@@ -24,6 +26,7 @@ pub(crate) struct ProcessorPool {
     tx: Sender<Arc<Lease>>,
     rx: Receiver<Arc<Lease>>,
     uploader: Addr<Uploader>,
+    publisher: Addr<Publisher>,
     acker: Addr<Acker>,
     supervisor: Addr<PipelineSupervisor>,
     io: tokio::runtime::Handle,
@@ -33,6 +36,7 @@ impl ProcessorPool {
     pub(crate) fn new(
         shared: Arc<Shared>,
         uploader: Addr<Uploader>,
+        publisher: Addr<Publisher>,
         acker: Addr<Acker>,
         supervisor: Addr<PipelineSupervisor>,
         io: tokio::runtime::Handle,
@@ -43,6 +47,7 @@ impl ProcessorPool {
             tx,
             rx,
             uploader,
+            publisher,
             acker,
             supervisor,
             io,
@@ -59,6 +64,7 @@ impl Actor for ProcessorPool {
                 shared: self.shared.clone(),
                 rx: self.rx.clone(),
                 uploader: self.uploader.clone(),
+                publisher: self.publisher.clone(),
                 acker: self.acker.clone(),
                 supervisor: self.supervisor.clone(),
                 io: self.io.clone(),
@@ -86,10 +92,33 @@ impl Handler<Leased> for ProcessorPool {
     }
 }
 
+/// Outcomes a worker has not yet sent on.
+#[derive(Default)]
+struct Outcomes {
+    processed: Vec<(Arc<Lease>, Output)>,
+    settle: Vec<Settlement>,
+    since: Option<Instant>,
+    /// Jobs started and processed successfully since the last flush.
+    started: u64,
+    ok: u64,
+}
+
+impl Outcomes {
+    fn len(&self) -> usize {
+        self.processed.len() + self.settle.len()
+    }
+}
+
+/// Most outcomes sent in one message.
+const OUTCOME_BATCH: usize = 64;
+/// Longest an outcome waits for others to share its message.
+const OUTCOME_WAIT: Duration = Duration::from_millis(1);
+
 struct Worker {
     shared: Arc<Shared>,
     rx: Receiver<Arc<Lease>>,
     uploader: Addr<Uploader>,
+    publisher: Addr<Publisher>,
     acker: Addr<Acker>,
     supervisor: Addr<PipelineSupervisor>,
     io: tokio::runtime::Handle,
@@ -121,62 +150,123 @@ impl Worker {
         }
     }
 
+    /// Sends a batch of outcomes on, skipping stages whose sink is absent.
+    fn flush(&self, out: &mut Outcomes) {
+        let s = &self.shared;
+        s.stats.add(&s.stats.processed, std::mem::take(&mut out.ok));
+        let started = std::mem::take(&mut out.started);
+        if started > 0 {
+            s.jobs_started(started);
+        }
+        if !out.processed.is_empty() {
+            let processed = std::mem::take(&mut out.processed);
+            if s.results.is_some() {
+                self.uploader.do_send(Processed(processed));
+            } else if s.topic.is_some() {
+                let inline = processed
+                    .into_iter()
+                    .map(|(l, o)| (l, Announce::Inline(o)))
+                    .collect();
+                self.publisher.do_send(Uploaded(inline));
+            } else {
+                let done = processed
+                    .into_iter()
+                    .map(|(l, _)| Settlement::Done(l))
+                    .collect();
+                self.acker.do_send(Settle(done));
+            }
+        }
+        if !out.settle.is_empty() {
+            self.acker.do_send(Settle(std::mem::take(&mut out.settle)));
+        }
+        out.since = None;
+    }
+
+    /// Runs one job; returns whether the processor panicked.
+    fn run_one(
+        &self,
+        lease: Arc<Lease>,
+        processor: &mut Option<Box<dyn Processor>>,
+        out: &mut Outcomes,
+    ) -> Option<String> {
+        let s = &self.shared;
+        if !lease.try_start() {
+            return None;
+        }
+        out.started += 1;
+        let job = &lease.job;
+        let span = tracing::info_span!("job", pipeline = %s.name, job_id = %job.id,
+            message_id = %job.message_id, receive_count = job.receive_count);
+        let _entered = span.enter();
+        let ctx = JobContext {
+            pipeline: s.name.clone(),
+            blobs: s.blobs.clone(),
+            io: self.io.clone(),
+            cancelled: lease.cancel_arc(),
+            max_fetch_bytes: s.config.max_fetch_bytes,
+        };
+        let outcome = match processor.as_mut() {
+            Some(p) => catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))),
+            None => Err(Box::new("processor could not be built") as Box<_>),
+        };
+        out.since.get_or_insert_with(Instant::now);
+        match outcome {
+            Ok(Ok(output)) => {
+                out.ok += 1;
+                tracing::debug!("processed");
+                out.processed.push((lease, output));
+                None
+            }
+            Ok(Err(err)) => {
+                Stats::inc(&s.stats.failed);
+                tracing::info!(error = %err, "processor failed");
+                out.settle.push(match err {
+                    ProcessError::Retry { reason, after } => Settlement::Retry {
+                        lease,
+                        reason,
+                        after,
+                    },
+                    ProcessError::BadInput { reason } => Settlement::DeadLetter { lease, reason },
+                });
+                None
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                Stats::inc(&s.stats.panics);
+                tracing::warn!(panic = %message, "processor panicked; rebuilding it");
+                out.settle.push(Settlement::Retry {
+                    lease,
+                    reason: format!("processor panicked: {message}"),
+                    after: None,
+                });
+                Some(message)
+            }
+        }
+    }
+
     fn run(self) {
         let s = self.shared.clone();
         let mut processor = self.build();
         let mut consecutive = 0u32;
-        // Ends when the pool actor (and with it the sender) is gone.
-        while let Ok(lease) = self.rx.recv() {
-            if !lease.try_start() {
-                continue;
-            }
-            let job = &lease.job;
-            let span = tracing::info_span!("job", pipeline = %s.name, job_id = %job.id,
-                message_id = %job.message_id, receive_count = job.receive_count);
-            let _entered = span.enter();
-            let ctx = JobContext {
-                pipeline: s.name.clone(),
-                blobs: s.blobs.clone(),
-                io: self.io.clone(),
-                cancelled: lease.cancel_arc(),
-                max_fetch_bytes: s.config.max_fetch_bytes,
-            };
-            let outcome = match processor.as_mut() {
-                Some(p) => catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))),
-                None => Err(Box::new("processor could not be built") as Box<_>),
-            };
-            match outcome {
-                Ok(Ok(output)) => {
-                    consecutive = 0;
-                    Stats::inc(&s.stats.processed);
-                    tracing::debug!("processed");
-                    self.uploader.do_send(Processed(vec![(lease, output)]));
+        let mut out = Outcomes::default();
+        loop {
+            // Outcomes wait only while more work is at hand, and briefly.
+            let lease = match self.rx.try_recv() {
+                Ok(lease) => lease,
+                Err(TryRecvError::Empty) => {
+                    self.flush(&mut out);
+                    match self.rx.recv() {
+                        Ok(lease) => lease,
+                        Err(_) => break,
+                    }
                 }
-                Ok(Err(err)) => {
-                    consecutive = 0;
-                    Stats::inc(&s.stats.failed);
-                    tracing::info!(error = %err, "processor failed");
-                    let settle = match err {
-                        ProcessError::Retry { reason, after } => Settlement::Retry {
-                            lease,
-                            reason,
-                            after,
-                        },
-                        ProcessError::BadInput { reason } => {
-                            Settlement::DeadLetter { lease, reason }
-                        }
-                    };
-                    self.acker.do_send(Settle(vec![settle]));
-                }
-                Err(payload) => {
-                    let message = panic_message(&*payload);
-                    Stats::inc(&s.stats.panics);
-                    tracing::warn!(panic = %message, "processor panicked; rebuilding it");
-                    self.acker.do_send(Settle(vec![Settlement::Retry {
-                        lease,
-                        reason: format!("processor panicked: {message}"),
-                        after: None,
-                    }]));
+                // The pool actor (and with it the sender) is gone.
+                Err(TryRecvError::Disconnected) => break,
+            };
+            match self.run_one(lease, &mut processor, &mut out) {
+                None => consecutive = 0,
+                Some(message) => {
+                    self.flush(&mut out);
                     drop(processor.take());
                     consecutive += 1;
                     if s.record_restart() {
@@ -189,7 +279,12 @@ impl Worker {
                     Stats::inc(&s.stats.restarts);
                 }
             }
+            if out.len() >= OUTCOME_BATCH || out.since.is_some_and(|t| t.elapsed() >= OUTCOME_WAIT)
+            {
+                self.flush(&mut out);
+            }
         }
+        self.flush(&mut out);
         if let Some(mut p) = processor {
             let _ = catch_unwind(AssertUnwindSafe(|| p.stopping()));
         }

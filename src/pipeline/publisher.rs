@@ -19,11 +19,61 @@ use crate::stats::Stats;
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
     acker: Addr<Acker>,
+    /// Announcements waiting to fill a batch of ten.
+    waiting: Vec<(Arc<Lease>, Announce)>,
+    timer: Option<SpawnHandle>,
 }
 
 impl Publisher {
     pub(crate) fn new(shared: Arc<Shared>, acker: Addr<Acker>) -> Self {
-        Self { shared, acker }
+        Self {
+            shared,
+            acker,
+            waiting: Vec::new(),
+            timer: None,
+        }
+    }
+
+    /// Publishes full batches now (or everything, when `all`); schedules
+    /// the rest after the flush interval.
+    fn flush(&mut self, all: bool, ctx: &mut Context<Self>) {
+        let Some(topic) = self.shared.topic.clone() else {
+            return;
+        };
+        let fifo = topic.is_fifo();
+        let all = all || self.shared.nothing_else_in_flight(self.waiting.len());
+        let min = if all { 1 } else { MAX_PUBLISH_BATCH };
+        while self.waiting.len() >= min {
+            let n = self.waiting.len().min(MAX_PUBLISH_BATCH);
+            let chunk: Vec<_> = self.waiting.drain(..n).collect();
+            let mut leases = Vec::with_capacity(n);
+            let mut batch = Vec::with_capacity(n);
+            for (lease, announce) in chunk {
+                if lease.is_cancelled() {
+                    self.shared.drop_lease(&lease);
+                    continue;
+                }
+                batch.push(self.notification(&lease, announce, fifo));
+                leases.push(lease);
+            }
+            if leases.is_empty() {
+                continue;
+            }
+            let topic = topic.clone();
+            let attempts = self.shared.config.effect_attempts;
+            ctx.spawn(
+                async move { with_retries(attempts, || topic.publish_batch(batch.clone())).await }
+                    .into_actor(self)
+                    .map(move |res, act, _| act.published(leases, res)),
+            );
+        }
+        if !self.waiting.is_empty() && self.timer.is_none() {
+            let every = self.shared.config.flush_interval;
+            self.timer = Some(ctx.run_later(every, |act, ctx| {
+                act.timer = None;
+                act.flush(true, ctx);
+            }));
+        }
     }
 
     fn notification(&self, lease: &Lease, announce: Announce, fifo: bool) -> Notification {
@@ -78,7 +128,7 @@ impl Handler<Uploaded> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: Uploaded, ctx: &mut Context<Self>) {
-        let Some(topic) = self.shared.topic.clone() else {
+        if self.shared.topic.is_none() {
             let settle = msg
                 .0
                 .into_iter()
@@ -86,32 +136,8 @@ impl Handler<Uploaded> for Publisher {
                 .collect();
             self.acker.do_send(Settle(settle));
             return;
-        };
-        let fifo = topic.is_fifo();
-        let mut live = Vec::with_capacity(msg.0.len());
-        for (lease, announce) in msg.0 {
-            if lease.is_cancelled() {
-                self.shared.drop_lease(&lease);
-            } else {
-                live.push((lease, announce));
-            }
         }
-        while !live.is_empty() {
-            let chunk: Vec<_> = live.drain(..live.len().min(MAX_PUBLISH_BATCH)).collect();
-            let (leases, batch): (Vec<_>, Vec<_>) = chunk
-                .into_iter()
-                .map(|(l, a)| {
-                    let n = self.notification(&l, a, fifo);
-                    (l, n)
-                })
-                .unzip();
-            let topic = topic.clone();
-            let attempts = self.shared.config.effect_attempts;
-            ctx.spawn(
-                async move { with_retries(attempts, || topic.publish_batch(batch.clone())).await }
-                    .into_actor(self)
-                    .map(move |res, act, _| act.published(leases, res)),
-            );
-        }
+        self.waiting.extend(msg.0);
+        self.flush(false, ctx);
     }
 }

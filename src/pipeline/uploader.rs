@@ -110,6 +110,7 @@ impl Uploader {
                         if meta.metadata.get(RESULT_JOB_TAG).map(String::as_str)
                             == Some(lease.job.id.as_str()));
                     if done && lease.try_start() {
+                        act.shared.jobs_started(1);
                         Stats::inc(&act.shared.stats.resumed);
                         tracing::info!(pipeline = %act.shared.name, job_id = %lease.job.id,
                             "result already stored by an earlier attempt; resuming at publish");

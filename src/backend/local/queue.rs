@@ -95,6 +95,8 @@ struct State {
     dedup: HashMap<String, (Instant, String)>,
     next_seq: u64,
     next_generation: u64,
+    /// Messages in flight now (kept so depth is O(1)).
+    in_flight: usize,
 }
 
 /// An embedded queue. Create it with [`super::LocalBackend::create_queue`].
@@ -144,6 +146,7 @@ impl State {
             }
             if m.in_flight {
                 m.in_flight = false;
+                self.in_flight -= 1;
                 if let Some(g) = &m.group_id {
                     if let Some(n) = self.group_in_flight.get_mut(g) {
                         *n = n.saturating_sub(1);
@@ -170,6 +173,7 @@ impl State {
     fn remove(&mut self, seq: u64) -> Option<Msg> {
         let m = self.msgs.remove(&seq)?;
         if m.in_flight {
+            self.in_flight -= 1;
             if let Some(g) = &m.group_id {
                 if let Some(n) = self.group_in_flight.get_mut(g) {
                     *n = n.saturating_sub(1);
@@ -246,7 +250,7 @@ impl LocalQueue {
         let now = Instant::now();
         let mut st = self.state.lock().expect("queue lock");
         st.promote(now, self.options.fifo);
-        let in_flight = st.msgs.values().filter(|m| m.in_flight).count();
+        let in_flight = st.in_flight;
         QueueDepth {
             visible: st.msgs.len() - in_flight,
             in_flight,
@@ -369,6 +373,7 @@ impl LocalQueue {
             m.receive_count += 1;
             m.generation = generation;
             m.in_flight = true;
+            st.in_flight += 1;
             if let Some(g) = &m.group_id {
                 *st.group_in_flight.entry(g.clone()).or_default() += 1;
             }
