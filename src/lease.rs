@@ -182,6 +182,11 @@ impl LeaseTable {
         self.map.len()
     }
 
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub(crate) fn all(&self) -> Vec<Arc<Lease>> {
         self.map.iter().map(|e| e.value().clone()).collect()
     }

@@ -135,6 +135,11 @@ impl SeenCache {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
