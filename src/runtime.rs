@@ -275,7 +275,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
     }
     let busy = || {
         running.iter().any(|r| {
-            r.shared.leases.len() > 0 || r.shared.receives_in_flight.load(Ordering::Acquire) > 0
+            !r.shared.leases.is_empty() || r.shared.receives_in_flight.load(Ordering::Acquire) > 0
         })
     };
     wait_until(started + grace, || !busy()).await;
@@ -289,7 +289,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     wait_until(tokio::time::Instant::now() + Duration::from_secs(5), || {
-        running.iter().all(|r| r.shared.leases.len() == 0)
+        running.iter().all(|r| r.shared.leases.is_empty())
     })
     .await;
     report.held_at_exit = running.iter().map(|r| r.shared.leases.len()).sum();
