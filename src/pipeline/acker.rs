@@ -195,19 +195,30 @@ impl Acker {
             })
             .collect();
         let queue = self.shared.source.clone();
-        self.outstanding += 1;
-        ctx.spawn(
+        self.call(
+            ctx,
             async move {
                 let res = queue.delete_batch(&handles).await;
                 (handles, res)
-            }
-            .into_actor(self)
-            .map(|(handles, res), act, ctx| {
-                act.outstanding -= 1;
-                act.deleted(batch, handles, res, ctx);
-                act.schedule(ctx);
-            }),
+            },
+            |act, (handles, res), ctx| act.deleted(batch, handles, res, ctx),
         );
+    }
+
+    /// Runs one backend call, counted as outstanding until its result has
+    /// been handled; then sends whatever became due.
+    fn call<T: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        call: impl std::future::Future<Output = T> + 'static,
+        then: impl FnOnce(&mut Self, T, &mut Context<Self>) + 'static,
+    ) {
+        self.outstanding += 1;
+        ctx.spawn(call.into_actor(self).map(move |res, act, ctx| {
+            act.outstanding -= 1;
+            then(act, res, ctx);
+            act.schedule(ctx);
+        }));
     }
 
     fn deleted(
@@ -280,18 +291,13 @@ impl Acker {
         let entries: Vec<(String, Duration)> =
             batch.iter().map(|v| (v.lease.handle(), v.after)).collect();
         let queue = self.shared.source.clone();
-        self.outstanding += 1;
-        ctx.spawn(
+        self.call(
+            ctx,
             async move {
                 let res = queue.change_visibility_batch(&entries).await;
                 (entries, res)
-            }
-            .into_actor(self)
-            .map(|(entries, res), act, ctx| {
-                act.outstanding -= 1;
-                act.visibility_changed(batch, entries, res, ctx);
-                act.schedule(ctx);
-            }),
+            },
+            |act, (entries, res), ctx| act.visibility_changed(batch, entries, res, ctx),
         );
     }
 
@@ -361,15 +367,10 @@ impl Acker {
             })
             .collect();
         let queue = self.shared.dead_letter.clone();
-        self.outstanding += 1;
-        ctx.spawn(
-            async move { queue.send_batch(messages).await }
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    act.outstanding -= 1;
-                    act.dead_lettered(batch, res, ctx);
-                    act.schedule(ctx);
-                }),
+        self.call(
+            ctx,
+            async move { queue.send_batch(messages).await },
+            |act, res, ctx| act.dead_lettered(batch, res, ctx),
         );
     }
 

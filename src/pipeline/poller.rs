@@ -187,26 +187,27 @@ impl Poller {
         let now = Instant::now();
         Stats::add(&s.stats, &s.stats.received, messages.len() as u64);
         let (mut fresh, mut probes, mut settle) = (Vec::new(), Vec::new(), Vec::new());
-        for m in messages {
-            let handle = m.receipt_handle.clone();
+        for mut m in messages {
+            // The handle moves into the new lease, or stays here for a copy.
+            let mut handle = Some(std::mem::take(&mut m.receipt_handle));
             let job = Job::from_message(m);
             let id = job.id.clone();
             let k = crate::seen::key(&id);
             let claim = s.seen.claim_key(k, || {
-                s.leases
-                    .insert_at(job, handle.clone(), visible_until, now, k)
+                let h = handle.take().expect("taken once");
+                s.leases.insert_at(job, h, visible_until, now, k)
             });
             match claim {
                 Claim::InFlight(lease) => {
                     // The newest handle is the one SQS honours.
-                    lease.merge(handle, visible_until);
+                    lease.merge(handle.expect("not taken for a copy"), visible_until);
                     Stats::inc(&s.stats.duplicates_merged);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate merged into lease");
                 }
                 Claim::Done => {
                     Stats::inc(&s.stats.duplicates_dropped);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate of a completed job dropped");
-                    settle.push(Settlement::DropCopy(handle));
+                    settle.push(Settlement::DropCopy(handle.expect("not taken for a copy")));
                 }
                 Claim::New(lease) => {
                     let count = lease.job.receive_count;
