@@ -128,7 +128,7 @@ impl Lease {
 /// Every live lease of one pipeline.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    map: DashMap<u64, Arc<Lease>>,
+    map: DashMap<u64, Arc<Lease>, rustc_hash::FxBuildHasher>,
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
 }

@@ -45,7 +45,7 @@ pub enum Claim {
 /// The seen-ID cache, bounded by count and by age of completed entries.
 #[derive(Debug)]
 pub struct SeenCache {
-    map: DashMap<Key, Seen>,
+    map: DashMap<Key, Seen, rustc_hash::FxBuildHasher>,
     completed: Mutex<VecDeque<(u64, Key)>>,
     epoch: Instant,
     ttl: Duration,
@@ -56,7 +56,7 @@ impl SeenCache {
     /// A cache remembering completed ids for `ttl`, at most `capacity` of them.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             completed: Mutex::new(VecDeque::new()),
             epoch: Instant::now(),
             ttl,

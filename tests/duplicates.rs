@@ -108,12 +108,14 @@ async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
         redeliver_after_delete_rate: 0.3,
         ..Faults::none()
     });
-    let p = Counting::new();
+    // A little work per job and a window that leases the whole queue, so
+    // copies (queued behind the other messages) arrive while jobs are held.
+    let p = Counting::new().with_delay(Duration::from_millis(3));
     let rt = Runtime::builder()
-        .pipeline(
-            h.pipeline(p.clone())
-                .configure(|c| c.receive_concurrency = 3),
-        )
+        .pipeline(h.pipeline(p.clone()).configure(|c| {
+            c.receive_concurrency = 3;
+            c.prefetch = Some(100);
+        }))
         .start()
         .await
         .unwrap();
