@@ -118,6 +118,29 @@ async fn hand_written(n: usize) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Stores each image as `s3://in/in/<i>.png` and enqueues a stage-1 job for it.
+async fn stage1_inputs(
+    local: &LocalBackend,
+    jobs: &LocalQueue,
+    images: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<()> {
+    let blobs = local.blobs();
+    let mut batch = Vec::new();
+    for (i, img) in images.into_iter().enumerate() {
+        let key = format!("in/{i}.png");
+        blobs
+            .put("in", &key, img.into(), ObjectMeta::default())
+            .await?;
+        batch.push(OutgoingMessage::new(
+            serde_json::json!({"bucket": "in", "key": key}).to_string(),
+        ));
+    }
+    for chunk in batch.chunks(MAX_BATCH) {
+        jobs.send_batch(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
 /// Calls per message while stage 1 handles `n` jobs on standard queues.
 async fn calls_per_msg(n: usize) -> Result<(f64, f64, f64)> {
     let local = LocalBackend::new();
@@ -128,19 +151,7 @@ async fn calls_per_msg(n: usize) -> Result<(f64, f64, f64)> {
     let next = local.create_queue("next", QueueOptions::default());
     local.subscribe(&topic, &next, false);
     let png = samples::synthetic_png(7, 64);
-    let mut batch = Vec::new();
-    for i in 0..n {
-        let key = format!("in/{i}.png");
-        blobs
-            .put("in", &key, png.clone().into(), ObjectMeta::default())
-            .await?;
-        batch.push(OutgoingMessage::new(
-            serde_json::json!({"bucket": "in", "key": key}).to_string(),
-        ));
-    }
-    for chunk in batch.chunks(MAX_BATCH) {
-        jobs.send_batch(chunk.to_vec()).await?;
-    }
+    stage1_inputs(&local, &jobs, (0..n).map(|_| png.clone())).await?;
     let before = local.calls();
     let rt = Runtime::builder()
         .pipeline(
@@ -224,19 +235,7 @@ async fn image_rates(n: usize, side: u32) -> Result<(f64, f64)> {
     let blobs = local.blobs();
     let jobs = local.create_queue("img", QueueOptions::default());
     let dlq = local.create_queue("img-dlq", QueueOptions::default());
-    let mut batch = Vec::new();
-    for (i, img) in images.into_iter().enumerate() {
-        let key = format!("in/{i}.png");
-        blobs
-            .put("in", &key, img.into(), ObjectMeta::default())
-            .await?;
-        batch.push(OutgoingMessage::new(
-            serde_json::json!({"bucket": "in", "key": key}).to_string(),
-        ));
-    }
-    for chunk in batch.chunks(MAX_BATCH) {
-        jobs.send_batch(chunk.to_vec()).await?;
-    }
+    stage1_inputs(&local, &jobs, images).await?;
     let start = Instant::now();
     let rt = Runtime::builder()
         .pipeline(

@@ -12,7 +12,7 @@ use ferry::backend::{
     EntryResult, Notification, OutgoingMessage, Queue, QueueDepth, ReceivedMessage, Topic,
 };
 use ferry::prelude::*;
-use ferry::{BackendError, JOB_ID_ATTRIBUTE};
+use ferry::BackendError;
 use tokio::sync::watch;
 
 use super::{fast, Counting};
@@ -100,18 +100,7 @@ impl AwsHarness {
     }
 
     pub async fn send_named(&self, ids: &[String]) {
-        for chunk in ids.chunks(10) {
-            let batch = chunk
-                .iter()
-                .map(|id| {
-                    OutgoingMessage::new(format!("payload of {id}"))
-                        .attribute(JOB_ID_ATTRIBUTE, id.clone())
-                })
-                .collect();
-            for r in self.jobs.send_batch(batch).await.unwrap() {
-                r.unwrap();
-            }
-        }
+        super::send_named_to(self.jobs.as_ref(), ids).await;
     }
 
     pub async fn send_jobs(&self, n: usize) -> Vec<String> {

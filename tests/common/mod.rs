@@ -57,6 +57,22 @@ pub fn example_binary() -> std::path::PathBuf {
     path
 }
 
+/// Sends one job per id (body `payload of <id>`, the id as `ferry-job-id`).
+pub async fn send_named_to(queue: &dyn Queue, ids: &[String]) {
+    for chunk in ids.chunks(10) {
+        let batch = chunk
+            .iter()
+            .map(|id| {
+                OutgoingMessage::new(format!("payload of {id}"))
+                    .attribute(JOB_ID_ATTRIBUTE, id.clone())
+            })
+            .collect();
+        for r in queue.send_batch(batch).await.unwrap() {
+            r.unwrap();
+        }
+    }
+}
+
 /// A source queue with a DLQ, a topic routed (raw) to a downstream queue,
 /// and a blob store.
 pub struct Harness {
@@ -91,18 +107,7 @@ impl Harness {
     }
 
     pub async fn send_named(&self, ids: &[String]) -> Vec<String> {
-        for chunk in ids.chunks(10) {
-            let batch = chunk
-                .iter()
-                .map(|id| {
-                    OutgoingMessage::new(format!("payload of {id}"))
-                        .attribute(JOB_ID_ATTRIBUTE, id.clone())
-                })
-                .collect();
-            for r in self.jobs.send_batch(batch).await.unwrap() {
-                r.unwrap();
-            }
-        }
+        send_named_to(self.jobs.as_ref(), ids).await;
         ids.to_vec()
     }
 
