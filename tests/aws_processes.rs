@@ -193,6 +193,10 @@ impl Stages {
     }
 }
 
+/// The two tests start worker processes against one moto server; run them
+/// one at a time so neither measures the other's load.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -219,6 +223,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
     let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
     const JOBS: usize = 150;
     let s = Stages::new("spot").await;
     let bad = vec![
@@ -368,6 +373,7 @@ async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_unstarted_jobs_within_a_second_and_exits_clean() {
     let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
     let s = Stages::new("term").await;
     s.produce(10, &[]).await;
     let mut child = s.worker(
