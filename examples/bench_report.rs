@@ -84,11 +84,13 @@ fn noop_pipeline(
         })
 }
 
-/// Messages per second through a no-op pipeline.
-async fn ferry_noop(n: usize) -> Result<f64> {
+/// Messages per second through a no-op pipeline draining `n` messages, with
+/// `faults` on the backend while it runs.
+async fn ferry_noop_with(n: usize, faults: Faults) -> Result<f64> {
     let local = LocalBackend::new();
     let q = filled(&local, "noop", n).await?;
     let dlq = local.create_queue("noop-dlq", QueueOptions::default());
+    local.set_faults(faults);
     let start = Instant::now();
     let rt = Runtime::builder()
         .pipeline(noop_pipeline(q.clone(), dlq, |_| {}))
@@ -96,8 +98,14 @@ async fn ferry_noop(n: usize) -> Result<f64> {
         .await?;
     wait_drained(&q, Duration::from_secs(120)).await?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    local.set_faults(Faults::none());
     rt.shutdown().await;
     Ok(rate)
+}
+
+/// Messages per second through a no-op pipeline.
+async fn ferry_noop(n: usize) -> Result<f64> {
+    ferry_noop_with(n, Faults::none()).await
 }
 
 /// Messages per second through a hand-written receive → delete loop.
@@ -183,23 +191,15 @@ async fn calls_per_msg(n: usize) -> Result<(f64, f64, f64)> {
 
 /// Messages per second with 20 ms added to every backend call.
 async fn latency_throughput(n: usize) -> Result<f64> {
-    let local = LocalBackend::new();
-    let q = filled(&local, "slow", n).await?;
-    let dlq = local.create_queue("slow-dlq", QueueOptions::default());
-    local.set_faults(Faults {
-        latency: Duration::from_millis(20),
-        ..Faults::none()
-    });
-    let start = Instant::now();
-    let rt = Runtime::builder()
-        .pipeline(noop_pipeline(q.clone(), dlq, |_| {}))
-        .start()
-        .await?;
-    wait_drained(&q, Duration::from_secs(120)).await?;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    local.set_faults(Faults::none());
-    rt.shutdown().await;
-    Ok(rate)
+    let latency = Duration::from_millis(20);
+    ferry_noop_with(
+        n,
+        Faults {
+            latency,
+            ..Faults::none()
+        },
+    )
+    .await
 }
 
 /// Images per second: ferry's stage 1 on all cores, and a raw loop calling

@@ -40,27 +40,33 @@ impl Uploader {
         }
     }
 
-    fn notice(&self, lease: &Lease) -> Option<ResultNotice> {
-        let store = self.shared.results.as_ref()?;
-        Some(ResultNotice {
+    /// The notice for a job's result. The uploader only sees jobs of
+    /// pipelines with a result store: the pool routes the others past it.
+    fn notice(&self, lease: &Lease) -> ResultNotice {
+        let store = self
+            .shared
+            .results
+            .as_ref()
+            .expect("routed here only with a store");
+        ResultNotice {
             job_id: lease.job.id.clone(),
             pipeline: self.shared.name.to_string(),
             bucket: store.bucket.clone(),
             key: store.key(&lease.job.id),
-        })
+        }
     }
 
     fn upload(&mut self, lease: Arc<Lease>, output: Output, ctx: &mut Context<Self>) {
-        let Some(notice) = self.notice(&lease) else {
-            self.publisher
-                .do_send(Uploaded(vec![(lease, Announce::Inline(output))]));
-            return;
-        };
+        let notice = self.notice(&lease);
         if lease.is_cancelled() {
             self.shared.drop_lease(&lease);
             return;
         }
-        let store = self.shared.results.clone().expect("notice implies a store");
+        let store = self
+            .shared
+            .results
+            .clone()
+            .expect("routed here only with a store");
         let attempts = self.shared.config.effect_attempts;
         let meta = ObjectMeta {
             size: output.body.len() as u64,
@@ -95,7 +101,7 @@ impl Uploader {
     }
 
     fn probe(&mut self, lease: Arc<Lease>, ctx: &mut Context<Self>) {
-        let notice = self.notice(&lease).expect("probes only with a store");
+        let notice = self.notice(&lease);
         let store = self
             .shared
             .results
