@@ -80,6 +80,13 @@ pub struct PipelineConfig {
     pub max_fetch_bytes: usize,
     /// Processor supervision.
     pub restart: RestartPolicy,
+    /// How long an idempotency claim holds without renewal (the lease keeper
+    /// renews it with each extension); `None`: the visibility timeout. A
+    /// worker killed mid-job blocks its job for about this long.
+    pub claim_ttl: Option<Duration>,
+    /// How long a completed job is remembered by the idempotency store:
+    /// copies arriving within it are deleted unprocessed.
+    pub completed_ttl: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -101,6 +108,8 @@ impl Default for PipelineConfig {
             effect_attempts: 4,
             max_fetch_bytes: 64 * 1024 * 1024,
             restart: RestartPolicy::default(),
+            claim_ttl: None,
+            completed_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -111,6 +120,11 @@ impl PipelineConfig {
         let floor = 2 * self.workers + crate::backend::MAX_BATCH;
         let adaptive = ((rate * 0.25) as usize).clamp(floor, self.max_in_flight.max(floor));
         self.prefetch.unwrap_or(adaptive).max(1)
+    }
+
+    /// How long a claim holds without renewal.
+    pub fn claim_hold(&self) -> Duration {
+        self.claim_ttl.unwrap_or(self.visibility_timeout)
     }
 
     /// The visibility to set after the `receive_count`-th attempt failed.

@@ -37,6 +37,8 @@ pub struct Lease {
     cancelled: Arc<AtomicBool>,
     extending: AtomicBool,
     extensions: AtomicU32,
+    /// Whether this attempt holds a claim in the idempotency store.
+    claimed: AtomicBool,
 }
 
 impl Lease {
@@ -119,6 +121,20 @@ impl Lease {
         self.extending.store(false, Ordering::Release);
     }
 
+    /// This attempt now holds the job's claim in the idempotency store.
+    pub(crate) fn set_claimed(&self) {
+        self.claimed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+
+    /// Gives up the claim flag once; true if it was held.
+    pub(crate) fn take_claim(&self) -> bool {
+        self.claimed.swap(false, Ordering::AcqRel)
+    }
+
     /// The cancel flag, shared with the processor's context.
     pub(crate) fn cancel_arc(&self) -> Arc<AtomicBool> {
         self.cancelled.clone()
@@ -161,6 +177,7 @@ impl LeaseTable {
             cancelled: Arc::new(AtomicBool::new(false)),
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
+            claimed: AtomicBool::new(false),
         });
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());

@@ -68,6 +68,7 @@ pub struct ReadmeDoctests;
 pub mod backend;
 mod config;
 mod error;
+pub mod idempotency;
 mod job;
 mod lease;
 mod pipeline;

@@ -68,6 +68,13 @@ counters! {
     leases_lost,
     /// Times the restart limit was passed and the pipeline stopped polling.
     escalations,
+    /// Jobs the idempotency store knew as completed: deleted unprocessed.
+    skipped_completed,
+    /// Jobs claimed by another worker: given back for a later look.
+    claims_deferred,
+    /// Claims lost while the job ran (renewal or completion refused): the
+    /// job was cancelled before its effects, or its record left alone.
+    claims_lost,
 }
 
 impl StatsSnapshot {

@@ -38,6 +38,7 @@ enum Delete {
 enum VisKind {
     Retry,
     Release,
+    Defer,
 }
 
 struct VisChange {
@@ -51,6 +52,9 @@ pub(crate) struct Acker {
     deletes: Vec<Delete>,
     visibility: Vec<VisChange>,
     dead: Vec<(Arc<Lease>, String)>,
+    /// Claimed jobs whose effects are done: their records are marked
+    /// completed before their messages are deleted.
+    completing: Vec<Arc<Lease>>,
     timer: Option<SpawnHandle>,
     outstanding: usize,
     idle_waiters: Vec<oneshot::Sender<()>>,
@@ -63,6 +67,7 @@ impl Acker {
             deletes: Vec::new(),
             visibility: Vec::new(),
             dead: Vec::new(),
+            completing: Vec::new(),
             timer: None,
             outstanding: 0,
             idle_waiters: Vec::new(),
@@ -91,6 +96,8 @@ impl Acker {
                     // another worker holds. It will come back.
                     self.shared.drop_lease(&lease);
                     self.release_hold();
+                } else if lease.is_claimed() {
+                    self.completing.push(lease);
                 } else {
                     self.deletes.push(Delete::Job {
                         lease,
@@ -135,12 +142,20 @@ impl Acker {
                 after: Duration::ZERO,
                 kind: VisKind::Release,
             }),
+            Settlement::Defer { lease, after } => self.visibility.push(VisChange {
+                lease,
+                after,
+                kind: VisKind::Defer,
+            }),
             Settlement::DropCopy(handle) => self.deletes.push(Delete::Copy(handle)),
         }
     }
 
     fn pending(&self) -> bool {
-        !(self.deletes.is_empty() && self.visibility.is_empty() && self.dead.is_empty())
+        !(self.deletes.is_empty()
+            && self.visibility.is_empty()
+            && self.dead.is_empty()
+            && self.completing.is_empty())
     }
 
     /// Sends full batches now and schedules the rest — or sends everything
@@ -169,6 +184,11 @@ impl Acker {
 
     fn flush(&mut self, ctx: &mut Context<Self>, only_full: bool) {
         let min = if only_full { MAX_BATCH } else { 1 };
+        while self.completing.len() >= min {
+            let n = self.completing.len().min(MAX_BATCH);
+            let batch: Vec<Arc<Lease>> = self.completing.drain(..n).collect();
+            self.send_completions(batch, ctx);
+        }
         while self.deletes.len() >= min {
             let n = self.deletes.len().min(MAX_BATCH);
             let batch: Vec<Delete> = self.deletes.drain(..n).collect();
@@ -183,6 +203,57 @@ impl Acker {
             let n = self.dead.len().min(MAX_BATCH);
             let batch: Vec<(Arc<Lease>, String)> = self.dead.drain(..n).collect();
             self.send_dead(batch, ctx);
+        }
+    }
+
+    /// Marks claimed jobs completed in the idempotency store; deletes follow.
+    fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let s = &self.shared;
+        let store = s.store.clone().expect("claims only with a store");
+        let keep = s.config.completed_ttl;
+        let calls: Vec<_> = batch
+            .iter()
+            .map(|l| {
+                let (store, key, owner) = (store.clone(), s.claim_key(l), s.owner(l));
+                async move { store.complete(&key, &owner, keep).await }
+            })
+            .collect();
+        self.call(
+            ctx,
+            futures_util::future::join_all(calls),
+            |act, results, ctx| act.completed(batch, results, ctx),
+        );
+    }
+
+    fn completed(
+        &mut self,
+        batch: Vec<Arc<Lease>>,
+        results: Vec<Result<bool, BackendError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let s = self.shared.clone();
+        for (lease, r) in batch.into_iter().zip(results) {
+            match r {
+                Ok(held) => {
+                    if !held {
+                        // The claim lapsed and another worker took it. The
+                        // effects are done and idempotent: delete anyway.
+                        Stats::inc(&s.stats.claims_lost);
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                            "claim lost before completion; record left to its new holder");
+                    }
+                    lease.take_claim();
+                    self.deletes.push(Delete::Job {
+                        lease,
+                        dead_lettered: false,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "marking a job completed failed; will retry");
+                    self.completing.push(lease);
+                    self.retry_later(ctx);
+                }
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::backend::{BlobStore, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
+use crate::idempotency::IdempotencyStore;
 use crate::processor::{Processor, ProcessorFactory};
 
 /// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
@@ -31,6 +32,7 @@ macro_rules! into_shared {
 into_shared!(Queue);
 into_shared!(Topic);
 into_shared!(BlobStore);
+into_shared!(IdempotencyStore);
 
 /// Where a pipeline stores its results: `s3://{bucket}/{prefix}{job-id}.{extension}`.
 #[derive(Debug, Clone)]
@@ -67,6 +69,7 @@ pub struct Pipeline {
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
     pub(crate) factory: Option<ProcessorFactory>,
     pub(crate) config: PipelineConfig,
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for Pipeline {
             .field("topic", &self.topic.as_ref().map(|t| t.name().to_owned()))
             .field("results", &self.results)
             .field("config", &self.config)
+            .field("idempotency", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +97,7 @@ impl Pipeline {
             blobs: None,
             factory: None,
             config: PipelineConfig::default(),
+            store: None,
         }
     }
 
@@ -149,6 +154,16 @@ impl Pipeline {
         F: Fn() -> P + Send + Sync + 'static,
     {
         self.factory = Some(Arc::new(move || Box::new(factory()) as Box<dyn Processor>));
+        self
+    }
+
+    /// Claims every job in this idempotency store before running it, for
+    /// exactly-once runs across processes and beyond the queue's
+    /// deduplication window (see [`crate::idempotency`]). Off by default:
+    /// it costs a conditional write per job, plus one per renewal and one at
+    /// completion.
+    pub fn idempotency(mut self, store: impl IntoShared<dyn IdempotencyStore>) -> Self {
+        self.store = Some(store.into_shared());
         self
     }
 

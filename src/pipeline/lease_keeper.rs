@@ -71,7 +71,9 @@ impl LeaseKeeper {
             ctx.spawn(
                 async move { queue.change_visibility_batch(&entries).await }
                     .into_actor(self)
-                    .map(move |res, act, _| act.extended(chunk, res, Instant::now() + visibility)),
+                    .map(move |res, act, ctx| {
+                        act.extended(chunk, res, Instant::now() + visibility, ctx)
+                    }),
             );
         }
     }
@@ -81,8 +83,10 @@ impl LeaseKeeper {
         chunk: Vec<(Arc<Lease>, String)>,
         res: Result<Vec<Result<(), BackendError>>, BackendError>,
         until: Instant,
+        ctx: &mut Context<Self>,
     ) {
         let s = &self.shared;
+        let mut renew = Vec::new();
         let results = match res {
             Ok(r) => r,
             Err(e) => {
@@ -97,6 +101,9 @@ impl LeaseKeeper {
                 Ok(()) => {
                     if lease.extended(&handle, until) {
                         Stats::inc(&s.stats.leases_extended);
+                        if lease.is_claimed() {
+                            renew.push(lease);
+                        }
                     }
                 }
                 Err(BackendError::ReceiptInvalid) if lease.handle() == handle => {
@@ -113,6 +120,53 @@ impl LeaseKeeper {
                 }
             }
         }
+        if !renew.is_empty() {
+            self.renew_claims(renew, ctx);
+        }
+    }
+
+    /// The heartbeat renews the idempotency claims of the leases it extended.
+    /// A renewal refused means another worker took the job over: this
+    /// attempt is cancelled before its effects and its message given back.
+    fn renew_claims(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let s = &self.shared;
+        let store = s.store.clone().expect("claims only with a store");
+        let hold = s.config.claim_hold();
+        let calls: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let (store, key, owner) = (store.clone(), s.claim_key(l), s.owner(l));
+                async move { store.renew(&key, &owner, hold).await }
+            })
+            .collect();
+        ctx.spawn(
+            futures_util::future::join_all(calls)
+                .into_actor(self)
+                .map(move |results, act, _| {
+                    let s = &act.shared;
+                    let mut lost = Vec::new();
+                    for (lease, r) in leases.into_iter().zip(results) {
+                        match r {
+                            Ok(true) => {}
+                            Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
+                                tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                                    "idempotency claim lost: job cancelled before its effects");
+                                Stats::inc(&s.stats.claims_lost);
+                                lease.take_claim();
+                                lease.cancel();
+                                lost.push(Settlement::Release(lease));
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::debug!(pipeline = %s.name,
+                                job_id = %lease.job.id, error = %e,
+                                "renewing a claim failed; will retry with the next extension"),
+                        }
+                    }
+                    if !lost.is_empty() {
+                        act.acker.do_send(Settle(lost));
+                    }
+                }),
+        );
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) enum Settlement {
     DeadLetter { lease: Arc<Lease>, reason: String },
     /// Give the message back at once (visibility 0).
     Release(Arc<Lease>),
+    /// Give the message back for a later look, without counting an attempt
+    /// (another worker holds the job's claim).
+    Defer { lease: Arc<Lease>, after: Duration },
     /// A copy of a completed job: delete it unprocessed.
     DropCopy(String),
 }

@@ -12,6 +12,7 @@
 
 mod acker;
 mod builder;
+mod gate;
 mod lease_keeper;
 mod messages;
 mod poller;
@@ -23,7 +24,7 @@ mod uploader;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
@@ -34,6 +35,7 @@ pub use builder::{IntoShared, Pipeline, ResultStore};
 use crate::backend::{BlobStore, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::BackendError;
+use crate::idempotency::IdempotencyStore;
 use crate::lease::{Lease, LeaseTable};
 use crate::processor::ProcessorFactory;
 use crate::seen::SeenCache;
@@ -65,6 +67,14 @@ pub(crate) struct Shared {
     pub(crate) settling: AtomicUsize,
     pub(crate) escalated: AtomicBool,
     restarts: Mutex<VecDeque<std::time::Instant>>,
+    /// The idempotency store, when the pipeline has one.
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
+    /// This process's claim owner prefix (host, pid, random).
+    owner: String,
+    /// FIFO sources: each message group's running and waiting leases.
+    pub(crate) groups: Option<gate::Groups>,
+    /// The gate, once started (only when there are groups or a store).
+    gate: OnceLock<Addr<gate::Gate>>,
 }
 
 impl Shared {
@@ -72,7 +82,6 @@ impl Shared {
         let config = p.config;
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
-            source: p.source.expect("checked"),
             dead_letter: p.dead_letter.expect("checked"),
             topic: p.topic,
             results: p.results,
@@ -88,8 +97,79 @@ impl Shared {
             settling: AtomicUsize::new(0),
             escalated: AtomicBool::new(false),
             restarts: Mutex::new(VecDeque::new()),
+            groups: p
+                .source
+                .as_ref()
+                .is_some_and(|q| q.is_fifo())
+                .then(gate::Groups::default),
+            store: p.store,
+            owner: owner_prefix(),
+            gate: OnceLock::new(),
+            source: p.source.expect("checked"),
             config,
         })
+    }
+
+    /// Whether new leases pass the gate (FIFO order or claims) before running.
+    pub(crate) fn gated(&self) -> bool {
+        self.groups.is_some() || self.store.is_some()
+    }
+
+    /// Leases received but not able to start yet: pending, less those
+    /// waiting behind their FIFO group's running job (they wait on the
+    /// group, not on a processor, so they do not fill the prefetch window).
+    pub(crate) fn ready_pending(&self) -> usize {
+        let waiting = self.groups.as_ref().map_or(0, |g| g.waiting());
+        self.leases.pending().saturating_sub(waiting)
+    }
+
+    /// The store key of a lease's job.
+    pub(crate) fn claim_key(&self, lease: &Lease) -> String {
+        crate::idempotency::job_key(&self.name, &lease.job.id)
+    }
+
+    /// The claim owner of one attempt: this process and the lease.
+    pub(crate) fn owner(&self, lease: &Lease) -> String {
+        format!("{}/{}", self.owner, lease.id)
+    }
+
+    /// Gives up a lease's claim, if it holds one, without waiting.
+    pub(crate) fn release_claim(&self, lease: &Lease) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if !lease.take_claim() {
+            return;
+        }
+        let (key, owner) = (self.claim_key(lease), self.owner(lease));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&key, &owner).await {
+                    tracing::debug!(key, error = %e, "releasing a claim failed; it will expire");
+                }
+            });
+        }
+    }
+
+    /// A lease ended: move its FIFO group on (or give its waiting leases
+    /// back).
+    fn group_settled(&self, lease: &Lease, finished: bool) {
+        let Some(groups) = &self.groups else {
+            return;
+        };
+        let next = groups.settled(lease, finished);
+        if next.go.is_empty() && next.release.is_empty() {
+            return;
+        }
+        let Some(gate) = self.gate.get() else {
+            return;
+        };
+        if !next.go.is_empty() {
+            gate.do_send(gate::Admit(next.go));
+        }
+        if !next.release.is_empty() {
+            gate.do_send(gate::GiveBack(next.release));
+        }
     }
 
     /// The lease is gone (lost, or given back): forget it here so the next
@@ -97,9 +177,11 @@ impl Shared {
     pub(crate) fn drop_lease(&self, lease: &Lease) {
         lease.mark_released();
         self.seen.forget(lease);
+        self.release_claim(lease);
         if self.leases.remove(lease) {
             self.capacity.notify_one();
         }
+        self.group_settled(lease, false);
     }
 
     /// These jobs are finished (deleted or dead-lettered).
@@ -111,7 +193,10 @@ impl Shared {
         self.seen.complete_keys(&keys);
         for lease in leases {
             lease.mark_released();
+            // A dead-lettered job's claim (a completed one was taken).
+            self.release_claim(lease);
             self.leases.remove(lease);
+            self.group_settled(lease, true);
         }
         self.capacity.notify_one();
     }
@@ -136,7 +221,7 @@ impl Shared {
     pub(crate) fn jobs_started(&self, n: u64) {
         self.started.fetch_add(n, Ordering::Relaxed);
         let limit = self.prefetch_now.load(Ordering::Relaxed);
-        if self.leases.pending() + crate::backend::MAX_BATCH <= limit {
+        if self.ready_pending() + crate::backend::MAX_BATCH <= limit {
             self.capacity.notify_one();
         }
     }
@@ -189,11 +274,23 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
         supervisor.clone(),
         io,
     ));
+    let gate = shared.gated().then(|| {
+        let gate = gate::Gate::new(
+            shared.clone(),
+            pool_addr.clone(),
+            uploader.clone(),
+            acker.clone(),
+        )
+        .start();
+        let _ = shared.gate.set(gate.clone());
+        gate
+    });
     let poller = poller::Poller::new(
         shared.clone(),
         pool_addr.clone(),
         uploader.clone(),
         acker.clone(),
+        gate,
     )
     .start();
     let keeper = lease_keeper::LeaseKeeper::new(shared.clone(), acker.clone()).start();
@@ -209,6 +306,13 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
         _keeper: keeper,
         _supervisor: supervisor,
     }
+}
+
+/// A claim owner prefix unique to this process: host, pid and a random part
+/// (a pid is reused across instances and restarts).
+fn owner_prefix() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// Runs `call` up to `attempts` times while it fails with a retryable error,

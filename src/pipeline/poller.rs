@@ -9,6 +9,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use super::acker::Acker;
+use super::gate::{Arrived, Gate};
 use super::messages::{Leased, Probe, Settle, Settlement, StopPolling};
 use super::pool::ProcessorPool;
 use super::uploader::Uploader;
@@ -24,6 +25,8 @@ pub(crate) struct Poller {
     pool: Addr<ProcessorPool>,
     uploader: Addr<Uploader>,
     acker: Addr<Acker>,
+    /// The gate new leases pass, when the pipeline has one.
+    gate: Option<Addr<Gate>>,
     /// Receives in flight, by slot number.
     active: Vec<(u64, SpawnHandle)>,
     next_slot: u64,
@@ -43,12 +46,14 @@ impl Poller {
         pool: Addr<ProcessorPool>,
         uploader: Addr<Uploader>,
         acker: Addr<Acker>,
+        gate: Option<Addr<Gate>>,
     ) -> Self {
         Self {
             shared,
             pool,
             uploader,
             acker,
+            gate,
             active: Vec::new(),
             next_slot: 0,
             target: 1,
@@ -90,7 +95,7 @@ impl Poller {
         let leases = &self.shared.leases;
         cfg.max_in_flight
             .saturating_sub(leases.len() + coming)
-            .min(prefetch.saturating_sub(leases.pending() + coming))
+            .min(prefetch.saturating_sub(self.shared.ready_pending() + coming))
     }
 
     /// Starts receives until the target concurrency or a limit is met. Only
@@ -163,7 +168,7 @@ impl Poller {
                 // and room for more); shrink when they have enough waiting,
                 // and after empty receives. Every receive kept in flight
                 // costs a call when the queue runs empty.
-                let starving = self.shared.leases.pending() * 2 < self.prefetch_limit();
+                let starving = self.shared.ready_pending() * 2 < self.prefetch_limit();
                 if full && starving && self.room() >= asked {
                     self.target = (self.target + 1).min(self.shared.config.receive_concurrency);
                 } else if empty || (full && !starving) {
@@ -221,6 +226,9 @@ impl Poller {
                         );
                         lease.try_release_pending();
                         settle.push(Settlement::DeadLetter { lease, reason });
+                    } else if self.gate.is_some() {
+                        // Group order and claims decide when it runs.
+                        fresh.push(lease);
                     } else if count > 1 && s.results.is_some() {
                         probes.push(lease);
                     } else {
@@ -230,7 +238,10 @@ impl Poller {
             }
         }
         if !fresh.is_empty() {
-            self.pool.do_send(Leased(fresh));
+            match &self.gate {
+                Some(gate) => gate.do_send(Arrived(fresh)),
+                None => self.pool.do_send(Leased(fresh)),
+            }
         }
         if !probes.is_empty() {
             self.uploader.do_send(Probe(probes));

@@ -16,6 +16,7 @@ const THROTTLING: &[&str] = &[
     "SlowDown",
     "KMS.ThrottlingException",
     "KMSThrottling",
+    "ProvisionedThroughputExceededException",
 ];
 
 const ACCESS: &[&str] = &[
@@ -38,6 +39,7 @@ const MISSING: &[&str] = &[
     "NotFoundException",
     "NoSuchBucket",
     "NoSuchKey",
+    "ResourceNotFoundException",
     "404",
 ];
 

@@ -23,6 +23,7 @@
 //! ```
 
 mod classify;
+mod dynamo;
 mod s3;
 mod sns;
 mod sqs;
@@ -34,6 +35,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sqs::types::QueueAttributeName as Qa;
 
+pub use dynamo::DynamoIdempotencyStore;
 pub use s3::S3Store;
 pub use sns::SnsTopic;
 pub use sqs::SqsQueue;
@@ -78,6 +80,7 @@ pub struct AwsBackend {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
     s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
 }
 
 fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
@@ -123,6 +126,9 @@ impl AwsBackend {
         let sns = aws_sdk_sns::config::Builder::from(conf)
             .http_client(http.clone())
             .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(conf)
+            .http_client(http.clone())
+            .build();
         let s3 = aws_sdk_s3::config::Builder::from(conf)
             .http_client(http)
             .force_path_style(options.force_path_style)
@@ -131,6 +137,7 @@ impl AwsBackend {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             sns: aws_sdk_sns::Client::from_conf(sns),
             s3: aws_sdk_s3::Client::from_conf(s3),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
         }
     }
 
@@ -224,6 +231,28 @@ impl AwsBackend {
             .await
             .map_err(|e| classify(e, &format!("bucket {bucket}")))?;
         Ok(())
+    }
+
+    /// The DynamoDB idempotency store in `table` (checked now: a missing
+    /// table fails at start-up).
+    pub async fn idempotency_store(
+        &self,
+        table: &str,
+    ) -> Result<DynamoIdempotencyStore, BackendError> {
+        let store = DynamoIdempotencyStore::new(self.dynamodb.clone(), table);
+        store.check().await?;
+        Ok(store)
+    }
+
+    /// Creates the idempotency store's table (on-demand capacity, key
+    /// `job`, TTL on `ttl`) or returns the existing one.
+    pub async fn create_idempotency_table(
+        &self,
+        table: &str,
+    ) -> Result<DynamoIdempotencyStore, BackendError> {
+        let store = DynamoIdempotencyStore::new(self.dynamodb.clone(), table);
+        store.create_table().await?;
+        Ok(store)
     }
 
     /// The S3 blob store.

@@ -1,0 +1,336 @@
+//! The idempotency store: cross-process exactly-once runs (DESIGN rule 10).
+//!
+//! The seen-ID cache stops a job from running twice *in one process*. Across
+//! processes — two workers that received the same job, or a job re-sent after
+//! the FIFO queue's five-minute deduplication window — the store decides.
+//! Before a job runs, its worker **claims** it: a conditional write that
+//! succeeds only if no record exists or the existing record has expired. The
+//! claim's expiry is renewed with every lease extension; a renewal that finds
+//! the claim gone cancels the job before its effects. After the job's effects
+//! (upload, publish) the record becomes **completed** and is kept for a long
+//! window (days by default), and only then is the message deleted. A worker
+//! that finds a job completed deletes the message without running it; one
+//! that finds it claimed by another worker gives the message back until the
+//! claim would expire.
+//!
+//! Expiry is checked in the write's condition, never left to a TTL sweeper:
+//! DynamoDB deletes expired items only eventually (and some emulators never).
+//!
+//! Two implementations: [`LocalIdempotencyStore`] (in memory, for one
+//! process or tests) and, with the `aws` feature,
+//! [`crate::backend::aws::DynamoIdempotencyStore`].
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::error::BackendError;
+
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The job is this worker's to run; the claim holds until it expires
+    /// unless renewed.
+    Claimed,
+    /// The job completed within the store's window: do not run it again.
+    Completed,
+    /// Another worker's claim is live until this time.
+    HeldElsewhere {
+        /// When that claim expires unless its holder renews it.
+        until: SystemTime,
+    },
+}
+
+/// A record's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    /// Claimed by a worker that is running the job.
+    InProgress,
+    /// The job's effects are done.
+    Completed,
+}
+
+/// One job's record, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdempotencyRecord {
+    /// In progress or completed.
+    pub status: RecordStatus,
+    /// The claim's holder (the worker that completed it, once completed).
+    pub owner: String,
+    /// When the record stops counting, in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// How many claims have succeeded on this job: 1 when it ran once.
+    pub claims: u64,
+}
+
+/// The narrow interface a store offers. `key` identifies one job of one
+/// pipeline; `owner` identifies one attempt (a worker process and its lease).
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + Debug + 'static {
+    /// Claims `key` for `owner` for `hold_for`: succeeds if there is no
+    /// record, or the record (in progress or completed) has expired.
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        hold_for: Duration,
+    ) -> Result<ClaimOutcome, BackendError>;
+
+    /// Extends `owner`'s in-progress claim; `false` if it is no longer theirs.
+    async fn renew(&self, key: &str, owner: &str, hold_for: Duration)
+        -> Result<bool, BackendError>;
+
+    /// Marks the job completed, kept for `keep_for`; `false` if `owner` no
+    /// longer held the claim (the record is then left alone).
+    async fn complete(&self, key: &str, owner: &str, keep_for: Duration)
+        -> Result<bool, BackendError>;
+
+    /// Gives up `owner`'s in-progress claim, so another worker may run the
+    /// job at once. Does nothing if the claim is not theirs.
+    async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError>;
+
+    /// Reads a record (for reports and tests).
+    async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError>;
+}
+
+/// Wall-clock time for a store; injectable so tests can step past windows.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(SystemTime::now)
+}
+
+/// A clock that runs with the system clock plus an offset that tests move
+/// forward.
+#[derive(Debug, Clone, Default)]
+pub struct OffsetClock {
+    offset_ms: Arc<AtomicU64>,
+}
+
+impl OffsetClock {
+    /// A clock at the system time.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The clock, for a store.
+    pub fn clock(&self) -> Clock {
+        let offset = self.offset_ms.clone();
+        Arc::new(move || SystemTime::now() + Duration::from_millis(offset.load(Ordering::Relaxed)))
+    }
+}
+
+pub(crate) fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+pub(crate) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The embedded store: records in memory, shared by every pipeline (and
+/// every runtime) holding the same `Arc`.
+pub struct LocalIdempotencyStore {
+    records: DashMap<String, IdempotencyRecord>,
+    clock: Clock,
+}
+
+impl Debug for LocalIdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIdempotencyStore")
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+impl Default for LocalIdempotencyStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalIdempotencyStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(system_clock())
+    }
+
+    /// An empty store on the given clock.
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            records: DashMap::new(),
+            clock,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis((self.clock)())
+    }
+
+    /// Every record, by key.
+    pub fn records(&self) -> Vec<(String, IdempotencyRecord)> {
+        self.records
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for LocalIdempotencyStore {
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        hold_for: Duration,
+    ) -> Result<ClaimOutcome, BackendError> {
+        let now = self.now_ms();
+        let until = now + hold_for.as_millis() as u64;
+        let mut entry = self
+            .records
+            .entry(key.to_owned())
+            .or_insert_with(|| IdempotencyRecord {
+                status: RecordStatus::InProgress,
+                owner: String::new(),
+                expires_at_ms: 0,
+                claims: 0,
+            });
+        let r = entry.value_mut();
+        if r.expires_at_ms > now {
+            return Ok(match r.status {
+                RecordStatus::Completed => ClaimOutcome::Completed,
+                RecordStatus::InProgress => ClaimOutcome::HeldElsewhere {
+                    until: from_millis(r.expires_at_ms),
+                },
+            });
+        }
+        *r = IdempotencyRecord {
+            status: RecordStatus::InProgress,
+            owner: owner.to_owned(),
+            expires_at_ms: until,
+            claims: r.claims + 1,
+        };
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        owner: &str,
+        hold_for: Duration,
+    ) -> Result<bool, BackendError> {
+        let now = self.now_ms();
+        Ok(match self.records.get_mut(key) {
+            Some(mut r) if r.status == RecordStatus::InProgress && r.owner == owner => {
+                r.expires_at_ms = now + hold_for.as_millis() as u64;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        keep_for: Duration,
+    ) -> Result<bool, BackendError> {
+        let now = self.now_ms();
+        Ok(match self.records.get_mut(key) {
+            Some(mut r) if r.status == RecordStatus::InProgress && r.owner == owner => {
+                r.status = RecordStatus::Completed;
+                r.expires_at_ms = now + keep_for.as_millis() as u64;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
+        if let Some(mut r) = self.records.get_mut(key) {
+            if r.status == RecordStatus::InProgress && r.owner == owner {
+                // Expired now; the claim count stays.
+                r.expires_at_ms = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
+        Ok(self
+            .records
+            .get(key)
+            .map(|r| r.clone())
+            .filter(|r| r.claims > 0))
+    }
+}
+
+/// The store key of one job in one pipeline.
+pub fn job_key(pipeline: &str, job: &crate::job::JobId) -> String {
+    format!("{pipeline}/{}", job.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claim_complete_and_expiry() {
+        let clock = OffsetClock::new();
+        let s = LocalIdempotencyStore::with_clock(clock.clock());
+        let hold = Duration::from_secs(30);
+        assert_eq!(s.claim("k", "a", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert!(matches!(
+            s.claim("k", "b", hold).await.unwrap(),
+            ClaimOutcome::HeldElsewhere { .. }
+        ));
+        assert!(s.renew("k", "a", hold).await.unwrap());
+        assert!(!s.renew("k", "b", hold).await.unwrap());
+        // a's claim lapses: b takes over, a's renewal and completion fail.
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(s.claim("k", "b", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert!(!s.renew("k", "a", hold).await.unwrap());
+        assert!(!s
+            .complete("k", "a", Duration::from_secs(3600))
+            .await
+            .unwrap());
+        assert!(s
+            .complete("k", "b", Duration::from_secs(3600))
+            .await
+            .unwrap());
+        assert_eq!(s.claim("k", "c", hold).await.unwrap(), ClaimOutcome::Completed);
+        let r = s.record("k").await.unwrap().unwrap();
+        assert_eq!((r.status, r.claims, r.owner.as_str()), (RecordStatus::Completed, 2, "b"));
+        // Past the completed window the job counts as new again.
+        clock.advance(Duration::from_secs(3601));
+        assert_eq!(s.claim("k", "c", hold).await.unwrap(), ClaimOutcome::Claimed);
+    }
+
+    #[tokio::test]
+    async fn release_frees_only_the_owners_claim() {
+        let s = LocalIdempotencyStore::new();
+        let hold = Duration::from_secs(30);
+        s.claim("k", "a", hold).await.unwrap();
+        s.release("k", "b").await.unwrap();
+        assert!(matches!(
+            s.claim("k", "b", hold).await.unwrap(),
+            ClaimOutcome::HeldElsewhere { .. }
+        ));
+        s.release("k", "a").await.unwrap();
+        assert_eq!(s.claim("k", "b", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(s.record("k").await.unwrap().unwrap().claims, 2);
+    }
+}

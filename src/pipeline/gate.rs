@@ -1,0 +1,323 @@
+//! The gate: what a new lease passes before it may run, when the pipeline
+//! asks for it (a pipeline that asks for neither skips the gate).
+//!
+//! - **FIFO group order** (DESIGN rule 8). Of each message group, one lease
+//!   runs at a time, in the order received; the next starts only when the
+//!   one before is settled (deleted or dead-lettered). When a group's running
+//!   job fails, is given back or is lost, the group's waiting leases are
+//!   released too, so the queue hands them out again after it, in order.
+//! - **Idempotency claims** (DESIGN rule 10). Each lease about to run claims
+//!   its job in the [`crate::idempotency::IdempotencyStore`]: a job already
+//!   completed is deleted unprocessed; one claimed by another worker is given
+//!   back until that claim would expire.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+
+use super::acker::Acker;
+use super::messages::{Leased, Probe, Settle, Settlement};
+use super::pool::ProcessorPool;
+use super::uploader::Uploader;
+use super::Shared;
+use crate::idempotency::ClaimOutcome;
+use crate::lease::Lease;
+use crate::stats::Stats;
+
+/// One message group's leases: the one running, and those waiting behind it.
+#[derive(Default)]
+struct Group {
+    running: Option<u64>,
+    waiting: VecDeque<Arc<Lease>>,
+}
+
+/// The FIFO groups of one pipeline, held in [`Shared`] so that whoever
+/// settles a lease can move its group on.
+#[derive(Default)]
+pub(crate) struct Groups {
+    map: Mutex<HashMap<String, Group>>,
+    /// Leases waiting behind their group's running one.
+    waiting: AtomicUsize,
+}
+
+/// What settling a group's lease lets happen.
+#[derive(Default)]
+pub(crate) struct Next {
+    /// The next lease of the group, to run now.
+    pub(crate) go: Vec<Arc<Lease>>,
+    /// Waiting leases to give back (their group's head failed).
+    pub(crate) release: Vec<Arc<Lease>>,
+}
+
+impl Groups {
+    /// Leases waiting behind a running one of their group.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Takes new leases in receive order; returns those that may run now.
+    pub(crate) fn admit(&self, leases: Vec<Arc<Lease>>) -> Vec<Arc<Lease>> {
+        let mut map = self.map.lock().expect("groups lock");
+        let mut go = Vec::new();
+        for lease in leases {
+            let key = lease.job.group_id.clone().unwrap_or_default();
+            let g = map.entry(key).or_default();
+            if g.running.is_none() {
+                g.running = Some(lease.id);
+                go.push(lease);
+            } else {
+                g.waiting.push_back(lease);
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        go
+    }
+
+    /// A lease ended: `finished` (deleted or dead-lettered) lets its group
+    /// go on; otherwise the group's waiting leases are given back.
+    pub(crate) fn settled(&self, lease: &Lease, finished: bool) -> Next {
+        let mut next = Next::default();
+        let key = lease.job.group_id.as_deref().unwrap_or_default();
+        let mut map = self.map.lock().expect("groups lock");
+        let Some(g) = map.get_mut(key) else {
+            return next;
+        };
+        if g.running == Some(lease.id) {
+            g.running = None;
+            if finished {
+                while let Some(l) = g.waiting.pop_front() {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    // A waiting lease given back meanwhile (a drain) is skipped.
+                    if l.state() == crate::lease::LeaseState::Pending {
+                        g.running = Some(l.id);
+                        next.go.push(l);
+                        break;
+                    }
+                }
+            } else {
+                self.waiting.fetch_sub(g.waiting.len(), Ordering::AcqRel);
+                next.release.extend(g.waiting.drain(..));
+            }
+        } else if let Some(i) = g.waiting.iter().position(|l| l.id == lease.id) {
+            g.waiting.remove(i);
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        if g.running.is_none() && g.waiting.is_empty() {
+            map.remove(key);
+        }
+        next
+    }
+}
+
+/// Gate → itself: leases cleared to run (a group moved on).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Admit(pub(crate) Vec<Arc<Lease>>);
+
+/// Poller → gate: new leases.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Arrived(pub(crate) Vec<Arc<Lease>>);
+
+pub(crate) struct Gate {
+    shared: Arc<Shared>,
+    pool: Addr<ProcessorPool>,
+    uploader: Addr<Uploader>,
+    acker: Addr<Acker>,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        pool: Addr<ProcessorPool>,
+        uploader: Addr<Uploader>,
+        acker: Addr<Acker>,
+    ) -> Self {
+        Self {
+            shared,
+            pool,
+            uploader,
+            acker,
+        }
+    }
+
+    /// Sends leases cleared to run on: redeliveries with a result store to
+    /// the uploader's probe, the rest to the processors.
+    fn route(&self, leases: Vec<Arc<Lease>>) {
+        let (probes, fresh): (Vec<_>, Vec<_>) = leases
+            .into_iter()
+            .partition(|l| l.job.receive_count > 1 && self.shared.results.is_some());
+        if !fresh.is_empty() {
+            self.pool.do_send(Leased(fresh));
+        }
+        if !probes.is_empty() {
+            self.uploader.do_send(Probe(probes));
+        }
+    }
+
+    /// Claims each lease's job, then routes, skips or defers it.
+    fn claim_then_route(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let Some(store) = self.shared.store.clone() else {
+            self.route(leases);
+            return;
+        };
+        let hold = self.shared.config.claim_hold();
+        let calls: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let (store, key, owner) = (store.clone(), self.shared.claim_key(l), self.shared.owner(l));
+                async move { store.claim(&key, &owner, hold).await }
+            })
+            .collect();
+        ctx.spawn(
+            futures_util::future::join_all(calls)
+                .into_actor(self)
+                .map(move |results, act, _| act.claimed(leases, results)),
+        );
+    }
+
+    fn claimed(
+        &mut self,
+        leases: Vec<Arc<Lease>>,
+        results: Vec<Result<ClaimOutcome, crate::BackendError>>,
+    ) {
+        let s = &self.shared;
+        let (mut go, mut settle) = (Vec::new(), Vec::new());
+        for (lease, r) in leases.into_iter().zip(results) {
+            match r {
+                Ok(ClaimOutcome::Claimed) => {
+                    lease.set_claimed();
+                    go.push(lease);
+                }
+                Ok(ClaimOutcome::Completed) => {
+                    if lease.try_start() {
+                        s.jobs_started(1);
+                        Stats::inc(&s.stats.skipped_completed);
+                        tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
+                            "job already completed (idempotency store): deleting unprocessed");
+                        settle.push(Settlement::Done(lease));
+                    }
+                }
+                Ok(ClaimOutcome::HeldElsewhere { until }) => {
+                    // Look again when that claim would lapse, at the latest
+                    // one visibility timeout from now.
+                    let after = until
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .clamp(Duration::from_secs(1), s.config.visibility_timeout);
+                    if lease.try_release_pending() {
+                        Stats::inc(&s.stats.claims_deferred);
+                        tracing::debug!(pipeline = %s.name, job_id = %lease.job.id,
+                            "job claimed by another worker: given back");
+                        settle.push(Settlement::Defer { lease, after });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
+                        "claiming the job failed: given back");
+                    if lease.try_release_pending() {
+                        settle.push(Settlement::Defer {
+                            lease,
+                            after: Duration::from_secs(1),
+                        });
+                    }
+                }
+            }
+        }
+        self.route(go);
+        if !settle.is_empty() {
+            self.acker.do_send(Settle(settle));
+        }
+    }
+}
+
+impl Actor for Gate {
+    type Context = Context<Self>;
+}
+
+impl Handler<Arrived> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, msg: Arrived, ctx: &mut Context<Self>) {
+        let leases = match &self.shared.groups {
+            Some(groups) => groups.admit(msg.0),
+            None => msg.0,
+        };
+        self.claim_then_route(leases, ctx);
+    }
+}
+
+impl Handler<Admit> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, msg: Admit, ctx: &mut Context<Self>) {
+        self.claim_then_route(msg.0, ctx);
+    }
+}
+
+/// Settling → gate: the group's waiting leases to give back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct GiveBack(pub(crate) Vec<Arc<Lease>>);
+
+impl Handler<GiveBack> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, msg: GiveBack, _: &mut Context<Self>) {
+        let out: Vec<_> = msg
+            .0
+            .into_iter()
+            .filter(|l| l.try_release_pending())
+            .map(Settlement::Release)
+            .collect();
+        if !out.is_empty() {
+            self.acker.do_send(Settle(out));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ReceivedMessage;
+    use crate::job::Job;
+    use crate::lease::LeaseTable;
+
+    fn lease(t: &LeaseTable, group: &str, n: u32) -> Arc<Lease> {
+        let job = Job::from_message(ReceivedMessage {
+            message_id: format!("{group}-{n}"),
+            receipt_handle: String::new(),
+            body: "{}".into(),
+            attributes: HashMap::new(),
+            receive_count: 1,
+            group_id: Some(group.into()),
+            dedup_id: None,
+        });
+        t.insert(job, String::new(), tokio::time::Instant::now())
+    }
+
+    #[tokio::test]
+    async fn one_per_group_in_order_and_failure_gives_back_the_rest() {
+        let t = LeaseTable::default();
+        let g = Groups::default();
+        let (a1, a2, a3, b1) = (lease(&t, "a", 1), lease(&t, "a", 2), lease(&t, "a", 3), lease(&t, "b", 1));
+        let go = g.admit(vec![a1.clone(), a2.clone(), b1.clone(), a3.clone()]);
+        assert_eq!(go.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a1.id, b1.id]);
+        assert_eq!(g.waiting(), 2);
+        let next = g.settled(&a1, true);
+        assert_eq!(next.go.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a2.id]);
+        // a2 fails: a3 is given back, and group a is empty.
+        let next = g.settled(&a2, false);
+        assert!(next.go.is_empty());
+        assert_eq!(next.release.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a3.id]);
+        assert_eq!(g.waiting(), 0);
+        // A new delivery of group a runs at once; settling twice is harmless.
+        let a2b = lease(&t, "a", 2);
+        assert_eq!(g.admit(vec![a2b.clone()]).len(), 1);
+        assert!(g.settled(&a2, true).go.is_empty());
+        assert!(g.settled(&b1, true).go.is_empty());
+    }
+}
