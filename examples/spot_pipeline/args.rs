@@ -65,6 +65,18 @@ pub(crate) struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// FIFO queues and a FIFO topic: the jobs are spread over --groups
+    /// message groups, each processed one message at a time, in order.
+    #[arg(long)]
+    pub(crate) fifo: bool,
+    /// Message groups of the produced jobs (with --fifo).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) groups: usize,
+    /// Claim every job in an idempotency store before running it (in memory
+    /// on the embedded backend, DynamoDB on AWS), so no job runs twice
+    /// across workers or after the queue's deduplication window.
+    #[arg(long)]
+    pub(crate) exactly_once: bool,
 
     /// Run as a worker only: no producing, no report; stop on SIGTERM or
     /// ctrl-c with a graceful drain.
@@ -115,4 +127,7 @@ pub(crate) struct Args {
     /// AWS: topic stage 1 announces results on (ARN or name).
     #[arg(long)]
     pub(crate) topic: Option<String>,
+    /// AWS: DynamoDB table of the idempotency store (with --exactly-once).
+    #[arg(long)]
+    pub(crate) table: Option<String>,
 }

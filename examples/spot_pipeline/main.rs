@@ -49,6 +49,7 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
     let (seed, delay) = (args.seed, Duration::from_millis(args.process_delay_ms));
     let panic_rate = if args.chaos { 0.05 } else { 0.0 };
     let aws = args.backend == Backend::Aws;
+    let fifo = args.fifo;
     let visibility = Duration::from_secs(args.visibility_secs.unwrap_or(if aws { 30 } else { 4 }));
     let tune = move |c: &mut PipelineConfig| {
         c.visibility_timeout = visibility;
@@ -62,14 +63,20 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
         c.max_receives = 8;
         // Short long polls: a draining worker waits for its open receives.
         c.receive_wait = Duration::from_secs(if aws { 2 } else { 1 });
-        c.max_in_flight = 32;
+        // FIFO: leases waiting behind their group's running job count too.
+        c.max_in_flight = if fifo { 256 } else { 32 };
     };
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let store = r.store.clone();
+    let claims = move |p: Pipeline| match &store {
+        Some(s) => p.idempotency(s.clone()),
+        None => p,
+    };
     let mut out = Vec::new();
     if args.stage != Stage::Two {
-        out.push(
+        out.push(claims(
             Pipeline::new("stage1")
                 .source(r.stage1.clone())
                 .dead_letter(r.stage1_dlq.clone())
@@ -83,10 +90,10 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
                     tune(c);
                     c.workers = workers;
                 }),
-        );
+        ));
     }
     if args.stage != Stage::One {
-        out.push(
+        out.push(claims(
             Pipeline::new("stage2")
                 .source(r.stage2.clone())
                 .dead_letter(r.stage2_dlq.clone())
@@ -96,7 +103,7 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
                     tune(c);
                     c.workers = 1;
                 }),
-        );
+        ));
     }
     out
 }

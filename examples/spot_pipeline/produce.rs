@@ -16,6 +16,15 @@ pub(crate) struct Produced {
     pub(crate) bad: Vec<JobId>,
 }
 
+/// On FIFO queues: the job's message group and a deduplication id.
+fn fifo(m: OutgoingMessage, args: &Args, i: usize, kind: &str) -> OutgoingMessage {
+    if !args.fifo {
+        return m;
+    }
+    m.group(format!("group-{:02}", i % args.groups.max(1)))
+        .dedup(format!("{kind}-{i:05}"))
+}
+
 fn job_message(i: usize, bucket: &str, key: &str) -> OutgoingMessage {
     if i.is_multiple_of(2) {
         // What S3 itself sends: no attributes, so the job id is the message id.
@@ -39,7 +48,14 @@ async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<Jo
     for chunk in messages.chunks(MAX_BATCH) {
         let named: Vec<Option<String>> = chunk
             .iter()
-            .map(|m| m.attributes.get(JOB_ID_ATTRIBUTE).cloned())
+            // The job id: the attribute, else (FIFO) the deduplication id,
+            // else the message id.
+            .map(|m| {
+                m.attributes
+                    .get(JOB_ID_ATTRIBUTE)
+                    .cloned()
+                    .or_else(|| m.dedup_id.clone())
+            })
             .collect();
         let sent = r.stage1.send_batch(chunk.to_vec()).await?;
         for (name, sent) in named.into_iter().zip(sent) {
@@ -91,7 +107,7 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
     let good = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| job_message(i, bucket, k))
+        .map(|(i, k)| fifo(job_message(i, bucket, k), args, i, "job"))
         .collect();
     let bad = (0..args.bad_inputs)
         .map(|i| {
@@ -104,7 +120,8 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
                 }
                 _ => serde_json::json!({"bucket": bucket, "key": "bad/bomb.png"}).to_string(),
             };
-            OutgoingMessage::new(body).attribute(JOB_ID_ATTRIBUTE, format!("bad-{i:03}"))
+            let m = OutgoingMessage::new(body).attribute(JOB_ID_ATTRIBUTE, format!("bad-{i:03}"));
+            fifo(m, args, i, "bad")
         })
         .collect();
     Ok(Produced {

@@ -26,6 +26,18 @@ pub(crate) struct Report {
     leases_extended: u64,
     retried: u64,
     resumed: u64,
+    /// Successful processor runs, per stage: equal to `jobs` when every job
+    /// ran exactly once.
+    processor_completions: BTreeMap<String, u64>,
+    /// Processor runs that panicked or returned an error (bad inputs
+    /// included), per stage.
+    processor_panics: BTreeMap<String, u64>,
+    processor_failures: BTreeMap<String, u64>,
+    /// Idempotency store: jobs found completed and deleted unprocessed,
+    /// jobs given back because another worker held them, claims lost.
+    skipped_completed: u64,
+    claims_deferred: u64,
+    claims_lost: u64,
     elapsed_s: f64,
     jobs_per_s: f64,
     dead_letters: Vec<DeadLetter>,
@@ -99,6 +111,10 @@ async fn dead_letters(queues: &[&dyn Queue]) -> Result<Vec<DeadLetter>> {
     Ok(out)
 }
 
+fn per_stage(stats: &[PipelineStats], f: impl Fn(&StatsSnapshot) -> u64) -> BTreeMap<String, u64> {
+    stats.iter().map(|p| (p.name.clone(), f(&p.stats))).collect()
+}
+
 pub(crate) async fn build(
     r: &Resources,
     produced: &Produced,
@@ -139,6 +155,12 @@ pub(crate) async fn build(
         leases_extended: total.leases_extended,
         retried: total.retried,
         resumed: total.resumed,
+        processor_completions: per_stage(&stats, |s| s.processed),
+        processor_panics: per_stage(&stats, |s| s.panics),
+        processor_failures: per_stage(&stats, |s| s.failed),
+        skipped_completed: total.skipped_completed,
+        claims_deferred: total.claims_deferred,
+        claims_lost: total.claims_lost,
         elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         jobs_per_s: (good.len() as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
         dead_letters: dead,
@@ -164,6 +186,22 @@ impl Report {
         println!("retried             {}", self.retried);
         println!("resumed             {}", self.resumed);
         println!("leases_extended     {}", self.leases_extended);
+        let stages = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "processor runs      completed: {}; panicked: {}; failed: {}",
+            stages(&self.processor_completions),
+            stages(&self.processor_panics),
+            stages(&self.processor_failures)
+        );
+        println!(
+            "idempotency store   skipped_completed {}, claims_deferred {}, claims_lost {}",
+            self.skipped_completed, self.claims_deferred, self.claims_lost
+        );
         println!("elapsed_s           {:.3}", self.elapsed_s);
         println!("jobs_per_s          {:.1}", self.jobs_per_s);
     }

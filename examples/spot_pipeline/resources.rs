@@ -6,6 +6,7 @@ use std::time::Duration;
 use ferry::backend::aws::{AwsBackend, AwsOptions, QueueSpec};
 use ferry::backend::local::{LocalBackend, QueueOptions};
 use ferry::backend::{BlobStore, Queue, Topic};
+use ferry::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 
 use crate::args::{Args, Backend};
 use crate::Result;
@@ -20,6 +21,8 @@ pub(crate) struct Resources {
     pub(crate) stage2: Arc<dyn Queue>,
     pub(crate) stage2_dlq: Arc<dyn Queue>,
     pub(crate) topic: Arc<dyn Topic>,
+    /// The idempotency store (with --exactly-once).
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     /// The embedded backend, for fault injection (None on AWS).
     pub(crate) local: Option<LocalBackend>,
 }
@@ -30,22 +33,35 @@ const REDRIVE_AFTER: u32 = 10;
 
 pub(crate) async fn open(args: &Args) -> Result<Resources> {
     match args.backend {
-        Backend::Local => Ok(local()),
+        Backend::Local => Ok(local(args)),
         Backend::Aws => aws(args).await,
     }
 }
 
-fn local() -> Resources {
+/// A queue or topic name, with `.fifo` when the run is FIFO.
+fn named(args: &Args, base: &str) -> String {
+    if args.fifo {
+        format!("{base}.fifo")
+    } else {
+        base.to_owned()
+    }
+}
+
+fn local(args: &Args) -> Resources {
     let local = LocalBackend::new();
-    let stage1_dlq = local.create_queue("stage1-dlq", QueueOptions::default());
-    let stage2_dlq = local.create_queue("stage2-dlq", QueueOptions::default());
-    let redrive = |dlq: &Arc<ferry::backend::local::LocalQueue>| QueueOptions {
-        redrive: Some((dlq.clone(), REDRIVE_AFTER)),
+    let fifo = QueueOptions {
+        fifo: args.fifo,
         ..QueueOptions::default()
     };
-    let stage1 = local.create_queue("stage1-jobs", redrive(&stage1_dlq));
-    let stage2 = local.create_queue("stage2-jobs", redrive(&stage2_dlq));
-    let topic = local.create_topic("stage1-done", false);
+    let stage1_dlq = local.create_queue(&named(args, "stage1-dlq"), fifo.clone());
+    let stage2_dlq = local.create_queue(&named(args, "stage2-dlq"), fifo.clone());
+    let redrive = |dlq: &Arc<ferry::backend::local::LocalQueue>| QueueOptions {
+        redrive: Some((dlq.clone(), REDRIVE_AFTER)),
+        ..fifo.clone()
+    };
+    let stage1 = local.create_queue(&named(args, "stage1-jobs"), redrive(&stage1_dlq));
+    let stage2 = local.create_queue(&named(args, "stage2-jobs"), redrive(&stage2_dlq));
+    let topic = local.create_topic(&named(args, "stage1-done"), args.fifo);
     // Not raw: stage 2 reads the SNS envelope, as it would on AWS by default.
     local.subscribe(&topic, &stage2, false);
     Resources {
@@ -57,6 +73,9 @@ fn local() -> Resources {
         stage2,
         stage2_dlq,
         topic,
+        store: args
+            .exactly_once
+            .then(|| Arc::new(LocalIdempotencyStore::new()) as Arc<dyn IdempotencyStore>),
         local: Some(local),
     }
 }
@@ -76,30 +95,45 @@ async fn aws(args: &Args) -> Result<Resources> {
     if args.provision {
         let p = &args.prefix;
         let visibility = Some(Duration::from_secs(30));
+        let fifo = args.fifo;
         let dlq = |name: String| {
             let aws = aws.clone();
-            async move { aws.create_queue(&name, &QueueSpec::default()).await }
+            async move {
+                let spec = QueueSpec {
+                    fifo,
+                    ..QueueSpec::default()
+                };
+                aws.create_queue(&name, &spec).await
+            }
         };
-        let stage1_dlq = dlq(format!("{p}-stage1-dlq")).await?;
-        let stage2_dlq = dlq(format!("{p}-stage2-dlq")).await?;
+        let stage1_dlq = dlq(named(args, &format!("{p}-stage1-dlq"))).await?;
+        let stage2_dlq = dlq(named(args, &format!("{p}-stage2-dlq"))).await?;
         let spec = |dlq_arn: &str| QueueSpec {
+            fifo,
             visibility_timeout: visibility,
             redrive: Some((dlq_arn.to_owned(), REDRIVE_AFTER)),
-            ..QueueSpec::default()
         };
         let stage1 = aws
-            .create_queue(&format!("{p}-stage1"), &spec(stage1_dlq.arn()))
+            .create_queue(&named(args, &format!("{p}-stage1")), &spec(stage1_dlq.arn()))
             .await?;
         let stage2 = aws
-            .create_queue(&format!("{p}-stage2"), &spec(stage2_dlq.arn()))
+            .create_queue(&named(args, &format!("{p}-stage2")), &spec(stage2_dlq.arn()))
             .await?;
-        let topic = aws.create_topic(&format!("{p}-stage1-done"), false).await?;
+        let topic = aws
+            .create_topic(&named(args, &format!("{p}-stage1-done")), fifo)
+            .await?;
+        let table = format!("{p}-idempotency");
+        let store = if args.exactly_once {
+            Some(Arc::new(aws.create_idempotency_table(&table).await?) as Arc<dyn IdempotencyStore>)
+        } else {
+            None
+        };
         aws.subscribe(&topic, &stage2, false).await?;
         let (input_bucket, result_bucket) = (format!("{p}-input"), format!("{p}-results"));
         aws.create_bucket(&input_bucket).await?;
         aws.create_bucket(&result_bucket).await?;
         eprintln!(
-            "provisioned: --stage1-queue {} --stage1-dlq {} --stage2-queue {} --stage2-dlq {} --topic {} --input-bucket {input_bucket} --result-bucket {result_bucket}",
+            "provisioned: --stage1-queue {} --stage1-dlq {} --stage2-queue {} --stage2-dlq {} --topic {} --input-bucket {input_bucket} --result-bucket {result_bucket} --table {table}",
             stage1.url(), stage1_dlq.url(), stage2.url(), stage2_dlq.url(), topic.arn()
         );
         return Ok(Resources {
@@ -111,6 +145,7 @@ async fn aws(args: &Args) -> Result<Resources> {
             stage2,
             stage2_dlq,
             topic,
+            store,
             local: None,
         });
     }
@@ -136,6 +171,13 @@ async fn aws(args: &Args) -> Result<Resources> {
             .queue(required(&args.stage2_dlq, "--stage2-dlq")?)
             .await?,
         topic: aws.topic(required(&args.topic, "--topic")?).await?,
+        store: match args.exactly_once {
+            true => Some(Arc::new(
+                aws.idempotency_store(required(&args.table, "--table")?)
+                    .await?,
+            )),
+            false => None,
+        },
         input_bucket,
         result_bucket,
         local: None,
