@@ -51,6 +51,7 @@ pub struct PipelineConfig {
     pub max_in_flight: usize,
     /// Most receives in flight at once. The poller starts with one, adds one
     /// while receives come back full and drops one after an empty receive.
+    /// A FIFO source always has one, so batches arrive in the queue's order.
     pub receive_concurrency: usize,
     /// Long-polling wait of one receive (SQS allows up to 20 s).
     pub receive_wait: Duration,

@@ -88,8 +88,12 @@ pub trait IdempotencyStore: Send + Sync + Debug + 'static {
 
     /// Marks the job completed, kept for `keep_for`; `false` if `owner` no
     /// longer held the claim (the record is then left alone).
-    async fn complete(&self, key: &str, owner: &str, keep_for: Duration)
-        -> Result<bool, BackendError>;
+    async fn complete(
+        &self,
+        key: &str,
+        owner: &str,
+        keep_for: Duration,
+    ) -> Result<bool, BackendError>;
 
     /// Gives up `owner`'s in-progress claim, so another worker may run the
     /// job at once. Does nothing if the claim is not theirs.
@@ -292,7 +296,10 @@ mod tests {
         let clock = OffsetClock::new();
         let s = LocalIdempotencyStore::with_clock(clock.clock());
         let hold = Duration::from_secs(30);
-        assert_eq!(s.claim("k", "a", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(
+            s.claim("k", "a", hold).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
         assert!(matches!(
             s.claim("k", "b", hold).await.unwrap(),
             ClaimOutcome::HeldElsewhere { .. }
@@ -301,7 +308,10 @@ mod tests {
         assert!(!s.renew("k", "b", hold).await.unwrap());
         // a's claim lapses: b takes over, a's renewal and completion fail.
         clock.advance(Duration::from_secs(31));
-        assert_eq!(s.claim("k", "b", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(
+            s.claim("k", "b", hold).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
         assert!(!s.renew("k", "a", hold).await.unwrap());
         assert!(!s
             .complete("k", "a", Duration::from_secs(3600))
@@ -311,12 +321,21 @@ mod tests {
             .complete("k", "b", Duration::from_secs(3600))
             .await
             .unwrap());
-        assert_eq!(s.claim("k", "c", hold).await.unwrap(), ClaimOutcome::Completed);
+        assert_eq!(
+            s.claim("k", "c", hold).await.unwrap(),
+            ClaimOutcome::Completed
+        );
         let r = s.record("k").await.unwrap().unwrap();
-        assert_eq!((r.status, r.claims, r.owner.as_str()), (RecordStatus::Completed, 2, "b"));
+        assert_eq!(
+            (r.status, r.claims, r.owner.as_str()),
+            (RecordStatus::Completed, 2, "b")
+        );
         // Past the completed window the job counts as new again.
         clock.advance(Duration::from_secs(3601));
-        assert_eq!(s.claim("k", "c", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(
+            s.claim("k", "c", hold).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
     }
 
     #[tokio::test]
@@ -330,7 +349,10 @@ mod tests {
             ClaimOutcome::HeldElsewhere { .. }
         ));
         s.release("k", "a").await.unwrap();
-        assert_eq!(s.claim("k", "b", hold).await.unwrap(), ClaimOutcome::Claimed);
+        assert_eq!(
+            s.claim("k", "b", hold).await.unwrap(),
+            ClaimOutcome::Claimed
+        );
         assert_eq!(s.record("k").await.unwrap().unwrap().claims, 2);
     }
 }

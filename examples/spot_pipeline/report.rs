@@ -112,7 +112,10 @@ async fn dead_letters(queues: &[&dyn Queue]) -> Result<Vec<DeadLetter>> {
 }
 
 fn per_stage(stats: &[PipelineStats], f: impl Fn(&StatsSnapshot) -> u64) -> BTreeMap<String, u64> {
-    stats.iter().map(|p| (p.name.clone(), f(&p.stats))).collect()
+    stats
+        .iter()
+        .map(|p| (p.name.clone(), f(&p.stats)))
+        .collect()
 }
 
 pub(crate) async fn build(

@@ -114,10 +114,16 @@ async fn aws(args: &Args) -> Result<Resources> {
             redrive: Some((dlq_arn.to_owned(), REDRIVE_AFTER)),
         };
         let stage1 = aws
-            .create_queue(&named(args, &format!("{p}-stage1")), &spec(stage1_dlq.arn()))
+            .create_queue(
+                &named(args, &format!("{p}-stage1")),
+                &spec(stage1_dlq.arn()),
+            )
             .await?;
         let stage2 = aws
-            .create_queue(&named(args, &format!("{p}-stage2")), &spec(stage2_dlq.arn()))
+            .create_queue(
+                &named(args, &format!("{p}-stage2")),
+                &spec(stage2_dlq.arn()),
+            )
             .await?;
         let topic = aws
             .create_topic(&named(args, &format!("{p}-stage1-done")), fifo)

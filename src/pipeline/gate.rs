@@ -168,7 +168,11 @@ impl Gate {
         let calls: Vec<_> = leases
             .iter()
             .map(|l| {
-                let (store, key, owner) = (store.clone(), self.shared.claim_key(l), self.shared.owner(l));
+                let (store, key, owner) = (
+                    store.clone(),
+                    self.shared.claim_key(l),
+                    self.shared.owner(l),
+                );
                 async move { store.claim(&key, &owner, hold).await }
             })
             .collect();
@@ -303,16 +307,30 @@ mod tests {
     async fn one_per_group_in_order_and_failure_gives_back_the_rest() {
         let t = LeaseTable::default();
         let g = Groups::default();
-        let (a1, a2, a3, b1) = (lease(&t, "a", 1), lease(&t, "a", 2), lease(&t, "a", 3), lease(&t, "b", 1));
+        let (a1, a2, a3, b1) = (
+            lease(&t, "a", 1),
+            lease(&t, "a", 2),
+            lease(&t, "a", 3),
+            lease(&t, "b", 1),
+        );
         let go = g.admit(vec![a1.clone(), a2.clone(), b1.clone(), a3.clone()]);
-        assert_eq!(go.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a1.id, b1.id]);
+        assert_eq!(
+            go.iter().map(|l| l.id).collect::<Vec<_>>(),
+            vec![a1.id, b1.id]
+        );
         assert_eq!(g.waiting(), 2);
         let next = g.settled(&a1, true);
-        assert_eq!(next.go.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a2.id]);
+        assert_eq!(
+            next.go.iter().map(|l| l.id).collect::<Vec<_>>(),
+            vec![a2.id]
+        );
         // a2 fails: a3 is given back, and group a is empty.
         let next = g.settled(&a2, false);
         assert!(next.go.is_empty());
-        assert_eq!(next.release.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a3.id]);
+        assert_eq!(
+            next.release.iter().map(|l| l.id).collect::<Vec<_>>(),
+            vec![a3.id]
+        );
         assert_eq!(g.waiting(), 0);
         // A new delivery of group a runs at once; settling twice is harmless.
         let a2b = lease(&t, "a", 2);

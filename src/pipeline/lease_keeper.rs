@@ -139,34 +139,32 @@ impl LeaseKeeper {
                 async move { store.renew(&key, &owner, hold).await }
             })
             .collect();
-        ctx.spawn(
-            futures_util::future::join_all(calls)
-                .into_actor(self)
-                .map(move |results, act, _| {
-                    let s = &act.shared;
-                    let mut lost = Vec::new();
-                    for (lease, r) in leases.into_iter().zip(results) {
-                        match r {
-                            Ok(true) => {}
-                            Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
-                                tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+        ctx.spawn(futures_util::future::join_all(calls).into_actor(self).map(
+            move |results, act, _| {
+                let s = &act.shared;
+                let mut lost = Vec::new();
+                for (lease, r) in leases.into_iter().zip(results) {
+                    match r {
+                        Ok(true) => {}
+                        Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
+                            tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                                     "idempotency claim lost: job cancelled before its effects");
-                                Stats::inc(&s.stats.claims_lost);
-                                lease.take_claim();
-                                lease.cancel();
-                                lost.push(Settlement::Release(lease));
-                            }
-                            Ok(false) => {}
-                            Err(e) => tracing::debug!(pipeline = %s.name,
+                            Stats::inc(&s.stats.claims_lost);
+                            lease.take_claim();
+                            lease.cancel();
+                            lost.push(Settlement::Release(lease));
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(pipeline = %s.name,
                                 job_id = %lease.job.id, error = %e,
                                 "renewing a claim failed; will retry with the next extension"),
-                        }
                     }
-                    if !lost.is_empty() {
-                        act.acker.do_send(Settle(lost));
-                    }
-                }),
-        );
+                }
+                if !lost.is_empty() {
+                    act.acker.do_send(Settle(lost));
+                }
+            },
+        ));
     }
 }
 

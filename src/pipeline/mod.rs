@@ -312,7 +312,11 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
 /// (a pid is reused across instances and restarts).
 fn owner_prefix() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Runs `call` up to `attempts` times while it fails with a retryable error,

@@ -86,6 +86,18 @@ impl Poller {
         limit
     }
 
+    /// Most receives to keep in flight. A FIFO source gets one: its batches
+    /// then arrive in the queue's order, and an endpoint that does not lock
+    /// message groups atomically across concurrent receives (moto, for one)
+    /// cannot hand two of a group's messages to two receives at once.
+    fn max_receives(&self) -> usize {
+        if self.shared.groups.is_some() {
+            1
+        } else {
+            self.shared.config.receive_concurrency
+        }
+    }
+
     /// Room for another receive: below the prefetch and in-flight limits,
     /// counting what the receives already in flight may bring.
     fn room(&mut self) -> usize {
@@ -170,7 +182,7 @@ impl Poller {
                 // costs a call when the queue runs empty.
                 let starving = self.shared.ready_pending() * 2 < self.prefetch_limit();
                 if full && starving && self.room() >= asked {
-                    self.target = (self.target + 1).min(self.shared.config.receive_concurrency);
+                    self.target = (self.target + 1).min(self.max_receives());
                 } else if empty || (full && !starving) {
                     self.target = self.target.saturating_sub(1).max(1);
                 }

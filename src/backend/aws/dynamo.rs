@@ -286,7 +286,11 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             key,
             "SET #exp = :zero",
             "#st = :inprog AND #own = :me",
-            &[(":inprog", s(IN_PROGRESS)), (":me", s(owner)), (":zero", n(0))],
+            &[
+                (":inprog", s(IN_PROGRESS)),
+                (":me", s(owner)),
+                (":zero", n(0)),
+            ],
         )
         .await?;
         Ok(())
