@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod job;
 mod lease;
+pub mod metrics;
 mod pipeline;
 mod processor;
 mod runtime;
@@ -24,6 +25,7 @@ pub use pipeline::{IntoShared, Pipeline, ResultStore};
 pub use processor::{Context, Output, Processor, WorkerInfo};
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,
+    StatsReader,
 };
 pub use stats::StatsSnapshot;
 

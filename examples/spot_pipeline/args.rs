@@ -65,6 +65,14 @@ pub(crate) struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Serve ferry's metrics in the Prometheus text format on this address
+    /// (e.g. 127.0.0.1:9464), for the whole run.
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// After the report, keep serving metrics until they are scraped once,
+    /// at most this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) metrics_linger_secs: u64,
 
     /// Run as a worker only: no producing, no report; stop on SIGTERM or
     /// ctrl-c with a graceful drain.

@@ -15,6 +15,7 @@
 //! is lost. With `--worker` the process only runs its stages until SIGTERM.
 
 mod args;
+mod metrics;
 mod produce;
 mod report;
 mod resources;
@@ -172,6 +173,11 @@ async fn main() -> Result<()> {
         }
     }));
 
+    // The recorder goes in before any pipeline registers its metrics.
+    let mut exporter = match args.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr).await?),
+        None => None,
+    };
     let r = resources::open(&args).await?;
     if args.worker {
         return worker(&args, &r, stop).await;
@@ -228,8 +234,10 @@ async fn main() -> Result<()> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    let stats = runtime.stats();
+    // Counters read after the drain, so the report has the final figures.
+    let reader = runtime.stats_reader();
     let shutdown = runtime.shutdown().await;
+    let stats = reader.stats();
 
     if let Some(local) = &r.local {
         // The report reads the stores without injected faults.
@@ -244,6 +252,11 @@ async fn main() -> Result<()> {
             "shutdown            {} ms, {} leases held at exit",
             shutdown.elapsed_ms, shutdown.held_at_exit
         );
+    }
+    if let Some(exporter) = &mut exporter {
+        exporter
+            .linger(Duration::from_secs(args.metrics_linger_secs))
+            .await;
     }
     if report.lost > 0 {
         eprintln!("{} job(s) lost", report.lost);

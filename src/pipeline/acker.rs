@@ -252,6 +252,7 @@ impl Acker {
                 Ok(()) => {
                     if !dead_lettered {
                         acked += 1;
+                        s.stats.end_to_end.record(lease.received_at.elapsed());
                     }
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, "deleted");
                     finished.push(lease);

@@ -80,7 +80,7 @@ impl Shared {
             factory: p.factory.expect("checked"),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
-            stats: Stats::default(),
+            stats: Stats::new(&p.name),
             capacity: Notify::new(),
             receives_in_flight: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicU64::new(0),
@@ -100,6 +100,7 @@ impl Shared {
         if self.leases.remove(lease) {
             self.capacity.notify_one();
         }
+        self.leases_changed();
     }
 
     /// These jobs are finished (deleted or dead-lettered).
@@ -114,6 +115,12 @@ impl Shared {
             self.leases.remove(lease);
         }
         self.capacity.notify_one();
+        self.leases_changed();
+    }
+
+    /// Sets the in-flight gauge to the leases held now.
+    pub(crate) fn leases_changed(&self) {
+        self.stats.in_flight.set(self.leases.len() as f64);
     }
 
     /// Records a restart; true when the restart limit is passed.

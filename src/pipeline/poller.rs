@@ -229,6 +229,7 @@ impl Poller {
                 }
             }
         }
+        s.leases_changed();
         if !fresh.is_empty() {
             self.pool.do_send(Leased(fresh));
         }

@@ -205,10 +205,12 @@ impl Worker {
             cancelled: lease.cancel_arc(),
             max_fetch_bytes: s.config.max_fetch_bytes,
         };
+        let began = Instant::now();
         let outcome = match processor.as_mut() {
             Some(p) => catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))),
             None => Err(Box::new("processor could not be built") as Box<_>),
         };
+        s.stats.processing.record(began.elapsed());
         out.since.get_or_insert_with(Instant::now);
         match outcome {
             Ok(Ok(output)) => {
