@@ -11,6 +11,8 @@ mod pipeline;
 mod processor;
 mod runtime;
 mod seen;
+#[cfg(feature = "aws")]
+pub mod spot;
 mod stats;
 pub mod testkit;
 

@@ -91,6 +91,17 @@ pub(crate) struct Args {
     /// Seconds a draining worker lets started jobs finish.
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_secs: u64,
+    /// Worker: also drain on a spot interruption notice, polling the EC2
+    /// instance metadata service (IMDSv2) for one.
+    #[arg(long)]
+    pub(crate) spot_watch: bool,
+    /// Worker: the metadata service's address for --spot-watch (default:
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT, else EC2's own).
+    #[arg(long)]
+    pub(crate) imds_endpoint: Option<String>,
+    /// Worker: milliseconds between two --spot-watch checks.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) spot_poll_ms: u64,
 
     /// AWS: create the buckets, queues (with dead-letter queues and a redrive
     /// policy), topic and subscription this run needs, named after --prefix.

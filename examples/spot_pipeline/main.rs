@@ -118,6 +118,25 @@ async fn worker(
 ) -> Result<()> {
     let runtime = start(args, r).await?;
     let pid = std::process::id();
+    let spot = if args.spot_watch {
+        let imds = ferry::spot::imds_client(args.imds_endpoint.as_deref())?;
+        let every = Duration::from_millis(args.spot_poll_ms);
+        futures_util::future::Either::Left(async move {
+            let n = ferry::spot::interruption_notice(imds, every).await;
+            eprintln!(
+                "spot interruption notice: {} at {}; draining",
+                n.action, n.time
+            );
+        })
+    } else {
+        futures_util::future::Either::Right(std::future::pending::<()>())
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = spot => {}
+        }
+    };
     eprintln!("worker {pid} running stage(s) {:?}", args.stage);
     tokio::pin!(stop);
     let mut every = tokio::time::interval(Duration::from_secs(2));

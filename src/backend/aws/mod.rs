@@ -80,7 +80,7 @@ pub struct AwsBackend {
     s3: aws_sdk_s3::Client,
 }
 
-fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
+pub(crate) fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
