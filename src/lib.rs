@@ -15,6 +15,7 @@ mod seen;
 pub mod spot;
 mod stats;
 pub mod testkit;
+pub mod trace;
 
 pub use backend::{BlobStore, Queue, Topic};
 pub use config::{PipelineConfig, RestartPolicy};

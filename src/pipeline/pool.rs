@@ -195,8 +195,7 @@ impl Worker {
         }
         out.started += 1;
         let job = &lease.job;
-        let span = tracing::info_span!("job", pipeline = %s.name, job_id = %job.id,
-            message_id = %job.message_id, receive_count = job.receive_count);
+        let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
         let ctx = JobContext {
             pipeline: s.name.clone(),
@@ -215,12 +214,14 @@ impl Worker {
         match outcome {
             Ok(Ok(output)) => {
                 out.ok += 1;
+                span.record("outcome", "processed");
                 tracing::debug!("processed");
                 out.processed.push((lease, output));
                 None
             }
             Ok(Err(err)) => {
                 Stats::inc(&s.stats.failed);
+                span.record("outcome", crate::trace::outcome_of(&err));
                 tracing::info!(error = %err, "processor failed");
                 out.settle.push(match err {
                     ProcessError::Retry { reason, after } => Settlement::Retry {
@@ -235,6 +236,7 @@ impl Worker {
             Err(payload) => {
                 let message = panic_message(&*payload);
                 Stats::inc(&s.stats.panics);
+                span.record("outcome", "panicked");
                 tracing::warn!(panic = %message, "processor panicked; rebuilding it");
                 out.settle.push(Settlement::Retry {
                     lease,

@@ -15,6 +15,7 @@ use crate::error::BackendError;
 use crate::job::JOB_ID_ATTRIBUTE;
 use crate::lease::Lease;
 use crate::stats::Stats;
+use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
@@ -86,7 +87,10 @@ impl Publisher {
         };
         Notification {
             body,
-            attributes: HashMap::from([(JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string())]),
+            attributes: HashMap::from([
+                (JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string()),
+                (TRACEPARENT_ATTRIBUTE.to_owned(), job.trace.traceparent()),
+            ]),
             group_id: fifo.then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
             dedup_id: fifo.then(|| job.id.dedup_id(&self.shared.name)),
             delay: None,
