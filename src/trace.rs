@@ -127,7 +127,48 @@ pub(crate) fn job_span(pipeline: &str, job: &crate::job::Job) -> tracing::Span {
             tracing::field::display(format_args!("{p:016x}")),
         );
     }
+    #[cfg(feature = "otel")]
+    otel::join(&span, t);
     span
+}
+
+/// With the `otel` feature: job spans exported through a
+/// `tracing-opentelemetry` layer join the job's trace. Each job span's
+/// OpenTelemetry parent is the remote span ferry's context names (the
+/// upstream stage's span, or for a job that starts a trace, the job's own
+/// ferry span), so every stage's exported span has the job's trace id;
+/// ferry's own ids stay on the span as the `span_id` and `parent_span_id`
+/// fields. The crates are re-exported so a service installs the matching
+/// versions: `ferry::trace::otel::tracing_opentelemetry::layer()`.
+#[cfg(feature = "otel")]
+pub mod otel {
+    pub use opentelemetry;
+    pub use tracing_opentelemetry;
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    /// The OpenTelemetry context of `t`'s parent: the remote span a job
+    /// span hangs under.
+    pub fn parent_context(t: &TraceContext) -> opentelemetry::Context {
+        let parent = SpanContext::new(
+            TraceId::from_bytes(t.trace_id.to_be_bytes()),
+            SpanId::from_bytes(t.parent_span_id.unwrap_or(t.span_id).to_be_bytes()),
+            TraceFlags::new(t.flags),
+            true,
+            TraceState::default(),
+        );
+        opentelemetry::Context::new().with_remote_span_context(parent)
+    }
+
+    pub(crate) fn join(span: &tracing::Span, t: &TraceContext) {
+        // Fails only when no OpenTelemetry layer is installed: nothing to join.
+        let _ = span.set_parent(parent_context(t));
+    }
 }
 
 /// The `outcome` of a processor error: `retry` or `bad_input`.
