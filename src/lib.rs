@@ -7,6 +7,7 @@ mod error;
 mod job;
 mod lease;
 pub mod metrics;
+pub mod payload;
 mod pipeline;
 mod processor;
 mod runtime;

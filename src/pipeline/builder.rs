@@ -67,6 +67,7 @@ pub struct Pipeline {
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
     pub(crate) factory: Option<ProcessorFactory>,
     pub(crate) config: PipelineConfig,
+    pub(crate) payloads: Option<crate::payload::LargePayloads>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -93,6 +94,7 @@ impl Pipeline {
             blobs: None,
             factory: None,
             config: PipelineConfig::default(),
+            payloads: None,
         }
     }
 
@@ -149,6 +151,15 @@ impl Pipeline {
         F: Fn() -> P + Send + Sync + 'static,
     {
         self.factory = Some(Arc::new(move || Box::new(factory()) as Box<dyn Processor>));
+        self
+    }
+
+    /// Large payloads (see [`crate::payload`]): notifications over the
+    /// threshold are offloaded to the blob store, and pointers received are
+    /// resolved before the processor sees the job, their objects deleted
+    /// after the message is.
+    pub fn large_payloads(mut self, payloads: crate::payload::LargePayloads) -> Self {
+        self.payloads = Some(payloads);
         self
     }
 

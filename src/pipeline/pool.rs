@@ -205,9 +205,17 @@ impl Worker {
             max_fetch_bytes: s.config.max_fetch_bytes,
         };
         let began = Instant::now();
-        let outcome = match processor.as_mut() {
-            Some(p) => catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))),
-            None => Err(Box::new("processor could not be built") as Box<_>),
+        let resolved = match &s.payloads {
+            Some(payloads) => payloads.resolve(job, &ctx),
+            None => Ok(None),
+        };
+        let outcome = match (resolved, processor.as_mut()) {
+            (Err(e), _) => Ok(Err(e)),
+            (Ok(r), Some(p)) => {
+                let job = r.as_ref().unwrap_or(job);
+                catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx)))
+            }
+            (Ok(_), None) => Err(Box::new("processor could not be built") as Box<_>),
         };
         s.stats.processing.record(began.elapsed());
         out.since.get_or_insert_with(Instant::now);

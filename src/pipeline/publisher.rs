@@ -62,10 +62,17 @@ impl Publisher {
             }
             let topic = topic.clone();
             let attempts = self.shared.config.effect_attempts;
+            let payloads = self.shared.payloads.clone();
             ctx.spawn(
-                async move { with_retries(attempts, || topic.publish_batch(batch.clone())).await }
-                    .into_actor(self)
-                    .map(move |res, act, _| act.published(leases, res)),
+                async move {
+                    let batch = match payloads {
+                        Some(p) => with_retries(attempts, || p.offload_all(batch.clone())).await?,
+                        None => batch,
+                    };
+                    with_retries(attempts, || topic.publish_batch(batch.clone())).await
+                }
+                .into_actor(self)
+                .map(move |res, act, _| act.published(leases, res)),
             );
         }
         if !self.waiting.is_empty() && self.timer.is_none() {
