@@ -62,6 +62,15 @@ pub(crate) struct Args {
     /// Give up waiting for the jobs after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub(crate) timeout: u64,
+    /// Offload message bodies over 256 KiB to the result bucket
+    /// (`payloads/`, extended-client pointers), on both stages and in the
+    /// producer; pointer objects are deleted after their messages.
+    #[arg(long)]
+    pub(crate) large_payloads: bool,
+    /// Pad each job message with this many bytes (with --large-payloads,
+    /// more than 262144 makes every job a large payload).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) pad_bytes: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,

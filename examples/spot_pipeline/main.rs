@@ -104,7 +104,10 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
 
 async fn start(args: &Args, r: &Resources) -> Result<RuntimeHandle> {
     let mut builder = Runtime::builder().shutdown_grace(Duration::from_secs(args.grace_secs));
-    for p in pipelines(args, r) {
+    for mut p in pipelines(args, r) {
+        if let Some(payloads) = &r.payloads {
+            p = p.large_payloads(payloads.clone());
+        }
         builder = builder.pipeline(p);
     }
     Ok(builder.start().await?)

@@ -22,6 +22,8 @@ pub(crate) struct Resources {
     pub(crate) topic: Arc<dyn Topic>,
     /// The embedded backend, for fault injection (None on AWS).
     pub(crate) local: Option<LocalBackend>,
+    /// With --large-payloads: where bodies over 256 KiB go.
+    pub(crate) payloads: Option<ferry::payload::LargePayloads>,
 }
 
 /// The redrive policy is the backstop for a message that kills its worker
@@ -29,10 +31,17 @@ pub(crate) struct Resources {
 const REDRIVE_AFTER: u32 = 10;
 
 pub(crate) async fn open(args: &Args) -> Result<Resources> {
-    match args.backend {
-        Backend::Local => Ok(local()),
-        Backend::Aws => aws(args).await,
+    let mut r = match args.backend {
+        Backend::Local => local(),
+        Backend::Aws => aws(args).await?,
+    };
+    if args.large_payloads {
+        r.payloads = Some(
+            ferry::payload::LargePayloads::new(r.blobs.clone(), r.result_bucket.clone())
+                .prefix("payloads/"),
+        );
     }
+    Ok(r)
 }
 
 fn local() -> Resources {
@@ -58,6 +67,7 @@ fn local() -> Resources {
         stage2_dlq,
         topic,
         local: Some(local),
+        payloads: None,
     }
 }
 
@@ -112,6 +122,7 @@ async fn aws(args: &Args) -> Result<Resources> {
             stage2_dlq,
             topic,
             local: None,
+            payloads: None,
         });
     }
     // Named resources: each is checked now, so a missing one fails at start-up.
@@ -139,5 +150,6 @@ async fn aws(args: &Args) -> Result<Resources> {
         input_bucket,
         result_bucket,
         local: None,
+        payloads: None,
     })
 }
