@@ -93,7 +93,13 @@ fn scraped_counters_equal_the_runs_report() {
     let report: serde_json::Value = serde_json::from_str(&line).unwrap();
     // The run is over: this scrape sees the final figures, and ends the linger.
     let after = parse(&scrape(&addr));
+    let scraped_at = std::time::Instant::now();
     let status = child.wait().unwrap();
+    // That scrape ended the linger (60 s otherwise).
+    assert!(
+        scraped_at.elapsed() < Duration::from_secs(20),
+        "the example kept serving after the final scrape"
+    );
     let log = err_log.join().unwrap();
     assert!(status.success(), "exit {status:?}; stderr:\n{log}");
     assert_eq!(report["lost"], 0, "{report}");

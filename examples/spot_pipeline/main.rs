@@ -266,6 +266,9 @@ async fn main() -> Result<()> {
         local.set_faults(Faults::none());
     }
     let report = report::build(&r, &produced, stats, elapsed).await?;
+    // Scrapes from now on see the final figures (counted before the report
+    // is printed, so a scrape right after it ends the linger).
+    let scraped = exporter.as_ref().map_or(0, |e| e.scrapes());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -277,7 +280,7 @@ async fn main() -> Result<()> {
     }
     if let Some(exporter) = &mut exporter {
         exporter
-            .linger(Duration::from_secs(args.metrics_linger_secs))
+            .linger(scraped, Duration::from_secs(args.metrics_linger_secs))
             .await;
     }
     if report.lost > 0 {

@@ -83,9 +83,14 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Re
 }
 
 impl Exporter {
-    /// Keeps serving until one more scrape has been answered, at most `limit`.
-    pub(crate) async fn linger(&mut self, limit: Duration) {
-        let seen = *self.scrapes.borrow_and_update();
+    /// Scrapes answered so far.
+    pub(crate) fn scrapes(&self) -> u64 {
+        *self.scrapes.borrow()
+    }
+
+    /// Keeps serving until a scrape after the `seen`-th has been answered,
+    /// at most `limit`.
+    pub(crate) async fn linger(&mut self, seen: u64, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.scrapes.wait_for(|n| *n > seen)).await;
     }
 }
