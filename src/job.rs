@@ -95,6 +95,9 @@ pub struct Job {
     pub receive_count: u32,
     /// FIFO message group, if any.
     pub group_id: Option<String>,
+    /// This delivery's place in its trace: continues the message's
+    /// `traceparent` attribute, else a new trace.
+    pub trace: crate::trace::TraceContext,
     /// The body as received, when it was an SNS envelope.
     pub(crate) raw_body: Option<String>,
 }
@@ -117,8 +120,14 @@ impl Job {
             .cloned()
             .or(m.dedup_id)
             .unwrap_or_else(|| m.message_id.clone());
+        let trace = crate::trace::TraceContext::continue_from(
+            attributes
+                .get(crate::trace::TRACEPARENT_ATTRIBUTE)
+                .map(String::as_str),
+        );
         Self {
             id: JobId::new(id),
+            trace,
             message_id: m.message_id,
             body,
             attributes,

@@ -1,69 +1,5 @@
-//! # ferry
-//!
-//! A runtime for queue workers on disposable compute. A service embeds ferry,
-//! registers its processors, and ferry runs the protocol: receive from the
-//! queue, keep each message's lease alive while work runs, process, store the
-//! result, announce it on a topic, and delete the message **last**. Workers
-//! may die at any instant and the queue delivers at least once; ferry loses
-//! nothing and repeats no visible effect.
-//!
-//! ## Layout
-//!
-//! - [`backend`] — three narrow traits ([`Queue`], [`Topic`], [`BlobStore`])
-//!   with the service limits as constants, and [`backend::local`], the
-//!   embedded default with SQS/SNS/S3 semantics and fault injection.
-//! - [`Pipeline`] — one stage: a source queue, a [`Processor`], and the sinks
-//!   it feeds (result store, topic, dead-letter queue).
-//! - [`Runtime`] — starts pipelines on an I/O thread of its own and returns a
-//!   [`RuntimeHandle`] (stats, graceful shutdown).
-//! - Inside each pipeline, actors pass typed batches:
-//!   `Poller → ProcessorPool → Uploader → Publisher → Acker`, with a
-//!   `LeaseKeeper` extending visibility and a supervisor restarting
-//!   processors. Leases and the seen-ID cache live outside every actor.
-//! - [`Job`], [`JobId`] and [`ResultNotice`] — what a processor sees, and the
-//!   pure functions that derive a job's effects from its id.
-//! - [`testkit`] — helpers for tests of processors and pipelines.
-//!
-//! ## A processor in a few lines
-//!
-//! ```
-//! use ferry::prelude::*;
-//! use ferry::backend::local::{LocalBackend, QueueOptions};
-//!
-//! struct Shout;
-//! impl Processor for Shout {
-//!     fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
-//!         Ok(Output::text(job.body.to_uppercase()))
-//!     }
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), FerryError> {
-//! let local = LocalBackend::new();
-//! let jobs = local.create_queue("jobs", QueueOptions::default());
-//! let dlq = local.create_queue("jobs-dlq", QueueOptions::default());
-//! let runtime = Runtime::builder()
-//!     .pipeline(
-//!         Pipeline::new("shout")
-//!             .source(jobs)
-//!             .dead_letter(dlq)
-//!             .results(local.blobs(), "results", "shout/", "txt")
-//!             .processor(|| Shout),
-//!     )
-//!     .start()
-//!     .await?;
-//! runtime.shutdown().await;
-//! # Ok(()) }
-//! ```
-//!
-//! The invariants ferry keeps, and the tests that hold it to them, are listed
-//! in the repository's design notes (`DESIGN.md`).
-
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-
-/// The README's examples, compiled and run as doctests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
 
 pub mod backend;
 mod config;
@@ -71,12 +7,17 @@ mod error;
 pub mod idempotency;
 mod job;
 mod lease;
+pub mod metrics;
+pub mod payload;
 mod pipeline;
 mod processor;
 mod runtime;
 mod seen;
+#[cfg(feature = "aws")]
+pub mod spot;
 mod stats;
 pub mod testkit;
+pub mod trace;
 
 pub use backend::{BlobStore, Queue, Topic};
 pub use config::{PipelineConfig, RestartPolicy};
@@ -89,6 +30,7 @@ pub use pipeline::{IntoShared, Pipeline, ResultStore};
 pub use processor::{Context, Output, Processor, WorkerInfo};
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,
+    StatsReader,
 };
 pub use stats::StatsSnapshot;
 

@@ -141,18 +141,51 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Reads a runtime's counters, also after its shutdown (so a report can
+/// include what the drain did). From [`RuntimeHandle::stats_reader`].
+#[derive(Debug, Clone)]
+pub struct StatsReader {
+    shared: Vec<Arc<Shared>>,
+}
+
+impl StatsReader {
+    /// Every pipeline's counters.
+    pub fn stats(&self) -> Vec<PipelineStats> {
+        pipeline_stats(&self.shared)
+    }
+
+    /// All pipelines' counters added up.
+    pub fn total(&self) -> StatsSnapshot {
+        self.shared
+            .iter()
+            .map(|s| s.stats.snapshot())
+            .fold(StatsSnapshot::default(), |a, b| a + b)
+    }
+}
+
+fn pipeline_stats(shared: &[Arc<Shared>]) -> Vec<PipelineStats> {
+    shared
+        .iter()
+        .map(|s| PipelineStats {
+            name: s.name.to_string(),
+            stats: s.stats.snapshot(),
+            in_flight: s.leases.len(),
+            escalated: s.is_escalated(),
+        })
+        .collect()
+}
+
 impl RuntimeHandle {
     /// Every pipeline's counters.
     pub fn stats(&self) -> Vec<PipelineStats> {
-        self.shared
-            .iter()
-            .map(|s| PipelineStats {
-                name: s.name.to_string(),
-                stats: s.stats.snapshot(),
-                in_flight: s.leases.len(),
-                escalated: s.is_escalated(),
-            })
-            .collect()
+        pipeline_stats(&self.shared)
+    }
+
+    /// A reader of the counters that outlives this handle.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// One pipeline's counters.

@@ -1,15 +1,43 @@
-//! Counters per pipeline, readable at any time as a [`StatsSnapshot`].
+//! Counters per pipeline, readable at any time as a [`StatsSnapshot`], and
+//! mirrored to the `metrics` facade (see [`crate::metrics`]): each counter
+//! `x` is also `ferry_x_total{pipeline="…"}`, bumped at the same moment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+/// One counter: the value the snapshot reads, and its `metrics` handle.
+#[derive(Debug)]
+pub(crate) struct Counter {
+    value: AtomicU64,
+    metric: metrics::Counter,
+}
+
+impl Counter {
+    fn new(name: &'static str, pipeline: &str) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            metric: metrics::counter!(name, crate::metrics::PIPELINE_LABEL => pipeline.to_owned()),
+        }
+    }
+
+    fn load(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// Live counters of one pipeline.
-        #[derive(Debug, Default)]
+        /// Live counters of one pipeline, and its other metrics.
+        #[derive(Debug)]
         pub(crate) struct Stats {
-            $( pub(crate) $name: AtomicU64, )*
+            $( pub(crate) $name: Counter, )*
+            /// `ferry_processing_seconds`: one processor run.
+            pub(crate) processing: metrics::Histogram,
+            /// `ferry_end_to_end_seconds`: receive to delete, per job acked.
+            pub(crate) end_to_end: metrics::Histogram,
+            /// `ferry_in_flight`: leases held.
+            pub(crate) in_flight: metrics::Gauge,
         }
 
         /// A copy of one pipeline's counters.
@@ -19,10 +47,27 @@ macro_rules! counters {
         }
 
         impl Stats {
+            /// The counters of the pipeline `pipeline`, registered with the
+            /// `metrics` recorder installed now (if any).
+            pub(crate) fn new(pipeline: &str) -> Self {
+                use crate::metrics as m;
+                Self {
+                    $( $name: Counter::new(concat!("ferry_", stringify!($name), "_total"), pipeline), )*
+                    processing: metrics::histogram!(m::PROCESSING_SECONDS, m::PIPELINE_LABEL => pipeline.to_owned()),
+                    end_to_end: metrics::histogram!(m::END_TO_END_SECONDS, m::PIPELINE_LABEL => pipeline.to_owned()),
+                    in_flight: metrics::gauge!(m::IN_FLIGHT, m::PIPELINE_LABEL => pipeline.to_owned()),
+                }
+            }
+
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+                StatsSnapshot { $( $name: self.$name.load(), )* }
             }
         }
+
+        /// Every counter's metric name.
+        pub(crate) const COUNTER_NAMES: &[&str] = &[
+            $( concat!("ferry_", stringify!($name), "_total"), )*
+        ];
 
         impl std::ops::Add for StatsSnapshot {
             type Output = StatsSnapshot;
@@ -85,14 +130,16 @@ impl StatsSnapshot {
 }
 
 impl Stats {
-    pub(crate) fn add(&self, counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(&self, counter: &Counter, n: u64) {
         if n == 0 {
             return;
         }
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.value.fetch_add(n, Ordering::Relaxed);
+        counter.metric.increment(n);
     }
 
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(counter: &Counter) {
+        counter.value.fetch_add(1, Ordering::Relaxed);
+        counter.metric.increment(1);
     }
 }

@@ -423,3 +423,87 @@ async fn sigterm_releases_unstarted_jobs_within_a_second_and_exits_clean() {
         "the started job finished within the grace period"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_notice_drains_the_worker_like_sigterm() {
+    let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
+    let imds = common::imds::FakeImds::start();
+    let s = Stages::new("spotwatch").await;
+    s.produce(10, &[]).await;
+    let mut child = s.worker(
+        "1",
+        0,
+        &[
+            "--visibility-secs",
+            "30",
+            "--process-delay-ms",
+            "3000",
+            "--grace-secs",
+            "15",
+            "--spot-watch",
+            "--spot-poll-ms",
+            "100",
+            "--imds-endpoint",
+            &imds.endpoint,
+        ],
+    );
+    s.wait_running("1", 0);
+    let limit = Instant::now() + Duration::from_secs(30);
+    while s.stage1.depth().await.unwrap().in_flight < 10 {
+        assert!(Instant::now() < limit, "the worker never leased the jobs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first job is now in its three seconds of work; the watcher has
+    // been told "no interruption" (404) all along.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        imds.checks() >= 2,
+        "the worker does not poll the metadata service"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker stopped on its own"
+    );
+    imds.interrupt("terminate");
+    let noticed = Instant::now();
+    while s.stage1.depth().await.unwrap().visible < 9 {
+        assert!(
+            noticed.elapsed() < Duration::from_secs(5),
+            "unstarted jobs were not released after the notice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let released_in = noticed.elapsed();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let log = std::fs::read_to_string(s.logs.join("worker-1-0.log")).unwrap_or_default();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(
+        log.contains("spot interruption notice: terminate"),
+        "the worker did not say why it drained:\n{log}"
+    );
+    let depth = s.stage1.depth().await.unwrap();
+    eprintln!(
+        "spot watch: 9 unstarted jobs visible again {released_in:?} after the notice; exit {status:?}; queue {depth:?}; {} metadata checks, {} token(s)",
+        imds.checks(),
+        imds.tokens()
+    );
+    assert!(released_in < Duration::from_secs(2), "took {released_in:?}");
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (9, 0),
+        "the worker exited holding a lease"
+    );
+    let done = s.aws.blobs().list(&s.results, "stage1/").await.unwrap();
+    assert_eq!(
+        done.len(),
+        1,
+        "the started job finished within the grace period"
+    );
+    assert_eq!(done.len() + depth.visible, 10, "a job was lost");
+    assert_eq!(
+        imds.refused(),
+        0,
+        "a metadata read without the IMDSv2 token"
+    );
+}

@@ -81,3 +81,31 @@ fn a_plain_run_reports_every_job() {
     );
     assert_eq!(r["dead_lettered"], 0);
 }
+
+#[test]
+fn large_payload_jobs_go_through_pointers_and_their_objects_are_removed() {
+    let (ok, r) = run(&[
+        "--jobs",
+        "6",
+        "--side",
+        "48",
+        "--large-payloads",
+        "--pad-bytes",
+        "300000",
+    ]);
+    assert!(ok, "{r}");
+    assert_eq!(
+        (
+            r["stage1_results"].as_u64(),
+            r["stage2_results"].as_u64(),
+            r["lost"].as_u64()
+        ),
+        (Some(6), Some(6), Some(0)),
+        "{r}"
+    );
+    // Every job was offloaded, resolved, and its object deleted after its
+    // message (the notices were small: nothing else was offloaded).
+    assert_eq!(r["payloads_offloaded"], 6, "{r}");
+    assert_eq!(r["payload_objects_left"], 0, "{r}");
+    assert_eq!(r["dead_lettered"], 0, "{r}");
+}

@@ -62,6 +62,15 @@ pub(crate) struct Args {
     /// Give up waiting for the jobs after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub(crate) timeout: u64,
+    /// Offload message bodies over 256 KiB to the result bucket
+    /// (`payloads/`, extended-client pointers), on both stages and in the
+    /// producer; pointer objects are deleted after their messages.
+    #[arg(long)]
+    pub(crate) large_payloads: bool,
+    /// Pad each job message with this many bytes (with --large-payloads,
+    /// more than 262144 makes every job a large payload).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) pad_bytes: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -77,6 +86,14 @@ pub(crate) struct Args {
     /// across workers or after the queue's deduplication window.
     #[arg(long)]
     pub(crate) exactly_once: bool,
+    /// Serve ferry's metrics in the Prometheus text format on this address
+    /// (e.g. 127.0.0.1:9464), for the whole run.
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
+    /// After the report, keep serving metrics until they are scraped once,
+    /// at most this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) metrics_linger_secs: u64,
 
     /// Run as a worker only: no producing, no report; stop on SIGTERM or
     /// ctrl-c with a graceful drain.
@@ -95,6 +112,17 @@ pub(crate) struct Args {
     /// Seconds a draining worker lets started jobs finish.
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_secs: u64,
+    /// Worker: also drain on a spot interruption notice, polling the EC2
+    /// instance metadata service (IMDSv2) for one.
+    #[arg(long)]
+    pub(crate) spot_watch: bool,
+    /// Worker: the metadata service's address for --spot-watch (default:
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT, else EC2's own).
+    #[arg(long)]
+    pub(crate) imds_endpoint: Option<String>,
+    /// Worker: milliseconds between two --spot-watch checks.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) spot_poll_ms: u64,
 
     /// AWS: create the buckets, queues (with dead-letter queues and a redrive
     /// policy), topic and subscription this run needs, named after --prefix.

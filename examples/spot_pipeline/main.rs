@@ -15,6 +15,7 @@
 //! is lost. With `--worker` the process only runs its stages until SIGTERM.
 
 mod args;
+mod metrics;
 mod produce;
 mod report;
 mod resources;
@@ -110,7 +111,10 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
 
 async fn start(args: &Args, r: &Resources) -> Result<RuntimeHandle> {
     let mut builder = Runtime::builder().shutdown_grace(Duration::from_secs(args.grace_secs));
-    for p in pipelines(args, r) {
+    for mut p in pipelines(args, r) {
+        if let Some(payloads) = &r.payloads {
+            p = p.large_payloads(payloads.clone());
+        }
         builder = builder.pipeline(p);
     }
     Ok(builder.start().await?)
@@ -124,6 +128,25 @@ async fn worker(
 ) -> Result<()> {
     let runtime = start(args, r).await?;
     let pid = std::process::id();
+    let spot = if args.spot_watch {
+        let imds = ferry::spot::imds_client(args.imds_endpoint.as_deref())?;
+        let every = Duration::from_millis(args.spot_poll_ms);
+        futures_util::future::Either::Left(async move {
+            let n = ferry::spot::interruption_notice(imds, every).await;
+            eprintln!(
+                "spot interruption notice: {} at {}; draining",
+                n.action, n.time
+            );
+        })
+    } else {
+        futures_util::future::Either::Right(std::future::pending::<()>())
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = spot => {}
+        }
+    };
     eprintln!("worker {pid} running stage(s) {:?}", args.stage);
     tokio::pin!(stop);
     let mut every = tokio::time::interval(Duration::from_secs(2));
@@ -179,6 +202,11 @@ async fn main() -> Result<()> {
         }
     }));
 
+    // The recorder goes in before any pipeline registers its metrics.
+    let mut exporter = match args.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr).await?),
+        None => None,
+    };
     let r = resources::open(&args).await?;
     if args.worker {
         return worker(&args, &r, stop).await;
@@ -235,14 +263,19 @@ async fn main() -> Result<()> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    let stats = runtime.stats();
+    // Counters read after the drain, so the report has the final figures.
+    let reader = runtime.stats_reader();
     let shutdown = runtime.shutdown().await;
+    let stats = reader.stats();
 
     if let Some(local) = &r.local {
         // The report reads the stores without injected faults.
         local.set_faults(Faults::none());
     }
     let report = report::build(&r, &produced, stats, elapsed).await?;
+    // Scrapes from now on see the final figures (counted before the report
+    // is printed, so a scrape right after it ends the linger).
+    let scraped = exporter.as_ref().map_or(0, |e| e.scrapes());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -251,6 +284,11 @@ async fn main() -> Result<()> {
             "shutdown            {} ms, {} leases held at exit",
             shutdown.elapsed_ms, shutdown.held_at_exit
         );
+    }
+    if let Some(exporter) = &mut exporter {
+        exporter
+            .linger(scraped, Duration::from_secs(args.metrics_linger_secs))
+            .await;
     }
     if report.lost > 0 {
         eprintln!("{} job(s) lost", report.lost);

@@ -14,6 +14,8 @@ use crate::Result;
 pub(crate) struct Produced {
     pub(crate) good: Vec<JobId>,
     pub(crate) bad: Vec<JobId>,
+    /// Job messages sent as large-payload pointers.
+    pub(crate) offloaded: usize,
 }
 
 /// On FIFO queues: the job's message group and a deduplication id.
@@ -43,8 +45,23 @@ fn job_message(i: usize, bucket: &str, key: &str) -> OutgoingMessage {
     }
 }
 
+/// Adds a `pad` field of `n` bytes to a JSON job body.
+fn pad(mut m: OutgoingMessage, n: usize) -> OutgoingMessage {
+    if n > 0 {
+        if let Ok(serde_json::Value::Object(mut o)) = serde_json::from_str(&m.body) {
+            o.insert("pad".into(), "x".repeat(n).into());
+            m.body = serde_json::Value::Object(o).to_string();
+        }
+    }
+    m
+}
+
 async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<JobId>> {
     let mut ids = Vec::with_capacity(messages.len());
+    let messages = match &r.payloads {
+        Some(p) => p.offload_all(messages).await?,
+        None => messages,
+    };
     for chunk in messages.chunks(MAX_BATCH) {
         let named: Vec<Option<String>> = chunk
             .iter()
@@ -107,7 +124,12 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
     let good = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| fifo(job_message(i, bucket, k), args, i, "job"))
+        .map(|(i, k)| {
+            pad(
+                fifo(job_message(i, bucket, k), args, i, "job"),
+                args.pad_bytes,
+            )
+        })
         .collect();
     let bad = (0..args.bad_inputs)
         .map(|i| {
@@ -127,5 +149,6 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
     Ok(Produced {
         good: enqueue(r, good).await?,
         bad: enqueue(r, bad).await?,
+        offloaded: r.blobs.list(&r.result_bucket, "payloads/").await?.len(),
     })
 }

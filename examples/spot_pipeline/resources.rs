@@ -25,6 +25,8 @@ pub(crate) struct Resources {
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     /// The embedded backend, for fault injection (None on AWS).
     pub(crate) local: Option<LocalBackend>,
+    /// With --large-payloads: where bodies over 256 KiB go.
+    pub(crate) payloads: Option<ferry::payload::LargePayloads>,
 }
 
 /// The redrive policy is the backstop for a message that kills its worker
@@ -32,10 +34,17 @@ pub(crate) struct Resources {
 const REDRIVE_AFTER: u32 = 10;
 
 pub(crate) async fn open(args: &Args) -> Result<Resources> {
-    match args.backend {
-        Backend::Local => Ok(local(args)),
-        Backend::Aws => aws(args).await,
+    let mut r = match args.backend {
+        Backend::Local => local(args),
+        Backend::Aws => aws(args).await?,
+    };
+    if args.large_payloads {
+        r.payloads = Some(
+            ferry::payload::LargePayloads::new(r.blobs.clone(), r.result_bucket.clone())
+                .prefix("payloads/"),
+        );
     }
+    Ok(r)
 }
 
 /// A queue or topic name, with `.fifo` when the run is FIFO.
@@ -77,6 +86,7 @@ fn local(args: &Args) -> Resources {
             .exactly_once
             .then(|| Arc::new(LocalIdempotencyStore::new()) as Arc<dyn IdempotencyStore>),
         local: Some(local),
+        payloads: None,
     }
 }
 
@@ -153,6 +163,7 @@ async fn aws(args: &Args) -> Result<Resources> {
             topic,
             store,
             local: None,
+            payloads: None,
         });
     }
     // Named resources: each is checked now, so a missing one fails at start-up.
@@ -187,5 +198,6 @@ async fn aws(args: &Args) -> Result<Resources> {
         input_bucket,
         result_bucket,
         local: None,
+        payloads: None,
     })
 }

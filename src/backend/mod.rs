@@ -206,4 +206,13 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
 
     /// Lists the keys under a prefix (used by reports and tests).
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, BackendError>;
+
+    /// Deletes an object; deleting one that is not there succeeds. Used to
+    /// remove large-payload objects after their message is deleted; a store
+    /// that cannot delete keeps this default, which refuses.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
+        Err(BackendError::Invalid {
+            message: format!("this blob store cannot delete s3://{bucket}/{key}"),
+        })
+    }
 }

@@ -311,6 +311,7 @@ impl Acker {
         };
         let mut finished = Vec::with_capacity(batch.len());
         let mut acked = 0;
+        let mut payloads = Vec::new();
         for ((d, used), r) in batch.into_iter().zip(handles).zip(results) {
             let Delete::Job {
                 lease,
@@ -323,6 +324,11 @@ impl Acker {
                 Ok(()) => {
                     if !dead_lettered {
                         acked += 1;
+                        s.stats.end_to_end.record(lease.received_at.elapsed());
+                        // The message is gone: its payload object may go too.
+                        if let Some(p) = s.payloads.as_ref().and_then(|p| p.deletable(&lease.job)) {
+                            payloads.push(p);
+                        }
                     }
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, "deleted");
                     finished.push(lease);
@@ -356,6 +362,13 @@ impl Acker {
         }
         s.finish_leases(&finished);
         s.stats.add(&s.stats.acked, acked);
+        if let (Some(store), false) = (s.payloads.clone(), payloads.is_empty()) {
+            self.call(
+                ctx,
+                async move { store.delete_objects(payloads).await },
+                |_, _, _| {},
+            );
+        }
     }
 
     fn send_visibility(&mut self, batch: Vec<VisChange>, ctx: &mut Context<Self>) {

@@ -70,6 +70,7 @@ pub struct Pipeline {
     pub(crate) factory: Option<ProcessorFactory>,
     pub(crate) config: PipelineConfig,
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
+    pub(crate) payloads: Option<crate::payload::LargePayloads>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -98,6 +99,7 @@ impl Pipeline {
             factory: None,
             config: PipelineConfig::default(),
             store: None,
+            payloads: None,
         }
     }
 
@@ -164,6 +166,15 @@ impl Pipeline {
     /// completion.
     pub fn idempotency(mut self, store: impl IntoShared<dyn IdempotencyStore>) -> Self {
         self.store = Some(store.into_shared());
+        self
+    }
+
+    /// Large payloads (see [`crate::payload`]): notifications over the
+    /// threshold are offloaded to the blob store, and pointers received are
+    /// resolved before the processor sees the job, their objects deleted
+    /// after the message is.
+    pub fn large_payloads(mut self, payloads: crate::payload::LargePayloads) -> Self {
+        self.payloads = Some(payloads);
         self
     }
 

@@ -53,6 +53,7 @@ pub(crate) struct Shared {
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
     pub(crate) factory: ProcessorFactory,
     pub(crate) config: PipelineConfig,
+    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
     pub(crate) leases: LeaseTable,
     pub(crate) seen: SeenCache,
     pub(crate) stats: Stats,
@@ -87,9 +88,10 @@ impl Shared {
             results: p.results,
             blobs: p.blobs,
             factory: p.factory.expect("checked"),
+            payloads: p.payloads.map(Arc::new),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
-            stats: Stats::default(),
+            stats: Stats::new(&p.name),
             capacity: Notify::new(),
             receives_in_flight: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicU64::new(0),
@@ -182,6 +184,7 @@ impl Shared {
             self.capacity.notify_one();
         }
         self.group_settled(lease, false);
+        self.leases_changed();
     }
 
     /// These jobs are finished (deleted or dead-lettered).
@@ -199,6 +202,12 @@ impl Shared {
             self.group_settled(lease, true);
         }
         self.capacity.notify_one();
+        self.leases_changed();
+    }
+
+    /// Sets the in-flight gauge to the leases held now.
+    pub(crate) fn leases_changed(&self) {
+        self.stats.in_flight.set(self.leases.len() as f64);
     }
 
     /// Records a restart; true when the restart limit is passed.

@@ -249,6 +249,7 @@ impl Poller {
                 }
             }
         }
+        s.leases_changed();
         if !fresh.is_empty() {
             match &self.gate {
                 Some(gate) => gate.do_send(Arrived(fresh)),

@@ -195,8 +195,7 @@ impl Worker {
         }
         out.started += 1;
         let job = &lease.job;
-        let span = tracing::info_span!("job", pipeline = %s.name, job_id = %job.id,
-            message_id = %job.message_id, receive_count = job.receive_count);
+        let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
         let ctx = JobContext {
             pipeline: s.name.clone(),
@@ -205,20 +204,32 @@ impl Worker {
             cancelled: lease.cancel_arc(),
             max_fetch_bytes: s.config.max_fetch_bytes,
         };
-        let outcome = match processor.as_mut() {
-            Some(p) => catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))),
-            None => Err(Box::new("processor could not be built") as Box<_>),
+        let began = Instant::now();
+        let resolved = match &s.payloads {
+            Some(payloads) => payloads.resolve(job, &ctx),
+            None => Ok(None),
         };
+        let outcome = match (resolved, processor.as_mut()) {
+            (Err(e), _) => Ok(Err(e)),
+            (Ok(r), Some(p)) => {
+                let job = r.as_ref().unwrap_or(job);
+                catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx)))
+            }
+            (Ok(_), None) => Err(Box::new("processor could not be built") as Box<_>),
+        };
+        s.stats.processing.record(began.elapsed());
         out.since.get_or_insert_with(Instant::now);
         match outcome {
             Ok(Ok(output)) => {
                 out.ok += 1;
+                span.record("outcome", "processed");
                 tracing::debug!("processed");
                 out.processed.push((lease, output));
                 None
             }
             Ok(Err(err)) => {
                 Stats::inc(&s.stats.failed);
+                span.record("outcome", crate::trace::outcome_of(&err));
                 tracing::info!(error = %err, "processor failed");
                 out.settle.push(match err {
                     ProcessError::Retry { reason, after } => Settlement::Retry {
@@ -233,6 +244,7 @@ impl Worker {
             Err(payload) => {
                 let message = panic_message(&*payload);
                 Stats::inc(&s.stats.panics);
+                span.record("outcome", "panicked");
                 tracing::warn!(panic = %message, "processor panicked; rebuilding it");
                 out.settle.push(Settlement::Retry {
                     lease,

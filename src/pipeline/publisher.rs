@@ -15,6 +15,7 @@ use crate::error::BackendError;
 use crate::job::JOB_ID_ATTRIBUTE;
 use crate::lease::Lease;
 use crate::stats::Stats;
+use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
@@ -61,10 +62,17 @@ impl Publisher {
             }
             let topic = topic.clone();
             let attempts = self.shared.config.effect_attempts;
+            let payloads = self.shared.payloads.clone();
             ctx.spawn(
-                async move { with_retries(attempts, || topic.publish_batch(batch.clone())).await }
-                    .into_actor(self)
-                    .map(move |res, act, _| act.published(leases, res)),
+                async move {
+                    let batch = match payloads {
+                        Some(p) => with_retries(attempts, || p.offload_all(batch.clone())).await?,
+                        None => batch,
+                    };
+                    with_retries(attempts, || topic.publish_batch(batch.clone())).await
+                }
+                .into_actor(self)
+                .map(move |res, act, _| act.published(leases, res)),
             );
         }
         if !self.waiting.is_empty() && self.timer.is_none() {
@@ -86,7 +94,10 @@ impl Publisher {
         };
         Notification {
             body,
-            attributes: HashMap::from([(JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string())]),
+            attributes: HashMap::from([
+                (JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string()),
+                (TRACEPARENT_ATTRIBUTE.to_owned(), job.trace.traceparent()),
+            ]),
             group_id: fifo.then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
             dedup_id: fifo.then(|| job.id.dedup_id(&self.shared.name)),
             delay: None,

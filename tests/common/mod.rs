@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod imds;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

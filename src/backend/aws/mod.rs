@@ -83,7 +83,7 @@ pub struct AwsBackend {
     dynamodb: aws_sdk_dynamodb::Client,
 }
 
-fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
+pub(crate) fn https_client() -> aws_sdk_sqs::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))

@@ -105,4 +105,15 @@ impl BlobStore for S3Store {
         keys.sort();
         Ok(keys)
     }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, &name(bucket, key)))?;
+        Ok(())
+    }
 }

@@ -211,4 +211,28 @@ impl BlobStore for LocalBlobStore {
         keys.sort();
         Ok(keys)
     }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
+        match &self.storage {
+            Storage::Memory(map) => {
+                map.remove(&(bucket.to_owned(), key.to_owned()));
+                Ok(())
+            }
+            Storage::Dir(root) => {
+                let (data, meta_path) = dir_paths(root, bucket, key)?;
+                Self::blocking(move || {
+                    for p in [&data, &meta_path] {
+                        match std::fs::remove_file(p) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                return Err(io_error(e))
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
 }
