@@ -208,10 +208,11 @@ impl Gate {
                 Ok(ClaimOutcome::HeldElsewhere { until }) => {
                     // Look again when that claim would lapse, at the latest
                     // one visibility timeout from now.
+                    let most = s.config.visibility_timeout;
                     let after = until
                         .duration_since(SystemTime::now())
                         .unwrap_or_default()
-                        .clamp(Duration::from_secs(1), s.config.visibility_timeout);
+                        .clamp(most.min(Duration::from_secs(1)), most);
                     if lease.try_release_pending() {
                         Stats::inc(&s.stats.claims_deferred);
                         tracing::debug!(pipeline = %s.name, job_id = %lease.job.id,
@@ -225,7 +226,7 @@ impl Gate {
                     if lease.try_release_pending() {
                         settle.push(Settlement::Defer {
                             lease,
-                            after: Duration::from_secs(1),
+                            after: s.config.visibility_timeout.min(Duration::from_secs(1)),
                         });
                     }
                 }
