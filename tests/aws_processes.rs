@@ -185,6 +185,9 @@ impl Stages {
                         received: get("received"),
                         processed: get("processed"),
                         leases_lost: get("leases_lost"),
+                        skipped_completed: get("skipped_completed"),
+                        claims_deferred: get("claims_deferred"),
+                        claims_lost: get("claims_lost"),
                         ..Default::default()
                     };
             }
@@ -506,4 +509,142 @@ async fn a_spot_interruption_notice_drains_the_worker_like_sigterm() {
         0,
         "a metadata read without the IMDSv2 token"
     );
+}
+
+/// Workers with the idempotency store on: `--exactly-once --table T`.
+fn claiming<'a>(table: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--exactly-once", "--table", table, "--visibility-secs", "2"];
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn record(
+    store: &ferry::backend::aws::DynamoIdempotencyStore,
+    id: &str,
+) -> Option<ferry::idempotency::IdempotencyRecord> {
+    use ferry::idempotency::{job_key, IdempotencyStore};
+    store
+        .record(&job_key("stage1", &ferry::JobId::new(id)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_worker_processes_run_each_job_once_though_every_job_is_sent_twice() {
+    let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
+    const JOBS: usize = 30;
+    let s = Stages::new("once").await;
+    let table = unique("once");
+    let store = s.aws.create_idempotency_table(&table).await.unwrap();
+    // A producer that retried every send: each job's message twice.
+    s.produce(JOBS, &[]).await;
+    s.produce(JOBS, &[]).await;
+    let args = claiming(&table, &["--process-delay-ms", "100"]);
+    let mut workers: Vec<Child> = (0..3).map(|n| s.worker("1", n, &args)).collect();
+    (0..3).for_each(|n| s.wait_running("1", n));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = s
+            .aws
+            .blobs()
+            .list(&s.results, "stage1/")
+            .await
+            .unwrap()
+            .len();
+        if done == JOBS && s.depth_total(&s.stage1).await == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {done} of {JOBS} done"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each worker prints its final stats line when told to stop.
+    workers.iter().for_each(sigterm);
+    for w in &mut workers {
+        assert!(wait_exit(w, Duration::from_secs(30)).success());
+    }
+    let total = s.worker_stats();
+    let mut claims = 0;
+    for i in 0..JOBS {
+        let r = record(&store, &format!("job-{i:03}"))
+            .await
+            .expect("a record per job");
+        assert_eq!(r.status, ferry::idempotency::RecordStatus::Completed);
+        claims += r.claims;
+    }
+    eprintln!(
+        "3 worker processes, {JOBS} jobs sent twice: received {}, processor runs {}, merged or \
+         dropped in-process {}, given back while another held the claim {}, deleted as completed \
+         by the store {}, claims in the store {claims}",
+        total.received,
+        total.processed,
+        total.duplicates(),
+        total.claims_deferred,
+        total.skipped_completed
+    );
+    assert_eq!(
+        total.processed as usize, JOBS,
+        "processor runs, counted by the workers"
+    );
+    assert_eq!(
+        claims as usize, JOBS,
+        "one successful claim per job, counted by the store"
+    );
+    assert!(total.skipped_completed + total.claims_deferred > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_holders_claim_expires_and_another_worker_runs_the_job_once() {
+    let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
+    let s = Stages::new("claimkill").await;
+    let table = unique("claimkill");
+    let store = s.aws.create_idempotency_table(&table).await.unwrap();
+    s.produce(1, &[]).await;
+    // The first worker claims the job and is killed 30 s short of finishing.
+    let mut first = s.worker("1", 0, &claiming(&table, &["--process-delay-ms", "30000"]));
+    s.wait_running("1", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while record(&store, "job-000").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker never claimed the job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed = Instant::now();
+    let mut second = s.worker("1", 1, &claiming(&table, &[]));
+    s.wait_running("1", 1);
+    loop {
+        let done = s
+            .aws
+            .blobs()
+            .list(&s.results, "stage1/")
+            .await
+            .unwrap()
+            .len();
+        if done == 1 && s.depth_total(&s.stage1).await == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = killed.elapsed();
+    sigterm(&second);
+    assert!(wait_exit(&mut second, Duration::from_secs(30)).success());
+    let r = record(&store, "job-000").await.unwrap();
+    let total = s.worker_stats();
+    eprintln!(
+        "SIGKILLed holder: done by the other worker {took:?} after the kill; record {:?}, \
+         claims {}, processor runs {}, given back while the dead claim lived {}",
+        r.status, r.claims, total.processed, total.claims_deferred
+    );
+    assert_eq!(r.status, ferry::idempotency::RecordStatus::Completed);
+    assert_eq!(r.claims, 2, "the killed worker's claim, then the other's");
+    assert_eq!(total.processed, 1, "the job ran to completion once");
 }

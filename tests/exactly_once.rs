@@ -84,7 +84,10 @@ async fn two_workers_with_concurrent_duplicates_run_each_job_once() {
         sa.received + sb.received
     );
     assert_eq!(processed as usize, JOBS, "the workers' own counts agree");
-    assert!(sa.processed > 0 && sb.processed > 0, "both workers ran jobs");
+    assert!(
+        sa.processed > 0 && sb.processed > 0,
+        "both workers ran jobs"
+    );
     assert!(
         from_store + deferred > 0,
         "copies reached the other worker and the store stopped them"
@@ -249,7 +252,11 @@ mod aws {
         let b = start(worker(&p)).await;
         let deadline = Instant::now() + Duration::from_secs(90);
         while h.results().await.len() < n || h.depth(&h.jobs).await.total() > 0 {
-            assert!(Instant::now() < deadline, "timed out: {:?}", a.total() + b.total());
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {:?}",
+                a.total() + b.total()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let (sa, sb) = (a.total(), b.total());
