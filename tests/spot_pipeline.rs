@@ -109,3 +109,38 @@ fn large_payload_jobs_go_through_pointers_and_their_objects_are_removed() {
     assert_eq!(r["payload_objects_left"], 0, "{r}");
     assert_eq!(r["dead_lettered"], 0, "{r}");
 }
+
+#[test]
+fn fifo_exactly_once_chaos_run_completes_each_job_once_per_stage() {
+    let (ok, r) = run(&[
+        "--jobs",
+        "40",
+        "--side",
+        "96",
+        "--fifo",
+        "--groups",
+        "8",
+        "--exactly-once",
+        "--chaos",
+        "--seed",
+        "3",
+        "--bad-inputs",
+        "2",
+    ]);
+    assert!(ok, "exit status non-zero: {r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["stage2_results"], 40, "{r}");
+    assert_eq!(r["dead_lettered"], 2, "{r}");
+    for stage in ["stage1", "stage2"] {
+        assert_eq!(
+            r["processor_completions"][stage], 40,
+            "{stage}: one successful processor run per job: {r}"
+        );
+    }
+    assert!(
+        r["restarts"].as_u64().unwrap() > 0,
+        "panics were injected: {r}"
+    );
+    assert_eq!(r["claims_lost"], 0, "{r}");
+    assert!(r.get("skipped_completed").is_some());
+}
