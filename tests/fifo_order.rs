@@ -114,6 +114,7 @@ fn pipeline(
     topic: Option<Arc<dyn Topic>>,
     p: Ordered,
     visibility: Duration,
+    retry_after: Duration,
 ) -> Pipeline {
     let mut pipeline = Pipeline::new("fifo")
         .source(source)
@@ -123,6 +124,8 @@ fn pipeline(
             fast(c);
             c.workers = 8;
             c.visibility_timeout = visibility;
+            c.retry_backoff_base = retry_after;
+            c.retry_backoff_max = retry_after;
             // Released messages count receives too: never dead-letter here.
             c.max_receives = 1000;
         });
@@ -184,6 +187,7 @@ async fn fifo_groups_complete_in_send_order_on_the_embedded_backend() {
             None,
             p.clone(),
             Duration::from_secs(2),
+            Duration::from_millis(20),
         ))
         .start()
         .await
@@ -217,6 +221,62 @@ async fn fifo_groups_complete_in_send_order_on_the_embedded_backend() {
         max_running > 1,
         "processors of different groups ran at once"
     );
+}
+
+/// moto's SQS runs each request on a thread of its own and does not lock a
+/// FIFO group atomically: a delete that lands while a receive is scanning
+/// can let that receive hand out a group's later message before an earlier
+/// one. SQS has no such race; this wrapper sends one call at a time, so the
+/// test measures ferry and not the emulator.
+#[cfg(feature = "aws")]
+#[derive(Debug)]
+struct OneCallAtATime {
+    inner: Arc<dyn Queue>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl Queue for OneCallAtATime {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn is_fifo(&self) -> bool {
+        self.inner.is_fifo()
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        vis: Duration,
+    ) -> Result<Vec<ferry::backend::ReceivedMessage>, ferry::BackendError> {
+        let _one = self.lock.lock().await;
+        self.inner.receive(max, wait, vis).await
+    }
+    async fn delete_batch(
+        &self,
+        handles: &[String],
+    ) -> Result<Vec<ferry::backend::EntryResult>, ferry::BackendError> {
+        let _one = self.lock.lock().await;
+        self.inner.delete_batch(handles).await
+    }
+    async fn change_visibility_batch(
+        &self,
+        e: &[(String, Duration)],
+    ) -> Result<Vec<ferry::backend::EntryResult>, ferry::BackendError> {
+        let _one = self.lock.lock().await;
+        self.inner.change_visibility_batch(e).await
+    }
+    async fn send_batch(
+        &self,
+        m: Vec<OutgoingMessage>,
+    ) -> Result<Vec<ferry::backend::EntryResult<String>>, ferry::BackendError> {
+        let _one = self.lock.lock().await;
+        self.inner.send_batch(m).await
+    }
+    async fn depth(&self) -> Result<ferry::backend::QueueDepth, ferry::BackendError> {
+        self.inner.depth().await
+    }
 }
 
 #[cfg(feature = "aws")]
@@ -255,7 +315,10 @@ async fn fifo_groups_complete_in_send_order_on_sqs_and_the_fifo_topic_keeps_it()
     let started = Instant::now();
     let runtime = Runtime::builder()
         .pipeline(pipeline(
-            jobs.clone(),
+            Arc::new(OneCallAtATime {
+                inner: jobs.clone(),
+                lock: tokio::sync::Mutex::new(()),
+            }),
             dlq.clone(),
             Some(topic),
             p.clone(),
@@ -263,6 +326,14 @@ async fn fifo_groups_complete_in_send_order_on_sqs_and_the_fifo_topic_keeps_it()
             // message waiting behind its group would let moto unlock the
             // group (it does not keep the group locked as SQS does).
             Duration::from_secs(10),
+            // moto keeps a released message in its in-flight set until a
+            // receive happens to pass over it, and a receive that then
+            // meets a group's failed head and two such messages clears
+            // them one by one and hands out the last first. A failed head
+            // that stays away three seconds lets the receives in between
+            // clear its group's released messages first (SQS needs none
+            // of this).
+            Duration::from_secs(3),
         ))
         .start()
         .await

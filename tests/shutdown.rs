@@ -41,20 +41,7 @@ async fn shutdown_releases_unstarted_jobs_at_once_and_finishes_started_ones() {
     let h = Harness::new();
     h.send_jobs(20).await;
     let p = Counting::new().with_delay(Duration::from_millis(300));
-    let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| {
-            c.workers = 1;
-            c.max_in_flight = 10;
-            c.visibility_timeout = Duration::from_secs(30);
-        }))
-        .shutdown_grace(Duration::from_secs(5))
-        .start()
-        .await
-        .unwrap();
-    eventually("ten leases held and one job started", || {
-        rt.in_flight() == 10 && p.started_count() == 1
-    })
-    .await;
+    let rt = common::ten_leases_one_started(&h, &p).await;
     let asked = Instant::now();
     let shutdown = tokio::spawn(rt.shutdown());
     // The nine not started are visible again well within a second, while

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::imds::FakeImds;
 use common::*;
-use ferry::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_drains_like_sigterm() {
@@ -25,20 +24,7 @@ async fn a_spot_notice_drains_like_sigterm() {
     let h = Harness::new();
     let ids = h.send_jobs(20).await;
     let p = Counting::new().with_delay(Duration::from_millis(800));
-    let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| {
-            c.workers = 1;
-            c.max_in_flight = 10;
-            c.visibility_timeout = Duration::from_secs(30);
-        }))
-        .shutdown_grace(Duration::from_secs(5))
-        .start()
-        .await
-        .unwrap();
-    eventually("ten leases held and one job started", || {
-        rt.in_flight() == 10 && p.started_count() == 1
-    })
-    .await;
+    let rt = common::ten_leases_one_started(&h, &p).await;
     let watcher = ferry::spot::interruption_notice(client, Duration::from_millis(50));
     let checks_before = imds.checks();
     let run = tokio::spawn(rt.run_until(async move {

@@ -209,20 +209,13 @@ impl Acker {
     /// Marks claimed jobs completed in the idempotency store; deletes follow.
     fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let s = &self.shared;
-        let store = s.store.clone().expect("claims only with a store");
         let keep = s.config.completed_ttl;
-        let calls: Vec<_> = batch
-            .iter()
-            .map(|l| {
-                let (store, key, owner) = (store.clone(), s.claim_key(l), s.owner(l));
-                async move { store.complete(&key, &owner, keep).await }
-            })
-            .collect();
-        self.call(
-            ctx,
-            futures_util::future::join_all(calls),
-            |act, results, ctx| act.completed(batch, results, ctx),
-        );
+        let calls = s.store_calls(&batch, |store, key, owner| async move {
+            store.complete(&key, &owner, keep).await
+        });
+        self.call(ctx, calls, |act, results, ctx| {
+            act.completed(batch, results, ctx)
+        });
     }
 
     fn completed(

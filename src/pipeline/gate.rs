@@ -160,24 +160,18 @@ impl Gate {
 
     /// Claims each lease's job, then routes, skips or defers it.
     fn claim_then_route(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
-        let Some(store) = self.shared.store.clone() else {
+        if self.shared.store.is_none() {
             self.route(leases);
             return;
-        };
+        }
         let hold = self.shared.config.claim_hold();
-        let calls: Vec<_> = leases
-            .iter()
-            .map(|l| {
-                let (store, key, owner) = (
-                    store.clone(),
-                    self.shared.claim_key(l),
-                    self.shared.owner(l),
-                );
-                async move { store.claim(&key, &owner, hold).await }
-            })
-            .collect();
+        let calls = self
+            .shared
+            .store_calls(&leases, |store, key, owner| async move {
+                store.claim(&key, &owner, hold).await
+            });
         ctx.spawn(
-            futures_util::future::join_all(calls)
+            calls
                 .into_actor(self)
                 .map(move |results, act, _| act.claimed(leases, results)),
         );

@@ -130,41 +130,34 @@ impl LeaseKeeper {
     /// attempt is cancelled before its effects and its message given back.
     fn renew_claims(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let s = &self.shared;
-        let store = s.store.clone().expect("claims only with a store");
         let hold = s.config.claim_hold();
-        let calls: Vec<_> = leases
-            .iter()
-            .map(|l| {
-                let (store, key, owner) = (store.clone(), s.claim_key(l), s.owner(l));
-                async move { store.renew(&key, &owner, hold).await }
-            })
-            .collect();
-        ctx.spawn(futures_util::future::join_all(calls).into_actor(self).map(
-            move |results, act, _| {
-                let s = &act.shared;
-                let mut lost = Vec::new();
-                for (lease, r) in leases.into_iter().zip(results) {
-                    match r {
-                        Ok(true) => {}
-                        Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
-                            tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+        let calls = s.store_calls(&leases, |store, key, owner| async move {
+            store.renew(&key, &owner, hold).await
+        });
+        ctx.spawn(calls.into_actor(self).map(move |results, act, _| {
+            let s = &act.shared;
+            let mut lost = Vec::new();
+            for (lease, r) in leases.into_iter().zip(results) {
+                match r {
+                    Ok(true) => {}
+                    Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                                     "idempotency claim lost: job cancelled before its effects");
-                            Stats::inc(&s.stats.claims_lost);
-                            lease.take_claim();
-                            lease.cancel();
-                            lost.push(Settlement::Release(lease));
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::debug!(pipeline = %s.name,
+                        Stats::inc(&s.stats.claims_lost);
+                        lease.take_claim();
+                        lease.cancel();
+                        lost.push(Settlement::Release(lease));
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(pipeline = %s.name,
                                 job_id = %lease.job.id, error = %e,
                                 "renewing a claim failed; will retry with the next extension"),
-                    }
                 }
-                if !lost.is_empty() {
-                    act.acker.do_send(Settle(lost));
-                }
-            },
-        ));
+            }
+            if !lost.is_empty() {
+                act.acker.do_send(Settle(lost));
+            }
+        }));
     }
 }
 

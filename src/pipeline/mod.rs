@@ -135,6 +135,25 @@ impl Shared {
         format!("{}/{}", self.owner, lease.id)
     }
 
+    /// One idempotency-store call per lease, `call(store, key, owner)`, run
+    /// together; the results come in the leases' order.
+    pub(crate) fn store_calls<F, Fut>(
+        &self,
+        leases: &[Arc<Lease>],
+        call: F,
+    ) -> futures_util::future::JoinAll<Fut>
+    where
+        F: Fn(Arc<dyn IdempotencyStore>, String, String) -> Fut,
+        Fut: Future,
+    {
+        let store = self.store.clone().expect("claims only with a store");
+        futures_util::future::join_all(
+            leases
+                .iter()
+                .map(|l| call(store.clone(), self.claim_key(l), self.owner(l))),
+        )
+    }
+
     /// Gives up a lease's claim, if it holds one, without waiting.
     pub(crate) fn release_claim(&self, lease: &Lease) {
         let Some(store) = self.store.clone() else {

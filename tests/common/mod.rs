@@ -130,6 +130,26 @@ impl Harness {
     }
 }
 
+/// One worker, at most ten leases and a 5 s shutdown grace: returns once
+/// ten jobs are leased and the first has started (the others wait).
+pub async fn ten_leases_one_started(h: &Harness, p: &Counting) -> RuntimeHandle {
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).configure(|c| {
+            c.workers = 1;
+            c.max_in_flight = 10;
+            c.visibility_timeout = Duration::from_secs(30);
+        }))
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    eventually("ten leases held and one job started", || {
+        rt.in_flight() == 10 && p.started_count() == 1
+    })
+    .await;
+    rt
+}
+
 /// Short timings so the tests run in well under a second each.
 pub fn fast(c: &mut PipelineConfig) {
     c.workers = 2;
