@@ -2,28 +2,35 @@
 
 use std::time::Duration;
 
-/// How a pipeline's processors are supervised (Erlang's vocabulary: a
-/// permanent child, restarted one-for-one, with a restart intensity).
+/// How a pipeline's processors and actors are supervised (Erlang's
+/// vocabulary: permanent children, restarted one-for-one with backoff).
+///
+/// The limit measures the worker, not the work: a job that panics is retried
+/// and then dead-lettered like any failing job, and only restarts that keep
+/// coming with no job succeeding in between escalate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
-    /// Restarts allowed within `window` before the pipeline escalates: it
-    /// stops polling and releases its leases.
+    /// Restarts (processor rebuilds, actor restarts, worker threads
+    /// respawned) in a row with no job succeeding in between, past which the
+    /// pipeline escalates: it stops polling, gives back its leases, reports
+    /// itself escalated and pauses.
     pub max_restarts: u32,
-    /// The window restarts are counted in.
-    pub window: Duration,
-    /// First restart delay; doubles with each consecutive panic.
+    /// First restart delay; doubles with each restart in a row.
     pub backoff_base: Duration,
     /// Longest restart delay.
     pub backoff_max: Duration,
+    /// How long an escalated pipeline pauses before polling again (doubling
+    /// with each escalation, at most ten minutes).
+    pub escalation_pause: Duration,
 }
 
 impl Default for RestartPolicy {
     fn default() -> Self {
         Self {
             max_restarts: 50,
-            window: Duration::from_secs(60),
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_secs(2),
+            escalation_pause: Duration::from_secs(30),
         }
     }
 }
@@ -79,8 +86,19 @@ pub struct PipelineConfig {
     pub effect_attempts: u32,
     /// Largest object [`crate::Context::fetch`] accepts; a larger one is bad input.
     pub max_fetch_bytes: usize,
-    /// Processor supervision.
+    /// Processor and actor supervision.
     pub restart: RestartPolicy,
+    /// Longest any backend or store call may take before it counts as a
+    /// transient failure (a receive may take its long-poll wait on top).
+    pub call_timeout: Duration,
+    /// A lease that stays this long in a state whose next step an actor
+    /// owns (gate, uploader, publisher, acker) marks that actor stalled: it
+    /// is restarted and picks the lease up again.
+    pub stall_timeout: Duration,
+    /// Attempts at carrying out one lease's ending (delete, visibility
+    /// change, dead-letter send) before the last resort: the lease is let
+    /// go and the queue's visibility timeout (and redrive policy) takes it.
+    pub settle_attempts: u32,
     /// How long an idempotency claim holds without renewal (the lease keeper
     /// renews it with each extension); `None`: the visibility timeout. A
     /// worker killed mid-job blocks its job for about this long.
@@ -109,6 +127,9 @@ impl Default for PipelineConfig {
             effect_attempts: 4,
             max_fetch_bytes: 64 * 1024 * 1024,
             restart: RestartPolicy::default(),
+            call_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(300),
+            settle_attempts: 10,
             claim_ttl: None,
             completed_ttl: Duration::from_secs(7 * 24 * 3600),
         }

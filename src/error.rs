@@ -146,4 +146,13 @@ pub enum FerryError {
     /// The runtime thread could not start or died.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// A pipeline escalated: restarts kept coming with no job succeeding,
+    /// so its worker looks broken.
+    #[error("pipeline `{pipeline}` escalated: {reason}")]
+    Escalated {
+        /// The pipeline's name.
+        pipeline: String,
+        /// Why.
+        reason: String,
+    },
 }

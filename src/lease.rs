@@ -1,24 +1,112 @@
-//! The lease table: every received message's lease, kept outside any actor so
-//! an actor that restarts loses none (DESIGN rule 5).
+//! The lease table and each lease's lifecycle state: every received
+//! message's lease, kept outside any actor so an actor that restarts loses
+//! none (DESIGN rules 5 and 6).
+//!
+//! A lease is always in exactly one [`LeaseState`], and the state names the
+//! actor that owns its next step. An actor that restarts re-derives its work
+//! from the leases in its states: everything it needs (the receipt handle,
+//! the processor's output, the ending to carry out) is kept in the lease.
+//!
+//! ```text
+//!             ┌──────────── Gated (FIFO group, claim) ─────────────┐
+//! receive ──▶ Pending ◀──── Probing (redelivery: result exists?) ──┤
+//!               │                         │ yes                    │
+//!               ▼                         ▼                        │
+//!            Running ──▶ Processed ──▶ Stored ──▶ Settling ──▶ Ended
+//!               │ (fail, panic)            (publish)  ▲  (delete, retry,
+//!               └─────────────────────────────────────┘   dead-letter, release)
+//! any state ──(lost: deadline passed, receipt refused)──▶ Ended
+//! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::job::Job;
+use crate::processor::Output;
 use crate::seen::{key, SeenKey};
 
-/// Where a lease's job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a lease's job stands, and so which actor owns its next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum LeaseState {
-    /// Received, not yet picked up by a processor.
+    /// Received, waiting for a processor (the pool's channel).
     Pending = 0,
-    /// A processor (or a resume) has taken it.
-    Started = 1,
-    /// Given back to the queue; nothing more may happen under it.
-    Released = 2,
+    /// At the gate: behind its FIFO group's running job, or being claimed.
+    Gated = 1,
+    /// A redelivery whose stored result is being looked for (uploader).
+    Probing = 2,
+    /// A processor runs it (a worker thread).
+    Running = 3,
+    /// Processed; its output, kept in the lease, is to be stored (uploader).
+    Processed = 4,
+    /// Its result is stored (or its output is the notice): to be announced
+    /// (publisher).
+    Stored = 5,
+    /// Its ending, kept in the lease, is with the acker.
+    Settling = 6,
+    /// Deleted, released, dead-lettered or lost: nothing more may happen.
+    Ended = 7,
+}
+
+impl LeaseState {
+    const ALL: [LeaseState; 8] = [
+        LeaseState::Pending,
+        LeaseState::Gated,
+        LeaseState::Probing,
+        LeaseState::Running,
+        LeaseState::Processed,
+        LeaseState::Stored,
+        LeaseState::Settling,
+        LeaseState::Ended,
+    ];
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL[v.min(7) as usize]
+    }
+
+    /// Not started yet: counted against the prefetch window.
+    pub(crate) fn unstarted(self) -> bool {
+        matches!(self, Self::Pending | Self::Gated | Self::Probing)
+    }
+
+    /// The state's name, for logs and health reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Gated => "gated",
+            Self::Probing => "probing",
+            Self::Running => "running",
+            Self::Processed => "processed",
+            Self::Stored => "stored",
+            Self::Settling => "settling",
+            Self::Ended => "ended",
+        }
+    }
+}
+
+/// How a lease ends, as the acker carries it out. Kept in the lease while
+/// it is [`LeaseState::Settling`], so a restarted acker finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ending {
+    /// Effects done: mark the claim completed (if any), then delete the
+    /// message with its newest handle. `dead_lettered`: its dead-letter
+    /// entry is already sent.
+    Delete { dead_lettered: bool },
+    /// Try again later: visibility set to a backoff.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Bad input or out of attempts: to the dead-letter queue, then delete.
+    DeadLetter { reason: String },
+    /// Give the message back at once (visibility 0).
+    Release,
+    /// Give the message back for a later look without counting an attempt
+    /// (another worker holds the job's claim).
+    Defer { after: Duration },
 }
 
 /// One message's lease.
@@ -32,13 +120,22 @@ pub struct Lease {
     /// The newest receipt handle and the time its visibility lapses.
     handle: Mutex<(String, Instant)>,
     state: AtomicU8,
-    /// The table's count of leases still pending, shared.
+    /// When the state last changed, in ms since the table's epoch.
+    changed_at: AtomicU64,
+    epoch: Instant,
+    /// The table's count of leases not started yet, shared.
     pending: Arc<AtomicUsize>,
     cancelled: Arc<AtomicBool>,
     extending: AtomicBool,
     extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
     claimed: AtomicBool,
+    /// The processor's output, from Processed until it is announced.
+    output: Mutex<Option<Output>>,
+    /// The ending the acker is carrying out (while Settling).
+    ending: Mutex<Option<Ending>>,
+    /// Failed attempts at carrying out the ending (bounded).
+    settle_attempts: AtomicU32,
 }
 
 impl Lease {
@@ -59,7 +156,7 @@ impl Lease {
     pub(crate) fn extended(&self, handle: &str, visible_until: Instant) -> bool {
         let mut h = self.handle.lock().expect("lease lock");
         if h.0 == handle {
-            h.1 = visible_until;
+            h.1 = h.1.max(visible_until);
             self.extensions.fetch_add(1, Ordering::Relaxed);
             true
         } else {
@@ -68,39 +165,55 @@ impl Lease {
     }
 
     pub(crate) fn state(&self) -> LeaseState {
-        match self.state.load(Ordering::Acquire) {
-            0 => LeaseState::Pending,
-            1 => LeaseState::Started,
-            _ => LeaseState::Released,
+        LeaseState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// How long the lease has been in its state.
+    pub(crate) fn in_state_for(&self, now: Instant) -> Duration {
+        let at = self.changed_at.load(Ordering::Relaxed);
+        now.saturating_duration_since(self.epoch + Duration::from_millis(at))
+    }
+
+    /// Moves from one of `from` to `to`, returning the state it left;
+    /// `None` (nothing changed) when the lease is in none of `from`. The
+    /// only way a state changes.
+    pub(crate) fn transition(&self, from: &[LeaseState], to: LeaseState) -> Option<LeaseState> {
+        let mut cur = self.state.load(Ordering::Acquire);
+        loop {
+            let s = LeaseState::from_u8(cur);
+            if !from.contains(&s) {
+                return None;
+            }
+            match self
+                .state
+                .compare_exchange(cur, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if s.unstarted() && !to.unstarted() {
+                        self.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    let ms = Instant::now().saturating_duration_since(self.epoch);
+                    self.changed_at
+                        .store(ms.as_millis() as u64, Ordering::Relaxed);
+                    return Some(s);
+                }
+                Err(actual) => cur = actual,
+            }
         }
     }
 
-    fn leave_pending(&self, to: LeaseState) -> bool {
-        let left = self
-            .state
-            .compare_exchange(0, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if left {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
-        left
-    }
-
-    /// Pending → Started; false if the lease was released first.
+    /// Pending → Running; false if it was taken or given back first, or
+    /// cancelled.
     pub(crate) fn try_start(&self) -> bool {
-        self.leave_pending(LeaseState::Started) && !self.is_cancelled()
+        !self.is_cancelled()
+            && self
+                .transition(&[LeaseState::Pending], LeaseState::Running)
+                .is_some()
     }
 
-    /// Pending → Released; false if a processor took it first.
-    pub(crate) fn try_release_pending(&self) -> bool {
-        self.leave_pending(LeaseState::Released)
-    }
-
-    pub(crate) fn mark_released(&self) {
-        if !self.leave_pending(LeaseState::Released) {
-            self.state
-                .store(LeaseState::Released as u8, Ordering::Release);
-        }
+    /// Whether the lease has ended.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.state() == LeaseState::Ended
     }
 
     /// The lease is lost or given up: no further side effect may happen.
@@ -139,14 +252,60 @@ impl Lease {
     pub(crate) fn cancel_arc(&self) -> Arc<AtomicBool> {
         self.cancelled.clone()
     }
+
+    pub(crate) fn set_output(&self, output: Option<Output>) {
+        *self.output.lock().expect("lease lock") = output;
+    }
+
+    pub(crate) fn output(&self) -> Option<Output> {
+        self.output.lock().expect("lease lock").clone()
+    }
+
+    /// Updates the ending while Settling (the acker's progress).
+    pub(crate) fn set_ending(&self, ending: Ending) {
+        *self.ending.lock().expect("lease lock") = Some(ending);
+    }
+
+    /// Moves from one of `from` to Settling with this ending, atomically
+    /// with the ending's record: of two racing endings, the one that moves
+    /// the lease is the one kept.
+    pub(crate) fn begin_settling(&self, from: &[LeaseState], ending: Ending) -> bool {
+        let mut slot = self.ending.lock().expect("lease lock");
+        let moved = self.transition(from, LeaseState::Settling).is_some();
+        if moved {
+            *slot = Some(ending);
+        }
+        moved
+    }
+
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        self.ending.lock().expect("lease lock").clone()
+    }
+
+    /// Counts a failed attempt at the ending; returns the count so far.
+    pub(crate) fn settle_failed(&self) -> u32 {
+        self.settle_attempts.fetch_add(1, Ordering::AcqRel) + 1
+    }
 }
 
 /// Every live lease of one pipeline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LeaseTable {
     map: DashMap<u64, Arc<Lease>, rustc_hash::FxBuildHasher>,
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
+    epoch: Instant,
+}
+
+impl Default for LeaseTable {
+    fn default() -> Self {
+        Self {
+            map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
+            next: AtomicU64::new(0),
+            pending: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl LeaseTable {
@@ -173,11 +332,18 @@ impl LeaseTable {
             received_at,
             handle: Mutex::new((handle, visible_until)),
             state: AtomicU8::new(LeaseState::Pending as u8),
+            changed_at: AtomicU64::new(
+                received_at.saturating_duration_since(self.epoch).as_millis() as u64,
+            ),
+            epoch: self.epoch,
             pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
             claimed: AtomicBool::new(false),
+            output: Mutex::new(None),
+            ending: Mutex::new(None),
+            settle_attempts: AtomicU32::new(0),
         });
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());
@@ -206,5 +372,19 @@ impl LeaseTable {
 
     pub(crate) fn all(&self) -> Vec<Arc<Lease>> {
         self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// The leases in one state.
+    pub(crate) fn in_state(&self, state: LeaseState) -> Vec<Arc<Lease>> {
+        self.map
+            .iter()
+            .filter(|e| e.value().state() == state)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
+    /// Whether a lease is still in the table.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
     }
 }

@@ -26,7 +26,7 @@ pub use job::{
     Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE,
     JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
 };
-pub use pipeline::{IntoShared, Pipeline, ResultStore};
+pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
 pub use processor::{Context, Output, Processor, WorkerInfo};
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,

@@ -207,6 +207,12 @@ impl LargePayloads {
         Ok(out)
     }
 
+    /// The same, with every blob call under a pipeline's guard.
+    pub(crate) fn guarded(mut self, guard: &crate::pipeline::Guard) -> Self {
+        self.blobs = guard.blobs(self.blobs);
+        self
+    }
+
     /// The pointer whose object may be deleted now that `job`'s message is.
     pub(crate) fn deletable(&self, job: &Job) -> Option<PayloadPointer> {
         let fanned_out = job.raw_body.is_some();

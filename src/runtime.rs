@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::FerryError;
-use crate::pipeline::{self, Flush, Pipeline, Running, Shared, StopPolling};
+use crate::pipeline::{self, Flush, Pipeline, PipelineHealth, Running, Shared, StopPolling};
 use crate::stats::StatsSnapshot;
 
 /// Entry point: `Runtime::builder().pipeline(…).start().await`.
@@ -104,7 +104,8 @@ pub struct PipelineStats {
     pub stats: StatsSnapshot,
     /// Leases held now.
     pub in_flight: usize,
-    /// Whether it passed its restart limit and stopped polling.
+    /// Whether it is escalated now (restarts in a row past its limit):
+    /// polling paused, leases given back.
     pub escalated: bool,
 }
 
@@ -209,6 +210,23 @@ impl RuntimeHandle {
         self.shared.iter().map(|s| s.leases.len()).sum()
     }
 
+    /// Every pipeline's health: running, escalated (with the reason) or
+    /// stalled (leases an actor has not moved past the stall timeout).
+    pub fn health(&self) -> Vec<PipelineHealth> {
+        self.shared.iter().map(|s| s.health_report()).collect()
+    }
+
+    /// The first pipeline that has escalated, as an error.
+    fn escalation(&self) -> Option<FerryError> {
+        self.shared
+            .iter()
+            .find(|s| s.health.escalations() > 0)
+            .map(|s| FerryError::Escalated {
+                pipeline: s.name.to_string(),
+                reason: s.health.reason().unwrap_or_default(),
+            })
+    }
+
     /// Stops polling, releases the leases of jobs not yet started, lets
     /// started jobs finish within the grace period, flushes pending deletes,
     /// then releases whatever remains.
@@ -227,14 +245,40 @@ impl RuntimeHandle {
     }
 
     /// Runs until `stop` completes (a signal, a spot-interruption notice, a
-    /// test's trigger), then shuts down gracefully.
-    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> ShutdownReport {
-        stop.await;
-        self.shutdown().await
+    /// test's trigger), then shuts down gracefully. If a pipeline escalates
+    /// first (its worker looks broken: restarts in a row with no job
+    /// succeeding), it shuts down at once and returns
+    /// [`FerryError::Escalated`], so the service can exit and its
+    /// orchestrator replace it.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<ShutdownReport, FerryError> {
+        let watch = async {
+            loop {
+                if let Some(e) = self.escalation() {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let escalated = tokio::select! {
+            _ = stop => None,
+            e = watch => Some(e),
+        };
+        let report = self.shutdown().await;
+        match escalated {
+            Some(e) => {
+                tracing::error!(error = %e, ?report, "stopped after an escalation");
+                Err(e)
+            }
+            None => Ok(report),
+        }
     }
 
-    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> ShutdownReport {
+    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully; an error
+    /// when a pipeline escalates first (see [`RuntimeHandle::run_until`]).
+    pub async fn run_until_signal(self) -> Result<ShutdownReport, FerryError> {
         self.run_until(termination_signal()).await
     }
 
@@ -301,10 +345,11 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
     let started = tokio::time::Instant::now();
     let mut report = ShutdownReport::default();
     for r in running {
+        r.shared.begin_shutdown();
         let _ = r.poller.send(StopPolling).await;
     }
     for r in running {
-        report.released_unstarted += pipeline::release_leases(r, false);
+        report.released_unstarted += pipeline::release_leases(&r.shared, false);
     }
     let busy = || {
         running.iter().any(|r| {
@@ -316,7 +361,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     for r in running {
-        report.released_after_grace += pipeline::release_leases(r, true);
+        report.released_after_grace += pipeline::release_leases(&r.shared, true);
     }
     for r in running {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;

@@ -18,7 +18,7 @@
 //!             _ = signal => {}
 //!         }
 //!     })
-//!     .await;
+//!     .await?;
 //! assert_eq!(report.held_at_exit, 0);
 //! # Ok(()) }
 //! ```

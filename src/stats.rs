@@ -91,8 +91,18 @@ counters! {
     failed,
     /// Processor runs that panicked.
     panics,
-    /// Processors rebuilt after a panic, and actors restarted.
+    /// Processors rebuilt after a panic.
     restarts,
+    /// Actors restarted (after a panic, or stalled) and worker threads that
+    /// carried on after a panic outside the processor.
+    actor_restarts,
+    /// Backend or store calls that panicked (turned into transient errors).
+    backend_panics,
+    /// Backend or store calls that timed out (turned into transient errors).
+    backend_timeouts,
+    /// Lease endings given up after repeated or permanent failures: the
+    /// lease was let go for the queue's visibility timeout to return.
+    settle_gave_up,
     /// Redelivered jobs whose result already existed, so processing was skipped.
     resumed,
     /// Result objects written.
@@ -111,7 +121,7 @@ counters! {
     leases_extended,
     /// Leases lost (receipt invalid or maximum age reached).
     leases_lost,
-    /// Times the restart limit was passed and the pipeline stopped polling.
+    /// Times the pipeline escalated (restarts in a row past the limit).
     escalations,
     /// Jobs the idempotency store knew as completed: deleted unprocessed.
     skipped_completed,

@@ -46,7 +46,11 @@ async fn a_spot_notice_drains_like_sigterm() {
     })
     .await;
     let released_in = noticed.elapsed();
-    let report = tokio::time::timeout(LIMIT, run).await.unwrap().unwrap();
+    let report = tokio::time::timeout(LIMIT, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     eprintln!(
         "spot: notice after {} checks, {} token(s); unstarted released {released_in:?} after the notice; {report:?}",
         imds.checks(),

@@ -68,7 +68,6 @@ async fn restarts_past_the_limit_stop_polling_and_release_every_lease() {
     let rt = Runtime::builder()
         .pipeline(h.pipeline(p.clone()).configure(|c| {
             c.restart.max_restarts = 3;
-            c.restart.window = Duration::from_secs(60);
             c.retry_backoff_base = Duration::from_secs(30);
             c.max_in_flight = 10;
         }))

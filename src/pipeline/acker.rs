@@ -1,62 +1,59 @@
-//! The acker: the last step. It deletes finished messages with their newest
-//! receipt handle, sets the visibility of jobs to retry, sends bad input to the
-//! dead-letter queue (then deletes it), and releases leases — all in batches
-//! of ten, flushed at once when a batch is full and otherwise every
-//! `flush_interval`.
+//! The acker: the last step, and the owner of the Settling state. It carries
+//! out each lease's ending (kept in the lease): deletes finished messages
+//! with their newest receipt handle, sets the visibility of jobs to retry or
+//! give back, sends bad input to the dead-letter queue (then deletes it) —
+//! in batches of ten, flushed at once when a batch is full and otherwise
+//! every `flush_interval`.
+//!
+//! Retries are bounded: a failed entry is retried alone with a doubling
+//! backoff, a permanent refusal is not retried as if it were transient, and
+//! after `settle_attempts` the last resort applies — the lease is let go and
+//! the queue's own visibility timeout (and redrive policy) takes the
+//! message. On restart the acker re-derives its buffers from the Settling
+//! leases.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::messages::{Flush, Settle, Settlement};
-use super::Shared;
-use crate::backend::{OutgoingMessage, MAX_BATCH};
+use super::messages::{DropCopies, Flush, Restart, Settle};
+use super::{Ended, Shared};
+use crate::backend::{OutgoingMessage, MAX_BATCH, MAX_MESSAGE_BYTES};
 use crate::error::BackendError;
 use crate::job::{
     DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, JOB_ID_ATTRIBUTE,
 };
-use crate::lease::Lease;
+use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
+
+/// SQS's limit on message attributes.
+const MAX_ATTRIBUTES: usize = 10;
+/// Longest dead-letter reason kept (characters).
+const MAX_REASON: usize = 1024;
 
 /// A pending delete.
 enum Delete {
-    /// A finished job; `dead_lettered` after its dead-letter entry was sent.
-    Job {
-        lease: Arc<Lease>,
-        dead_lettered: bool,
-    },
+    /// A finished job (its ending says whether it was dead-lettered).
+    Job(Arc<Lease>),
     /// A copy of a completed job.
     Copy(String),
-}
-
-/// Why a visibility change is made.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum VisKind {
-    Retry,
-    Release,
-    Defer,
-}
-
-struct VisChange {
-    lease: Arc<Lease>,
-    after: Duration,
-    kind: VisKind,
 }
 
 pub(crate) struct Acker {
     shared: Arc<Shared>,
     deletes: Vec<Delete>,
-    visibility: Vec<VisChange>,
-    dead: Vec<(Arc<Lease>, String)>,
+    visibility: Vec<Arc<Lease>>,
+    dead: Vec<Arc<Lease>>,
     /// Claimed jobs whose effects are done: their records are marked
     /// completed before their messages are deleted.
     completing: Vec<Arc<Lease>>,
     timer: Option<SpawnHandle>,
     outstanding: usize,
+    /// Failures in a row, for the retry backoff.
+    failures: u32,
     idle_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -70,84 +67,55 @@ impl Acker {
             completing: Vec::new(),
             timer: None,
             outstanding: 0,
+            failures: 0,
             idle_waiters: Vec::new(),
         }
     }
 
-    /// A lease's ending entered the acker's care.
-    fn hold(&self) {
-        self.shared.settling.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A lease's ending left it (finished or dropped).
-    fn release_hold(&self) {
-        self.shared.settling.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn accept(&mut self, s: Settlement) {
-        if !matches!(s, Settlement::DropCopy(_)) {
-            self.hold();
+    fn accept(&mut self, lease: Arc<Lease>) {
+        if lease.state() != LeaseState::Settling {
+            return;
         }
         let cfg = &self.shared.config;
-        match s {
-            Settlement::Done(lease) => {
-                if lease.is_cancelled() {
-                    // The lease is lost: deleting now could delete a copy
-                    // another worker holds. It will come back.
-                    self.shared.drop_lease(&lease);
-                    self.release_hold();
-                } else if lease.is_claimed() {
-                    self.completing.push(lease);
-                } else {
-                    self.deletes.push(Delete::Job {
-                        lease,
-                        dead_lettered: false,
-                    });
-                }
-            }
-            Settlement::Retry {
-                lease,
-                reason,
-                after,
-            } => {
+        match lease.ending() {
+            Some(Ending::Delete { .. }) if lease.is_claimed() => self.completing.push(lease),
+            Some(Ending::Delete { .. }) => self.deletes.push(Delete::Job(lease)),
+            Some(Ending::Retry { reason, .. })
+                if lease.job.receive_count >= cfg.max_receives =>
+            {
                 let count = lease.job.receive_count;
-                if lease.is_cancelled() {
-                    self.shared.drop_lease(&lease);
-                    self.release_hold();
-                } else if count >= cfg.max_receives {
-                    let reason = format!("failed on all {count} receives; last error: {reason}");
-                    self.dead.push((lease, reason));
-                } else {
-                    let after = after.unwrap_or_else(|| cfg.retry_backoff(count));
-                    tracing::info!(pipeline = %self.shared.name, job_id = %lease.job.id,
-                        receive_count = count, retry_in_ms = after.as_millis() as u64,
-                        reason = %reason, "job will be retried");
-                    self.visibility.push(VisChange {
-                        lease,
-                        after,
-                        kind: VisKind::Retry,
-                    });
-                }
+                let reason = format!("failed on all {count} receives; last error: {reason}");
+                lease.set_ending(Ending::DeadLetter { reason });
+                self.dead.push(lease);
             }
-            Settlement::DeadLetter { lease, reason } => {
-                if lease.is_cancelled() {
-                    self.shared.drop_lease(&lease);
-                    self.release_hold();
-                } else {
-                    self.dead.push((lease, reason));
-                }
+            Some(Ending::Retry { reason, after }) => {
+                let count = lease.job.receive_count;
+                let after = after.unwrap_or_else(|| cfg.retry_backoff(count));
+                tracing::info!(pipeline = %self.shared.name, job_id = %lease.job.id,
+                    receive_count = count, retry_in_ms = after.as_millis() as u64,
+                    reason = %reason, "job will be retried");
+                self.visibility.push(lease);
             }
-            Settlement::Release(lease) => self.visibility.push(VisChange {
-                lease,
-                after: Duration::ZERO,
-                kind: VisKind::Release,
-            }),
-            Settlement::Defer { lease, after } => self.visibility.push(VisChange {
-                lease,
-                after,
-                kind: VisKind::Defer,
-            }),
-            Settlement::DropCopy(handle) => self.deletes.push(Delete::Copy(handle)),
+            Some(Ending::DeadLetter { .. }) => self.dead.push(lease),
+            Some(Ending::Release | Ending::Defer { .. }) => self.visibility.push(lease),
+            None => {
+                tracing::error!(pipeline = %self.shared.name, job_id = %lease.job.id,
+                    "settling lease without an ending: giving it back");
+                lease.set_ending(Ending::Release);
+                self.visibility.push(lease);
+            }
+        }
+    }
+
+    /// The visibility to set for a lease's ending.
+    fn visibility_of(&self, lease: &Lease) -> Duration {
+        let cfg = &self.shared.config;
+        match lease.ending() {
+            Some(Ending::Retry { after, .. }) => {
+                after.unwrap_or_else(|| cfg.retry_backoff(lease.job.receive_count))
+            }
+            Some(Ending::Defer { after }) => after,
+            _ => Duration::ZERO,
         }
     }
 
@@ -162,24 +130,22 @@ impl Acker {
     /// now when no other job is in flight to fill a batch.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         let idle = self.shared.nothing_else_in_flight(0);
-        self.flush(ctx, !idle);
+        if self.failures == 0 {
+            self.flush(ctx, !idle);
+        }
         if self.pending() && self.timer.is_none() {
-            let every = self.shared.config.flush_interval;
+            let every = if self.failures == 0 {
+                self.shared.config.flush_interval
+            } else {
+                // A doubling backoff while calls keep failing.
+                Duration::from_millis(50 << self.failures.min(7))
+            };
             self.timer = Some(ctx.run_later(every, |act, ctx| {
                 act.timer = None;
                 act.flush(ctx, false);
             }));
         }
         self.check_idle();
-    }
-
-    fn retry_later(&mut self, ctx: &mut Context<Self>) {
-        if self.timer.is_none() {
-            self.timer = Some(ctx.run_later(Duration::from_millis(50), |act, ctx| {
-                act.timer = None;
-                act.flush(ctx, false);
-            }));
-        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>, only_full: bool) {
@@ -196,77 +162,14 @@ impl Acker {
         }
         while self.visibility.len() >= min {
             let n = self.visibility.len().min(MAX_BATCH);
-            let batch: Vec<VisChange> = self.visibility.drain(..n).collect();
+            let batch: Vec<Arc<Lease>> = self.visibility.drain(..n).collect();
             self.send_visibility(batch, ctx);
         }
         while self.dead.len() >= min {
             let n = self.dead.len().min(MAX_BATCH);
-            let batch: Vec<(Arc<Lease>, String)> = self.dead.drain(..n).collect();
+            let batch: Vec<Arc<Lease>> = self.dead.drain(..n).collect();
             self.send_dead(batch, ctx);
         }
-    }
-
-    /// Marks claimed jobs completed in the idempotency store; deletes follow.
-    fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
-        let s = &self.shared;
-        let keep = s.config.completed_ttl;
-        let calls = s.store_calls(&batch, |store, key, owner| async move {
-            store.complete(&key, &owner, keep).await
-        });
-        self.call(ctx, calls, |act, results, ctx| {
-            act.completed(batch, results, ctx)
-        });
-    }
-
-    fn completed(
-        &mut self,
-        batch: Vec<Arc<Lease>>,
-        results: Vec<Result<bool, BackendError>>,
-        ctx: &mut Context<Self>,
-    ) {
-        let s = self.shared.clone();
-        for (lease, r) in batch.into_iter().zip(results) {
-            match r {
-                Ok(held) => {
-                    if !held {
-                        // The claim lapsed and another worker took it. The
-                        // effects are done and idempotent: delete anyway.
-                        Stats::inc(&s.stats.claims_lost);
-                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
-                            "claim lost before completion; record left to its new holder");
-                    }
-                    lease.take_claim();
-                    self.deletes.push(Delete::Job {
-                        lease,
-                        dead_lettered: false,
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "marking a job completed failed; will retry");
-                    self.completing.push(lease);
-                    self.retry_later(ctx);
-                }
-            }
-        }
-    }
-
-    fn send_deletes(&mut self, batch: Vec<Delete>, ctx: &mut Context<Self>) {
-        let handles: Vec<String> = batch
-            .iter()
-            .map(|d| match d {
-                Delete::Job { lease, .. } => lease.handle(),
-                Delete::Copy(h) => h.clone(),
-            })
-            .collect();
-        let queue = self.shared.source.clone();
-        self.call(
-            ctx,
-            async move {
-                let res = queue.delete_batch(&handles).await;
-                (handles, res)
-            },
-            |act, (handles, res), ctx| act.deleted(batch, handles, res, ctx),
-        );
     }
 
     /// Runs one backend call, counted as outstanding until its result has
@@ -285,6 +188,104 @@ impl Acker {
         }));
     }
 
+    /// One entry failed. Retryable failures go back in the buffer (counted,
+    /// with backoff); a permanent one, or one past the attempt limit, takes
+    /// the last resort: returns false and the caller lets the lease go.
+    fn failed(&mut self, lease: &Lease, error: &BackendError, what: &str) -> bool {
+        let n = lease.settle_failed();
+        self.failures = self.failures.saturating_add(1);
+        let s = &self.shared;
+        if error.is_retryable() && n < s.config.settle_attempts {
+            tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
+                attempt = n, "{what} failed; will retry");
+            return true;
+        }
+        Stats::inc(&s.stats.settle_gave_up);
+        tracing::error!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
+            attempts = n, "{what} failed for good: letting the lease go; the queue's \
+            visibility timeout returns the message");
+        false
+    }
+
+    /// The last resort: the lease ends here without a queue call; the
+    /// message comes back when its visibility lapses.
+    fn let_go(&mut self, lease: Arc<Lease>) {
+        self.shared.end(&[lease], Ended::Released);
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Marks claimed jobs completed in the idempotency store; deletes follow.
+    fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let s = &self.shared;
+        let keep = s.config.completed_ttl;
+        let calls = s.store_calls(&batch, |store, key, owner| async move {
+            store.complete(&key, &owner, keep).await
+        });
+        self.call(ctx, calls, |act, results, _| act.completed(batch, results));
+    }
+
+    fn completed(&mut self, batch: Vec<Arc<Lease>>, results: Vec<Result<bool, BackendError>>) {
+        let s = self.shared.clone();
+        for (lease, r) in batch.into_iter().zip(results) {
+            match r {
+                Ok(held) => {
+                    self.succeeded();
+                    if !held {
+                        // The claim lapsed and another worker took it. The
+                        // effects are done and idempotent: delete anyway.
+                        Stats::inc(&s.stats.claims_lost);
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                            "claim lost before completion; record left to its new holder");
+                    }
+                    lease.take_claim();
+                    self.deletes.push(Delete::Job(lease));
+                }
+                Err(e) => {
+                    if self.failed(&lease, &e, "marking the job completed") {
+                        self.completing.push(lease);
+                    } else {
+                        // The effects are done: delete without the record.
+                        lease.take_claim();
+                        self.deletes.push(Delete::Job(lease));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_deletes(&mut self, batch: Vec<Delete>, ctx: &mut Context<Self>) {
+        let handles: Vec<String> = batch
+            .iter()
+            .map(|d| match d {
+                Delete::Job(lease) => lease.handle(),
+                Delete::Copy(h) => h.clone(),
+            })
+            .collect();
+        let queue = self.shared.source.clone();
+        self.call(
+            ctx,
+            async move {
+                let res = queue.delete_batch(&handles).await;
+                (handles, res)
+            },
+            |act, (handles, res), ctx| act.deleted(batch, handles, res, ctx),
+        );
+    }
+
+    /// Splits a whole-batch answer into one result per entry.
+    fn per_entry<T>(
+        n: usize,
+        res: Result<Vec<Result<T, BackendError>>, BackendError>,
+    ) -> Vec<Result<(), BackendError>> {
+        match res {
+            Ok(r) => r.into_iter().map(|e| e.map(|_| ())).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     fn deleted(
         &mut self,
         batch: Vec<Delete>,
@@ -293,46 +294,42 @@ impl Acker {
         ctx: &mut Context<Self>,
     ) {
         let s = self.shared.clone();
-        let results = match res {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(pipeline = %s.name, error = %e, "delete failed; will retry");
-                self.deletes.extend(batch);
-                self.retry_later(ctx);
-                return;
-            }
-        };
-        let mut finished = Vec::with_capacity(batch.len());
-        let mut acked = 0;
+        let results = Self::per_entry(batch.len(), res);
+        let (mut deleted, mut dead) = (Vec::new(), Vec::new());
         let mut payloads = Vec::new();
         for ((d, used), r) in batch.into_iter().zip(handles).zip(results) {
-            let Delete::Job {
-                lease,
-                dead_lettered,
-            } = d
-            else {
+            let Delete::Job(lease) = d else {
+                // A copy that could not be deleted comes back and is dropped
+                // again.
                 continue;
             };
+            let dead_lettered = matches!(
+                lease.ending(),
+                Some(Ending::Delete {
+                    dead_lettered: true
+                })
+            );
             match r {
                 Ok(()) => {
+                    self.succeeded();
                     if !dead_lettered {
-                        acked += 1;
                         s.stats.end_to_end.record(lease.received_at.elapsed());
+                        s.health.success();
                         // The message is gone: its payload object may go too.
                         if let Some(p) = s.payloads.as_ref().and_then(|p| p.deletable(&lease.job)) {
                             payloads.push(p);
                         }
                     }
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, "deleted");
-                    finished.push(lease);
-                    self.release_hold();
+                    if dead_lettered {
+                        dead.push(lease);
+                    } else {
+                        deleted.push(lease);
+                    }
                 }
                 Err(BackendError::ReceiptInvalid) if lease.handle() != used => {
                     // A newer copy merged in meanwhile: delete with its handle.
-                    self.deletes.push(Delete::Job {
-                        lease,
-                        dead_lettered,
-                    });
+                    self.deletes.push(Delete::Job(lease));
                 }
                 Err(BackendError::ReceiptInvalid) => {
                     // Effects are done; the copy someone else holds will be
@@ -340,21 +337,24 @@ impl Acker {
                     tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                         "delete refused: lease lost after the job's effects completed");
                     Stats::inc(&s.stats.leases_lost);
-                    finished.push(lease);
-                    self.release_hold();
+                    if dead_lettered {
+                        dead.push(lease);
+                    } else {
+                        deleted.push(lease);
+                    }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "delete entry failed; will retry");
-                    self.deletes.push(Delete::Job {
-                        lease,
-                        dead_lettered,
-                    });
-                    self.retry_later(ctx);
+                    if self.failed(&lease, &e, "delete") {
+                        self.deletes.push(Delete::Job(lease));
+                    } else {
+                        self.let_go(lease);
+                    }
                 }
             }
         }
-        s.finish_leases(&finished);
-        s.stats.add(&s.stats.acked, acked);
+        s.stats.add(&s.stats.acked, deleted.len() as u64);
+        s.end(&deleted, Ended::Deleted);
+        s.end(&dead, Ended::DeadLettered);
         if let (Some(store), false) = (s.payloads.clone(), payloads.is_empty()) {
             self.call(
                 ctx,
@@ -364,9 +364,11 @@ impl Acker {
         }
     }
 
-    fn send_visibility(&mut self, batch: Vec<VisChange>, ctx: &mut Context<Self>) {
-        let entries: Vec<(String, Duration)> =
-            batch.iter().map(|v| (v.lease.handle(), v.after)).collect();
+    fn send_visibility(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let entries: Vec<(String, Duration)> = batch
+            .iter()
+            .map(|l| (l.handle(), self.visibility_of(l)))
+            .collect();
         let queue = self.shared.source.clone();
         self.call(
             ctx,
@@ -374,110 +376,139 @@ impl Acker {
                 let res = queue.change_visibility_batch(&entries).await;
                 (entries, res)
             },
-            |act, (entries, res), ctx| act.visibility_changed(batch, entries, res, ctx),
+            |act, (entries, res), _| act.visibility_changed(batch, entries, res),
         );
     }
 
     fn visibility_changed(
         &mut self,
-        batch: Vec<VisChange>,
+        batch: Vec<Arc<Lease>>,
         entries: Vec<(String, Duration)>,
         res: Result<Vec<Result<(), BackendError>>, BackendError>,
-        ctx: &mut Context<Self>,
     ) {
         let s = self.shared.clone();
-        let results = match res {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(pipeline = %s.name, error = %e, "visibility change failed; will retry");
-                self.visibility.extend(batch);
-                self.retry_later(ctx);
-                return;
-            }
-        };
-        for ((v, (used, _)), r) in batch.into_iter().zip(entries).zip(results) {
+        let results = Self::per_entry(batch.len(), res);
+        let mut ended = Vec::new();
+        for ((lease, (used, _)), r) in batch.into_iter().zip(entries).zip(results) {
             match r {
-                Ok(()) | Err(BackendError::ReceiptInvalid) if v.lease.handle() == used => {
+                Ok(()) | Err(BackendError::ReceiptInvalid) if lease.handle() == used => {
                     // Done, or the message is no longer ours to change: either
                     // way it will be delivered again.
-                    match (v.kind, r.is_ok()) {
-                        (VisKind::Retry, true) => Stats::inc(&s.stats.retried),
-                        (VisKind::Release, true) => Stats::inc(&s.stats.released),
-                        _ => {}
+                    self.succeeded();
+                    if r.is_ok() {
+                        match lease.ending() {
+                            Some(Ending::Retry { .. }) => Stats::inc(&s.stats.retried),
+                            Some(Ending::Release) => Stats::inc(&s.stats.released),
+                            _ => {}
+                        }
                     }
-                    s.drop_lease(&v.lease);
-                    self.release_hold();
+                    ended.push(lease);
                 }
-                Ok(()) | Err(BackendError::ReceiptInvalid) => self.visibility.push(v),
+                Ok(()) | Err(BackendError::ReceiptInvalid) => self.visibility.push(lease),
                 Err(e) => {
-                    tracing::debug!(error = %e, "visibility entry failed; will retry");
-                    self.visibility.push(v);
-                    self.retry_later(ctx);
+                    if self.failed(&lease, &e, "visibility change") {
+                        self.visibility.push(lease);
+                    } else {
+                        self.let_go(lease);
+                    }
                 }
             }
         }
+        s.end(&ended, Ended::Released);
     }
 
-    fn send_dead(&mut self, batch: Vec<(Arc<Lease>, String)>, ctx: &mut Context<Self>) {
-        let fifo = self.shared.dead_letter.is_fifo();
-        let source = self.shared.source.name().to_owned();
-        let messages: Vec<OutgoingMessage> = batch
+    /// A lease's dead-letter entry: the original body, ferry's four
+    /// attributes (a reason never empty, at most 1,024 characters) and as
+    /// many of the original attributes as fit within SQS's ten and its size
+    /// limit.
+    fn dead_letter_entry(&self, lease: &Lease) -> OutgoingMessage {
+        let job = &lease.job;
+        let reason = match lease.ending() {
+            Some(Ending::DeadLetter { reason }) if !reason.trim().is_empty() => reason,
+            _ => "no reason given".to_owned(),
+        };
+        let reason: String = if reason.chars().count() > MAX_REASON {
+            reason.chars().take(MAX_REASON - 1).chain(['…']).collect()
+        } else {
+            reason
+        };
+        let ours = [
+            (JOB_ID_ATTRIBUTE, job.id.to_string()),
+            (DLQ_REASON_ATTRIBUTE, reason),
+            (DLQ_SOURCE_ATTRIBUTE, self.shared.source.name().to_owned()),
+            (DLQ_RECEIVES_ATTRIBUTE, job.receive_count.to_string()),
+        ];
+        let body = job.original_body().to_owned();
+        let mut attributes: HashMap<String, String> = ours
             .iter()
-            .map(|(lease, reason)| {
-                let job = &lease.job;
-                let mut attributes: HashMap<String, String> = job.attributes.clone();
-                attributes.insert(JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string());
-                attributes.insert(DLQ_REASON_ATTRIBUTE.to_owned(), reason.clone());
-                attributes.insert(DLQ_SOURCE_ATTRIBUTE.to_owned(), source.clone());
-                attributes.insert(
-                    DLQ_RECEIVES_ATTRIBUTE.to_owned(),
-                    job.receive_count.to_string(),
-                );
-                OutgoingMessage {
-                    body: job.original_body().to_owned(),
-                    attributes,
-                    group_id: fifo
-                        .then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
-                    dedup_id: fifo.then(|| job.id.dedup_id("dead-letter")),
-                    delay: None,
-                }
-            })
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
+        let mut size = body.len()
+            + attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let mut theirs: Vec<_> = job
+            .attributes
+            .iter()
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty() && !attributes.contains_key(*k))
+            .collect();
+        theirs.sort();
+        for (k, v) in theirs {
+            if attributes.len() >= MAX_ATTRIBUTES || size + k.len() + v.len() > MAX_MESSAGE_BYTES {
+                break;
+            }
+            size += k.len() + v.len();
+            attributes.insert(k.clone(), v.clone());
+        }
+        let fifo = self.shared.dead_letter.is_fifo();
+        OutgoingMessage {
+            body,
+            attributes,
+            group_id: fifo.then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
+            dedup_id: fifo.then(|| job.id.dedup_id("dead-letter")),
+            delay: None,
+        }
+    }
+
+    fn send_dead(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let messages: Vec<OutgoingMessage> =
+            batch.iter().map(|l| self.dead_letter_entry(l)).collect();
         let queue = self.shared.dead_letter.clone();
         self.call(
             ctx,
             async move { queue.send_batch(messages).await },
-            |act, res, ctx| act.dead_lettered(batch, res, ctx),
+            |act, res, _| act.dead_lettered(batch, res),
         );
     }
 
     fn dead_lettered(
         &mut self,
-        batch: Vec<(Arc<Lease>, String)>,
+        batch: Vec<Arc<Lease>>,
         res: Result<Vec<Result<String, BackendError>>, BackendError>,
-        ctx: &mut Context<Self>,
     ) {
         let s = self.shared.clone();
-        let results: Vec<Result<(), BackendError>> = match res {
-            Ok(r) => r.into_iter().map(|e| e.map(|_| ())).collect(),
-            Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-        };
-        for ((lease, reason), r) in batch.into_iter().zip(results) {
+        let results = Self::per_entry(batch.len(), res);
+        for (lease, r) in batch.into_iter().zip(results) {
             match r {
                 Ok(()) => {
+                    self.succeeded();
                     Stats::inc(&s.stats.dead_lettered);
-                    tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, reason = %reason,
-                        "sent to the dead-letter queue");
-                    self.deletes.push(Delete::Job {
-                        lease,
+                    if let Some(Ending::DeadLetter { reason }) = lease.ending() {
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                            reason = %reason, "sent to the dead-letter queue");
+                    }
+                    lease.set_ending(Ending::Delete {
                         dead_lettered: true,
                     });
+                    self.deletes.push(Delete::Job(lease));
                 }
                 Err(e) => {
-                    tracing::warn!(pipeline = %s.name, error = %e,
-                        "dead-letter send failed; will retry");
-                    self.dead.push((lease, reason));
-                    self.retry_later(ctx);
+                    if self.failed(&lease, &e, "dead-letter send") {
+                        self.dead.push(lease);
+                    } else {
+                        self.let_go(lease);
+                    }
                 }
             }
         }
@@ -496,13 +527,54 @@ impl Actor for Acker {
     type Context = Context<Self>;
 }
 
+impl actix::Supervised for Acker {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // The calls in flight were dropped with the old context: rebuild
+        // every buffer from the Settling leases (copies to drop are not
+        // kept: they come back and are dropped again).
+        self.deletes.clear();
+        self.visibility.clear();
+        self.dead.clear();
+        self.completing.clear();
+        self.timer = None;
+        self.outstanding = 0;
+        let mut settling = self.shared.leases.in_state(LeaseState::Settling);
+        settling.sort_by_key(|l| l.id);
+        for lease in settling {
+            self.accept(lease);
+        }
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<Restart> for Acker {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for Acker {
+    const NAME: &'static str = "acker";
+}
+
 impl Handler<Settle> for Acker {
     type Result = ();
 
     fn handle(&mut self, msg: Settle, ctx: &mut Context<Self>) {
-        for s in msg.0 {
-            self.accept(s);
+        for lease in msg.0 {
+            self.accept(lease);
         }
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<DropCopies> for Acker {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropCopies, ctx: &mut Context<Self>) {
+        self.deletes.extend(msg.0.into_iter().map(Delete::Copy));
         self.schedule(ctx);
     }
 }

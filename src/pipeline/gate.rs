@@ -18,13 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::acker::Acker;
-use super::messages::{Leased, Probe, Settle, Settlement};
-use super::pool::ProcessorPool;
-use super::uploader::Uploader;
+use super::messages::{Leased, Probe, Restart};
 use super::Shared;
 use crate::idempotency::ClaimOutcome;
-use crate::lease::Lease;
+use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
 /// One message group's leases: the one running, and those waiting behind it.
@@ -76,6 +73,45 @@ impl Groups {
         go
     }
 
+    /// Whether a lease waits behind its group's running one.
+    pub(crate) fn is_waiting(&self, lease: &Lease) -> bool {
+        let key = lease.job.group_id.as_deref().unwrap_or_default();
+        let map = self.map.lock().expect("groups lock");
+        map.get(key)
+            .is_some_and(|g| g.waiting.iter().any(|l| l.id == lease.id))
+    }
+
+    /// Moves on every group whose running lease is no longer held (it ended
+    /// on a path that did not reach its group): the stall watch's repair.
+    pub(crate) fn repair(&self, shared: &Shared) {
+        let gone: Vec<(String, u64)> = {
+            let map = self.map.lock().expect("groups lock");
+            map.iter()
+                .filter_map(|(k, g)| g.running.map(|id| (k.clone(), id)))
+                .filter(|(_, id)| !shared.leases.contains(*id))
+                .collect()
+        };
+        for (group, id) in gone {
+            tracing::error!(pipeline = %shared.name, group, lease = id,
+                "FIFO group held by a lease that is gone: moving it on");
+            let next = {
+                let mut map = self.map.lock().expect("groups lock");
+                let Some(g) = map.get_mut(&group) else {
+                    continue;
+                };
+                if g.running != Some(id) {
+                    continue;
+                }
+                g.running = None;
+                self.waiting.fetch_sub(g.waiting.len(), Ordering::AcqRel);
+                let release: Vec<_> = g.waiting.drain(..).collect();
+                map.remove(&group);
+                release
+            };
+            shared.settle(next.into_iter().map(|l| (l, Ending::Release)).collect());
+        }
+    }
+
     /// A lease ended: `finished` (deleted or dead-lettered) lets its group
     /// go on; otherwise the group's waiting leases are given back.
     pub(crate) fn settled(&self, lease: &Lease, finished: bool) -> Next {
@@ -91,7 +127,7 @@ impl Groups {
                 while let Some(l) = g.waiting.pop_front() {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     // A waiting lease given back meanwhile (a drain) is skipped.
-                    if l.state() == crate::lease::LeaseState::Pending {
+                    if l.state() == LeaseState::Gated {
                         g.running = Some(l.id);
                         next.go.push(l);
                         break;
@@ -112,49 +148,49 @@ impl Groups {
     }
 }
 
-/// Gate → itself: leases cleared to run (a group moved on).
+/// Lifecycle → gate: leases cleared to run (their group moved on).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Admit(pub(crate) Vec<Arc<Lease>>);
 
-/// Poller → gate: new leases.
+/// Poller → gate: new Gated leases.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Arrived(pub(crate) Vec<Arc<Lease>>);
 
 pub(crate) struct Gate {
     shared: Arc<Shared>,
-    pool: Addr<ProcessorPool>,
-    uploader: Addr<Uploader>,
-    acker: Addr<Acker>,
 }
 
 impl Gate {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        pool: Addr<ProcessorPool>,
-        uploader: Addr<Uploader>,
-        acker: Addr<Acker>,
-    ) -> Self {
-        Self {
-            shared,
-            pool,
-            uploader,
-            acker,
-        }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 
     /// Sends leases cleared to run on: redeliveries with a result store to
     /// the uploader's probe, the rest to the processors.
     fn route(&self, leases: Vec<Arc<Lease>>) {
-        let (probes, fresh): (Vec<_>, Vec<_>) = leases
-            .into_iter()
-            .partition(|l| l.job.receive_count > 1 && self.shared.results.is_some());
+        let s = &self.shared;
+        let (mut probes, mut fresh) = (Vec::new(), Vec::new());
+        for l in leases {
+            if l.job.receive_count > 1 && s.results.is_some() {
+                if l.transition(&[LeaseState::Gated], LeaseState::Probing)
+                    .is_some()
+                {
+                    probes.push(l);
+                }
+            } else if l
+                .transition(&[LeaseState::Gated], LeaseState::Pending)
+                .is_some()
+            {
+                fresh.push(l);
+            }
+        }
         if !fresh.is_empty() {
-            self.pool.do_send(Leased(fresh));
+            s.addrs().run.do_send(Leased(fresh));
         }
         if !probes.is_empty() {
-            self.uploader.do_send(Probe(probes));
+            s.addrs().probe.do_send(Probe(probes));
         }
     }
 
@@ -185,19 +221,30 @@ impl Gate {
         let s = &self.shared;
         let (mut go, mut settle) = (Vec::new(), Vec::new());
         for (lease, r) in leases.into_iter().zip(results) {
+            if lease.state() != LeaseState::Gated {
+                // Given back or lost meanwhile: a claim it took is released.
+                if matches!(r, Ok(ClaimOutcome::Claimed)) {
+                    lease.set_claimed();
+                    s.release_claim(&lease);
+                }
+                continue;
+            }
             match r {
                 Ok(ClaimOutcome::Claimed) => {
                     lease.set_claimed();
                     go.push(lease);
                 }
                 Ok(ClaimOutcome::Completed) => {
-                    if lease.try_start() {
-                        s.jobs_started(1);
-                        Stats::inc(&s.stats.skipped_completed);
-                        tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
-                            "job already completed (idempotency store): deleting unprocessed");
-                        settle.push(Settlement::Done(lease));
-                    }
+                    s.jobs_started(1);
+                    Stats::inc(&s.stats.skipped_completed);
+                    tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
+                        "job already completed (idempotency store): deleting unprocessed");
+                    settle.push((
+                        lease,
+                        Ending::Delete {
+                            dead_lettered: false,
+                        },
+                    ));
                 }
                 Ok(ClaimOutcome::HeldElsewhere { until }) => {
                     // Look again when that claim would lapse, at the latest
@@ -207,29 +254,35 @@ impl Gate {
                         .duration_since(SystemTime::now())
                         .unwrap_or_default()
                         .clamp(most.min(Duration::from_secs(1)), most);
-                    if lease.try_release_pending() {
-                        Stats::inc(&s.stats.claims_deferred);
-                        tracing::debug!(pipeline = %s.name, job_id = %lease.job.id,
-                            "job claimed by another worker: given back");
-                        settle.push(Settlement::Defer { lease, after });
-                    }
+                    Stats::inc(&s.stats.claims_deferred);
+                    tracing::debug!(pipeline = %s.name, job_id = %lease.job.id,
+                        "job claimed by another worker: given back");
+                    settle.push((lease, Ending::Defer { after }));
                 }
                 Err(e) => {
                     tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
                         "claiming the job failed: given back");
-                    if lease.try_release_pending() {
-                        settle.push(Settlement::Defer {
-                            lease,
-                            after: s.config.visibility_timeout.min(Duration::from_secs(1)),
-                        });
-                    }
+                    let after = s.config.visibility_timeout.min(Duration::from_secs(1));
+                    settle.push((lease, Ending::Defer { after }));
                 }
             }
         }
         self.route(go);
-        if !settle.is_empty() {
-            self.acker.do_send(Settle(settle));
-        }
+        s.settle(settle);
+    }
+
+    /// The Gated leases that are not waiting behind their group: their
+    /// claim (or routing) is this actor's to do.
+    fn mine(&self) -> Vec<Arc<Lease>> {
+        let s = &self.shared;
+        let mut v: Vec<_> = s
+            .leases
+            .in_state(LeaseState::Gated)
+            .into_iter()
+            .filter(|l| !s.groups.as_ref().is_some_and(|g| g.is_waiting(l)))
+            .collect();
+        v.sort_by_key(|l| l.id);
+        v
     }
 }
 
@@ -237,13 +290,38 @@ impl Actor for Gate {
     type Context = Context<Self>;
 }
 
+impl actix::Supervised for Gate {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // Claims in flight were dropped: take them again.
+        let mine = self.mine();
+        self.claim_then_route(mine, ctx);
+    }
+}
+
+impl Handler<Restart> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for Gate {
+    const NAME: &'static str = "gate";
+}
+
 impl Handler<Arrived> for Gate {
     type Result = ();
 
     fn handle(&mut self, msg: Arrived, ctx: &mut Context<Self>) {
+        let leases: Vec<_> = msg
+            .0
+            .into_iter()
+            .filter(|l| l.state() == LeaseState::Gated)
+            .collect();
         let leases = match &self.shared.groups {
-            Some(groups) => groups.admit(msg.0),
-            None => msg.0,
+            Some(groups) => groups.admit(leases),
+            None => leases,
         };
         self.claim_then_route(leases, ctx);
     }
@@ -254,27 +332,6 @@ impl Handler<Admit> for Gate {
 
     fn handle(&mut self, msg: Admit, ctx: &mut Context<Self>) {
         self.claim_then_route(msg.0, ctx);
-    }
-}
-
-/// Settling → gate: the group's waiting leases to give back.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct GiveBack(pub(crate) Vec<Arc<Lease>>);
-
-impl Handler<GiveBack> for Gate {
-    type Result = ();
-
-    fn handle(&mut self, msg: GiveBack, _: &mut Context<Self>) {
-        let out: Vec<_> = msg
-            .0
-            .into_iter()
-            .filter(|l| l.try_release_pending())
-            .map(Settlement::Release)
-            .collect();
-        if !out.is_empty() {
-            self.acker.do_send(Settle(out));
-        }
     }
 }
 
@@ -295,7 +352,9 @@ mod tests {
             group_id: Some(group.into()),
             dedup_id: None,
         });
-        t.insert(job, String::new(), tokio::time::Instant::now())
+        let l = t.insert(job, String::new(), tokio::time::Instant::now());
+        l.transition(&[LeaseState::Pending], LeaseState::Gated);
+        l
     }
 
     #[tokio::test]

@@ -1,5 +1,14 @@
 //! The lease keeper: extends the visibility of held messages before it
-//! lapses, in batches, up to the maximum lease age (DESIGN rule 5).
+//! lapses, in batches, up to the maximum lease age (DESIGN rule 5), and
+//! enforces each lease's deadline.
+//!
+//! An extension is sent once a third of the visibility has passed and has a
+//! time limit of its own (a third of the visibility), so one slow or hung
+//! call leaves time for another before the lease would lapse. A lease's
+//! deadline counts from when its receive (or extension) was *sent*, never
+//! from when the answer came. A lease past its deadline without a confirmed
+//! extension is lost, whatever the reason: its job is cancelled before any
+//! further effect and the lease ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,22 +16,20 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::acker::Acker;
-use super::messages::{Settle, Settlement};
+use super::messages::Restart;
 use super::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
-use crate::lease::{Lease, LeaseState};
+use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
 pub(crate) struct LeaseKeeper {
     shared: Arc<Shared>,
-    acker: Addr<Acker>,
 }
 
 impl LeaseKeeper {
-    pub(crate) fn new(shared: Arc<Shared>, acker: Addr<Acker>) -> Self {
-        Self { shared, acker }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 
     /// How often leases are looked at: a tenth of the visibility timeout.
@@ -35,19 +42,28 @@ impl LeaseKeeper {
         let s = &self.shared;
         let now = Instant::now();
         let visibility = s.config.visibility_timeout;
-        let margin = visibility / 2;
+        // Extend once a third has passed: two tries fit before the lapse.
+        let margin = visibility * 2 / 3;
         let mut due = Vec::new();
         let mut expired = Vec::new();
         for lease in s.leases.all() {
-            if lease.state() == LeaseState::Released || lease.is_cancelled() {
+            let state = lease.state();
+            if state == LeaseState::Ended {
                 continue;
             }
             let (handle, until) = lease.handle_and_deadline();
+            if until <= now && state != LeaseState::Settling {
+                // Not confirmed in time: another reader may hold it now.
+                s.lose(&lease, "visibility deadline passed without a confirmed extension");
+                continue;
+            }
             if until > now + margin {
                 continue;
             }
             if now.duration_since(lease.received_at) + visibility > s.config.max_lease_age {
-                expired.push(lease);
+                if state != LeaseState::Settling {
+                    expired.push(lease);
+                }
             } else if lease.begin_extend() {
                 due.push((lease, handle));
             }
@@ -59,21 +75,30 @@ impl LeaseKeeper {
                     "lease reached its maximum age: job cancelled, message released");
                 Stats::inc(&s.stats.leases_lost);
                 lease.cancel();
-                settle.push(Settlement::Release(lease));
+                settle.push((lease, Ending::Release));
             }
-            self.acker.do_send(Settle(settle));
+            s.settle(settle);
         }
+        let limit = visibility / 3;
         while !due.is_empty() {
             let chunk: Vec<(Arc<Lease>, String)> = due.drain(..due.len().min(MAX_BATCH)).collect();
             let entries: Vec<(String, Duration)> =
                 chunk.iter().map(|(_, h)| (h.clone(), visibility)).collect();
             let queue = s.source.clone();
+            let sent = Instant::now();
             ctx.spawn(
-                async move { queue.change_visibility_batch(&entries).await }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        act.extended(chunk, res, Instant::now() + visibility, ctx)
-                    }),
+                async move {
+                    match tokio::time::timeout(limit, queue.change_visibility_batch(&entries)).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(BackendError::transient(format!(
+                            "extension not answered within {} ms",
+                            limit.as_millis()
+                        ))),
+                    }
+                }
+                .into_actor(self)
+                .map(move |res, act, ctx| act.extended(chunk, res, sent + visibility, ctx)),
             );
         }
     }
@@ -106,13 +131,11 @@ impl LeaseKeeper {
                         }
                     }
                 }
-                Err(BackendError::ReceiptInvalid) if lease.handle() == handle => {
+                Err(BackendError::ReceiptInvalid)
+                    if lease.handle() == handle && lease.state() != LeaseState::Settling =>
+                {
                     // Someone else holds the message now: stop before any effect.
-                    tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
-                        "lease lost: receipt handle no longer valid; job cancelled");
-                    Stats::inc(&s.stats.leases_lost);
-                    lease.cancel();
-                    s.drop_lease(&lease);
+                    s.lose(&lease, "receipt handle no longer valid");
                 }
                 Err(e) => {
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
@@ -140,13 +163,17 @@ impl LeaseKeeper {
             for (lease, r) in leases.into_iter().zip(results) {
                 match r {
                     Ok(true) => {}
-                    Ok(false) if lease.is_claimed() && !lease.is_cancelled() => {
+                    Ok(false)
+                        if lease.is_claimed()
+                            && !lease.is_cancelled()
+                            && lease.state() != LeaseState::Settling =>
+                    {
                         tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                                     "idempotency claim lost: job cancelled before its effects");
                         Stats::inc(&s.stats.claims_lost);
                         lease.take_claim();
                         lease.cancel();
-                        lost.push(Settlement::Release(lease));
+                        lost.push((lease, Ending::Release));
                     }
                     Ok(false) => {}
                     Err(e) => tracing::debug!(pipeline = %s.name,
@@ -154,9 +181,7 @@ impl LeaseKeeper {
                                 "renewing a claim failed; will retry with the next extension"),
                 }
             }
-            if !lost.is_empty() {
-                act.acker.do_send(Settle(lost));
-            }
+            s.settle(lost);
         }));
     }
 }
@@ -170,17 +195,35 @@ impl Actor for LeaseKeeper {
     }
 }
 
+impl actix::Supervised for LeaseKeeper {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Extensions in flight were dropped: none is under way any more.
+        for lease in self.shared.leases.all() {
+            lease.end_extend();
+        }
+    }
+}
+
+impl Handler<Restart> for LeaseKeeper {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for LeaseKeeper {
+    const NAME: &'static str = "keeper";
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use actix::Actor;
 
     use super::*;
     use crate::backend::local::{LocalBackend, Op, QueueOptions};
     use crate::backend::{OutgoingMessage, Queue};
     use crate::job::Job;
-    use crate::pipeline::acker::Acker;
     use crate::pipeline::Pipeline;
     use crate::processor::{Context, Output, Processor};
     use crate::ProcessError;
@@ -252,8 +295,7 @@ mod tests {
         paused_system().block_on(async {
             let (local, q, shared) = setup(12, Duration::from_secs(600));
             lease_all(&shared, q.as_ref(), 12).await;
-            let acker = Acker::new(shared.clone()).start();
-            LeaseKeeper::new(shared.clone(), acker).start();
+            crate::pipeline::start_keeper_only(shared.clone());
             // Nine minutes with a 30 s visibility: never visible to anyone else.
             for _ in 0..18 {
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -284,8 +326,7 @@ mod tests {
         paused_system().block_on(async {
             let (_local, q, shared) = setup(1, Duration::from_secs(3600));
             let lease = lease_all(&shared, q.as_ref(), 1).await.remove(0);
-            let acker = Acker::new(shared.clone()).start();
-            LeaseKeeper::new(shared.clone(), acker).start();
+            crate::pipeline::start_keeper_only(shared.clone());
             // Another reader receives the message: our handle is stale now.
             assert!(q.duplicate_now(&lease.job.message_id));
             let theirs = q

@@ -1,70 +1,43 @@
 //! The typed messages on the pipeline's edges. Each carries its leases, and
-//! each may carry a batch.
+//! each may carry a batch. What a lease is to go through next is its state
+//! (and, for the acker, its ending): the messages only say "look at these".
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::Message;
 
-use crate::job::ResultNotice;
 use crate::lease::Lease;
-use crate::processor::Output;
 
-/// Poller → processor pool: jobs to run.
+/// → processor pool: Pending leases to run.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Leased(pub(crate) Vec<Arc<Lease>>);
 
-/// Poller → uploader: redelivered jobs whose result may already exist.
+/// → uploader: Probing leases (redeliveries whose result may exist).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Probe(pub(crate) Vec<Arc<Lease>>);
 
-/// Processor pool → uploader: results to store.
+/// Processor pool → uploader: Processed leases, output in the lease.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Processed(pub(crate) Vec<(Arc<Lease>, Output)>);
+pub(crate) struct Processed(pub(crate) Vec<Arc<Lease>>);
 
-/// What the publisher announces for one job.
-#[derive(Debug)]
-pub(crate) enum Announce {
-    /// A stored result.
-    Stored(ResultNotice),
-    /// No result store: the output itself is the notification.
-    Inline(Output),
-}
-
-/// Uploader → publisher: results stored, to be announced.
+/// → publisher: Stored leases to announce.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Uploaded(pub(crate) Vec<(Arc<Lease>, Announce)>);
+pub(crate) struct Uploaded(pub(crate) Vec<Arc<Lease>>);
 
-/// How a job ends, as the acker carries it out.
-#[derive(Debug)]
-pub(crate) enum Settlement {
-    /// Effects done: delete the message (with its newest handle).
-    Done(Arc<Lease>),
-    /// Try again later: visibility set to a backoff.
-    Retry {
-        lease: Arc<Lease>,
-        reason: String,
-        after: Option<Duration>,
-    },
-    /// Bad input or out of attempts: to the dead-letter queue, then delete.
-    DeadLetter { lease: Arc<Lease>, reason: String },
-    /// Give the message back at once (visibility 0).
-    Release(Arc<Lease>),
-    /// Give the message back for a later look, without counting an attempt
-    /// (another worker holds the job's claim).
-    Defer { lease: Arc<Lease>, after: Duration },
-    /// A copy of a completed job: delete it unprocessed.
-    DropCopy(String),
-}
-
-/// Anyone → acker.
+/// Lifecycle → acker: Settling leases, ending in the lease.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Settle(pub(crate) Vec<Settlement>);
+pub(crate) struct Settle(pub(crate) Vec<Arc<Lease>>);
+
+/// Poller → acker: copies of completed jobs to delete unprocessed, by
+/// receipt handle.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct DropCopies(pub(crate) Vec<String>);
 
 /// Runtime → acker: send everything pending now; answers when done.
 #[derive(Message)]
@@ -75,3 +48,13 @@ pub(crate) struct Flush;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopPolling;
+
+/// Supervisor → poller: receive again after an escalation's pause.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ResumePolling;
+
+/// Supervisor → any actor: stop, to be restarted (it looks stalled).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Restart;

@@ -13,7 +13,9 @@
 mod acker;
 mod builder;
 mod gate;
+mod guard;
 mod lease_keeper;
+mod lifecycle;
 mod messages;
 mod poller;
 mod pool;
@@ -21,13 +23,12 @@ mod publisher;
 mod supervisor;
 mod uploader;
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext};
+use actix::{Addr, AsyncContext, Recipient};
 use tokio::sync::Notify;
 
 pub use builder::{IntoShared, Pipeline, ResultStore};
@@ -36,27 +37,56 @@ use crate::backend::{BlobStore, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::BackendError;
 use crate::idempotency::IdempotencyStore;
-use crate::lease::{Lease, LeaseTable};
+use crate::lease::{Ending, Lease, LeaseState, LeaseTable};
 use crate::processor::ProcessorFactory;
 use crate::seen::SeenCache;
 use crate::stats::Stats;
 
-pub(crate) use messages::{Flush, Settle, Settlement, StopPolling};
+pub(crate) use guard::{panic_message, Guard};
+pub(crate) use lifecycle::Ended;
+pub(crate) use messages::{Flush, StopPolling};
+pub use supervisor::PipelineHealth;
+use messages::{DropCopies, Leased, Probe, Processed, Settle, Uploaded};
 
-/// What every actor of one pipeline shares.
+/// The addresses the lifecycle and the actors send to, known by the
+/// messages they accept rather than by the actors' types.
+pub(crate) struct Addrs {
+    pub(crate) settle: Recipient<Settle>,
+    pub(crate) publish: Recipient<Uploaded>,
+    pub(crate) admit: Recipient<gate::Admit>,
+    pub(crate) store: Recipient<Processed>,
+    pub(crate) probe: Recipient<Probe>,
+    pub(crate) run: Recipient<Leased>,
+    pub(crate) drop_copies: Recipient<DropCopies>,
+}
+
+/// What every actor of one pipeline shares: its sinks and settings, the
+/// lease lifecycle (table, seen cache, FIFO groups, claims), flow control
+/// and supervision state. Nothing an actor must not lose lives in the actor.
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
+    // Sinks (every call to them is guarded: see `guard`).
     pub(crate) source: Arc<dyn Queue>,
     pub(crate) dead_letter: Arc<dyn Queue>,
     pub(crate) topic: Option<Arc<dyn Topic>>,
     pub(crate) results: Option<ResultStore>,
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
+    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
+    /// The idempotency store, when the pipeline has one.
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) factory: ProcessorFactory,
     pub(crate) config: PipelineConfig,
-    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
+    pub(crate) stats: Arc<Stats>,
+    // The lease lifecycle (see `lifecycle`).
     pub(crate) leases: LeaseTable,
     pub(crate) seen: SeenCache,
-    pub(crate) stats: Stats,
+    /// FIFO sources: each message group's running and waiting leases.
+    pub(crate) groups: Option<gate::Groups>,
+    /// Leases in the Settling state.
+    pub(crate) settling: AtomicUsize,
+    /// This process's claim owner prefix (host, pid, random).
+    owner: String,
+    // Flow control.
     /// Signalled whenever leases are removed, so a full poller resumes.
     pub(crate) capacity: Notify,
     pub(crate) receives_in_flight: AtomicUsize,
@@ -64,52 +94,58 @@ pub(crate) struct Shared {
     pub(crate) started: std::sync::atomic::AtomicU64,
     /// The poller's prefetch limit now; workers wake it when a batch fits.
     pub(crate) prefetch_now: AtomicUsize,
-    /// Leases whose ending the acker holds (buffered or being sent).
-    pub(crate) settling: AtomicUsize,
-    pub(crate) escalated: AtomicBool,
-    restarts: Mutex<VecDeque<std::time::Instant>>,
-    /// The idempotency store, when the pipeline has one.
-    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
-    /// This process's claim owner prefix (host, pid, random).
-    owner: String,
-    /// FIFO sources: each message group's running and waiting leases.
-    pub(crate) groups: Option<gate::Groups>,
-    /// The gate, once started (only when there are groups or a store).
-    gate: OnceLock<Addr<gate::Gate>>,
+    // Supervision.
+    pub(crate) health: supervisor::HealthState,
+    pub(crate) supervisor: OnceLock<Addr<supervisor::PipelineSupervisor>>,
+    /// Set when the runtime drains: restarts and resumes stop.
+    stopping: std::sync::atomic::AtomicBool,
+    addrs: OnceLock<Addrs>,
 }
 
 impl Shared {
     pub(crate) fn new(p: Pipeline) -> Arc<Self> {
         let config = p.config;
+        let stats = Arc::new(Stats::new(&p.name));
+        let g = guard::Guard::new(stats.clone(), config.call_timeout);
+        let results = p.results.map(|r| ResultStore {
+            blobs: g.blobs(r.blobs),
+            ..r
+        });
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
-            dead_letter: p.dead_letter.expect("checked"),
-            topic: p.topic,
-            results: p.results,
-            blobs: p.blobs,
+            dead_letter: g.queue(p.dead_letter.expect("checked")),
+            topic: p.topic.map(|t| g.topic(t)),
+            results,
+            blobs: p.blobs.map(|b| g.blobs(b)),
             factory: p.factory.expect("checked"),
-            payloads: p.payloads.map(Arc::new),
+            payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
-            stats: Stats::new(&p.name),
             capacity: Notify::new(),
             receives_in_flight: AtomicUsize::new(0),
             started: std::sync::atomic::AtomicU64::new(0),
             prefetch_now: AtomicUsize::new(0),
             settling: AtomicUsize::new(0),
-            escalated: AtomicBool::new(false),
-            restarts: Mutex::new(VecDeque::new()),
+            health: supervisor::HealthState::default(),
+            supervisor: OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             groups: p
                 .source
                 .as_ref()
                 .is_some_and(|q| q.is_fifo())
                 .then(gate::Groups::default),
-            store: p.store,
+            store: p.store.map(|s| g.store(s)),
             owner: owner_prefix(),
-            gate: OnceLock::new(),
-            source: p.source.expect("checked"),
+            addrs: OnceLock::new(),
+            source: g.queue(p.source.expect("checked")),
+            stats,
             config,
         })
+    }
+
+    /// The actors' addresses (set when the pipeline starts).
+    pub(crate) fn addrs(&self) -> &Addrs {
+        self.addrs.get().expect("the pipeline's actors are started")
     }
 
     /// Whether new leases pass the gate (FIFO order or claims) before running.
@@ -154,94 +190,9 @@ impl Shared {
         )
     }
 
-    /// Gives up a lease's claim, if it holds one, without waiting.
-    pub(crate) fn release_claim(&self, lease: &Lease) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        if !lease.take_claim() {
-            return;
-        }
-        let (key, owner) = (self.claim_key(lease), self.owner(lease));
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = store.release(&key, &owner).await {
-                    tracing::debug!(key, error = %e, "releasing a claim failed; it will expire");
-                }
-            });
-        }
-    }
-
-    /// A lease ended: move its FIFO group on (or give its waiting leases
-    /// back).
-    fn group_settled(&self, lease: &Lease, finished: bool) {
-        let Some(groups) = &self.groups else {
-            return;
-        };
-        let next = groups.settled(lease, finished);
-        if next.go.is_empty() && next.release.is_empty() {
-            return;
-        }
-        let Some(gate) = self.gate.get() else {
-            return;
-        };
-        if !next.go.is_empty() {
-            gate.do_send(gate::Admit(next.go));
-        }
-        if !next.release.is_empty() {
-            gate.do_send(gate::GiveBack(next.release));
-        }
-    }
-
-    /// The lease is gone (lost, or given back): forget it here so the next
-    /// delivery is processed afresh.
-    pub(crate) fn drop_lease(&self, lease: &Lease) {
-        lease.mark_released();
-        self.seen.forget(lease);
-        self.release_claim(lease);
-        if self.leases.remove(lease) {
-            self.capacity.notify_one();
-        }
-        self.group_settled(lease, false);
-        self.leases_changed();
-    }
-
-    /// These jobs are finished (deleted or dead-lettered).
-    pub(crate) fn finish_leases(&self, leases: &[Arc<Lease>]) {
-        if leases.is_empty() {
-            return;
-        }
-        let keys: Vec<_> = leases.iter().map(|l| l.seen_key).collect();
-        self.seen.complete_keys(&keys);
-        for lease in leases {
-            lease.mark_released();
-            // A dead-lettered job's claim (a completed one was taken).
-            self.release_claim(lease);
-            self.leases.remove(lease);
-            self.group_settled(lease, true);
-        }
-        self.capacity.notify_one();
-        self.leases_changed();
-    }
-
     /// Sets the in-flight gauge to the leases held now.
     pub(crate) fn leases_changed(&self) {
         self.stats.in_flight.set(self.leases.len() as f64);
-    }
-
-    /// Records a restart; true when the restart limit is passed.
-    pub(crate) fn record_restart(&self) -> bool {
-        let policy = &self.config.restart;
-        let now = std::time::Instant::now();
-        let mut r = self.restarts.lock().expect("restarts lock");
-        r.push_back(now);
-        while r
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
-            r.pop_front();
-        }
-        r.len() > policy.max_restarts as usize
     }
 
     /// `n` jobs left the prefetch window (started, or resumed without
@@ -262,7 +213,16 @@ impl Shared {
     }
 
     pub(crate) fn is_escalated(&self) -> bool {
-        self.escalated.load(Ordering::Acquire)
+        self.health.is_escalated()
+    }
+
+    /// The runtime is draining this pipeline.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 }
 
@@ -274,66 +234,98 @@ pub(crate) struct Running {
     /// Held so these actors live exactly as long as the runtime.
     _keeper: Addr<lease_keeper::LeaseKeeper>,
     _supervisor: Addr<supervisor::PipelineSupervisor>,
+    _others: (
+        Addr<publisher::Publisher>,
+        Addr<uploader::Uploader>,
+        Addr<pool::ProcessorPool>,
+        Option<Addr<gate::Gate>>,
+    ),
 }
 
-/// Starts one pipeline's actors; must run inside the actix system.
+/// Starts one pipeline's actors, each under a restarting supervisor; must
+/// run inside the actix system. Actors know each other only through
+/// [`Addrs`], set before any of them starts.
 pub(crate) fn start(shared: Arc<Shared>) -> Running {
     let io = tokio::runtime::Handle::current();
-    let acker = acker::Acker::new(shared.clone()).start();
-    let publisher = publisher::Publisher::new(shared.clone(), acker.clone()).start();
-    // The uploader and the pool send to each other: make the pool's address
-    // first, start it after the uploader.
+    let acker_ctx = actix::Context::<acker::Acker>::new();
+    let publisher_ctx = actix::Context::<publisher::Publisher>::new();
+    let uploader_ctx = actix::Context::<uploader::Uploader>::new();
     let pool_ctx = actix::Context::<pool::ProcessorPool>::new();
-    let pool_addr = pool_ctx.address();
-    let uploader = uploader::Uploader::new(
-        shared.clone(),
-        pool_addr.clone(),
-        publisher.clone(),
-        acker.clone(),
-    )
-    .start();
-    let sup_ctx = actix::Context::<supervisor::PipelineSupervisor>::new();
-    let supervisor = sup_ctx.address();
-    pool_ctx.run(pool::ProcessorPool::new(
-        shared.clone(),
-        uploader.clone(),
-        publisher.clone(),
-        acker.clone(),
-        supervisor.clone(),
-        io,
-    ));
+    let gate_ctx = actix::Context::<gate::Gate>::new();
+    let (acker, publisher, uploader, pool, gate) = (
+        acker_ctx.address(),
+        publisher_ctx.address(),
+        uploader_ctx.address(),
+        pool_ctx.address(),
+        gate_ctx.address(),
+    );
+    let _ = shared.addrs.set(Addrs {
+        settle: acker.clone().recipient(),
+        publish: publisher.clone().recipient(),
+        admit: gate.clone().recipient(),
+        store: uploader.clone().recipient(),
+        probe: uploader.clone().recipient(),
+        run: pool.clone().recipient(),
+        drop_copies: acker.clone().recipient(),
+    });
+    let sup = supervisor::Supervision::new(shared.clone());
+    sup.start(acker_ctx, acker::Acker::new(shared.clone()));
+    sup.start(publisher_ctx, publisher::Publisher::new(shared.clone()));
+    sup.start(uploader_ctx, uploader::Uploader::new(shared.clone()));
+    sup.start(pool_ctx, pool::ProcessorPool::new(shared.clone(), io));
     let gate = shared.gated().then(|| {
-        let gate = gate::Gate::new(
-            shared.clone(),
-            pool_addr.clone(),
-            uploader.clone(),
-            acker.clone(),
-        )
-        .start();
-        let _ = shared.gate.set(gate.clone());
+        sup.start(gate_ctx, gate::Gate::new(shared.clone()));
         gate
     });
-    let poller = poller::Poller::new(
-        shared.clone(),
-        pool_addr.clone(),
-        uploader.clone(),
-        acker.clone(),
-        gate,
-    )
-    .start();
-    let keeper = lease_keeper::LeaseKeeper::new(shared.clone(), acker.clone()).start();
-    sup_ctx.run(supervisor::PipelineSupervisor::new(
-        shared.clone(),
-        poller.clone(),
-        acker.clone(),
-    ));
+    let poller = sup.start(
+        actix::Context::new(),
+        poller::Poller::new(shared.clone(), gate.clone()),
+    );
+    let keeper = sup.start(
+        actix::Context::new(),
+        lease_keeper::LeaseKeeper::new(shared.clone()),
+    );
+    let supervisor = sup.start(
+        actix::Context::new(),
+        supervisor::PipelineSupervisor::new(shared.clone(), poller.clone(), sup.restarters()),
+    );
     Running {
         shared,
         poller,
-        acker,
+        acker: acker.clone(),
         _keeper: keeper,
         _supervisor: supervisor,
+        _others: (publisher, uploader, pool, gate),
     }
+}
+
+/// Starts only the acker and the lease keeper (the other actors' addresses
+/// lead nowhere): for the lease keeper's own tests.
+#[cfg(test)]
+pub(crate) fn start_keeper_only(shared: Arc<Shared>) {
+    let acker_ctx = actix::Context::<acker::Acker>::new();
+    let acker = acker_ctx.address();
+    let (p, u, r, g) = (
+        actix::Context::<publisher::Publisher>::new(),
+        actix::Context::<uploader::Uploader>::new(),
+        actix::Context::<pool::ProcessorPool>::new(),
+        actix::Context::<gate::Gate>::new(),
+    );
+    let _ = shared.addrs.set(Addrs {
+        settle: acker.clone().recipient(),
+        publish: p.address().recipient(),
+        admit: g.address().recipient(),
+        store: u.address().recipient(),
+        probe: u.address().recipient(),
+        run: r.address().recipient(),
+        drop_copies: acker.clone().recipient(),
+    });
+    let sup = supervisor::Supervision::new(shared.clone());
+    sup.start(acker_ctx, acker::Acker::new(shared.clone()));
+    sup.start(
+        actix::Context::new(),
+        lease_keeper::LeaseKeeper::new(shared),
+    );
 }
 
 /// A claim owner prefix unique to this process: host, pid and a random part
@@ -369,29 +361,21 @@ where
     }
 }
 
-/// Releases every lease of a pipeline: pending ones only, or all (cancelling
-/// started jobs). Returns how many were released.
-pub(crate) fn release_leases(run: &Running, started_too: bool) -> usize {
-    release_leases_of(&run.shared, &run.acker, started_too)
-}
-
-pub(crate) fn release_leases_of(
-    shared: &Shared,
-    acker: &Addr<acker::Acker>,
-    started_too: bool,
-) -> usize {
+/// Releases every lease of a pipeline: those not started yet, or all
+/// (cancelling started jobs; leases already settling are left to the
+/// acker). Returns how many were released.
+pub(crate) fn release_leases(shared: &Shared, started_too: bool) -> usize {
     let mut out = Vec::new();
     for lease in shared.leases.all() {
-        if lease.try_release_pending() {
-            out.push(Settlement::Release(lease));
-        } else if started_too && !lease.is_cancelled() {
-            lease.cancel();
-            out.push(Settlement::Release(lease));
+        let state = lease.state();
+        if state.unstarted() || (started_too && state != LeaseState::Settling) {
+            if !state.unstarted() {
+                lease.cancel();
+            }
+            out.push((lease, Ending::Release));
         }
     }
     let n = out.len();
-    if n > 0 {
-        acker.do_send(Settle(out));
-    }
+    shared.settle(out);
     n
 }

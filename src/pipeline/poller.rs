@@ -8,23 +8,18 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::acker::Acker;
 use super::gate::{Arrived, Gate};
-use super::messages::{Leased, Probe, Settle, Settlement, StopPolling};
-use super::pool::ProcessorPool;
-use super::uploader::Uploader;
+use super::messages::{DropCopies, Leased, Probe, Restart, ResumePolling, StopPolling};
 use super::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
+use crate::lease::{Ending, LeaseState};
 use crate::seen::Claim;
 use crate::stats::Stats;
 
 pub(crate) struct Poller {
     shared: Arc<Shared>,
-    pool: Addr<ProcessorPool>,
-    uploader: Addr<Uploader>,
-    acker: Addr<Acker>,
     /// The gate new leases pass, when the pipeline has one.
     gate: Option<Addr<Gate>>,
     /// Receives in flight, by slot number.
@@ -37,22 +32,15 @@ pub(crate) struct Poller {
     rate_mark: (Instant, u64),
     stopped: bool,
     waiting_capacity: bool,
+    /// A receive failed; the next is scheduled.
+    retrying: bool,
     error_streak: u32,
 }
 
 impl Poller {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        pool: Addr<ProcessorPool>,
-        uploader: Addr<Uploader>,
-        acker: Addr<Acker>,
-        gate: Option<Addr<Gate>>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, gate: Option<Addr<Gate>>) -> Self {
         Self {
             shared,
-            pool,
-            uploader,
-            acker,
             gate,
             active: Vec::new(),
             next_slot: 0,
@@ -61,6 +49,7 @@ impl Poller {
             rate_mark: (Instant::now(), 0),
             stopped: false,
             waiting_capacity: false,
+            retrying: false,
             error_streak: 0,
         }
     }
@@ -117,7 +106,7 @@ impl Poller {
         let full = MAX_BATCH
             .min(self.shared.config.max_in_flight)
             .min(self.shared.config.prefetch_limit(0.0));
-        while !self.stopped && self.active.len() < self.target {
+        while !self.stopped && !self.retrying && self.active.len() < self.target {
             let room = self.room();
             let cfg = &self.shared.config;
             if room < full {
@@ -132,10 +121,15 @@ impl Poller {
                 .fetch_add(1, Ordering::AcqRel);
             let slot = self.next_slot;
             self.next_slot += 1;
+            // The lease's deadline counts from when the receive was sent:
+            // the queue may have started the visibility clock any time after.
+            let sent = Instant::now();
             let handle = ctx.spawn(
                 async move { queue.receive(max, wait, visibility).await }
                     .into_actor(self)
-                    .map(move |res, act, ctx| act.received(slot, max, res, visibility, ctx)),
+                    .map(move |res, act, ctx| {
+                        act.received(slot, max, res, sent + visibility, ctx)
+                    }),
             );
             self.active.push((slot, handle));
         }
@@ -162,7 +156,7 @@ impl Poller {
         slot: u64,
         asked: usize,
         res: Result<Vec<ReceivedMessage>, BackendError>,
-        visibility: Duration,
+        visible_until: Instant,
         ctx: &mut Context<Self>,
     ) {
         self.active.retain(|(s, _)| *s != slot);
@@ -174,7 +168,7 @@ impl Poller {
                 self.error_streak = 0;
                 let full = messages.len() >= asked;
                 let empty = messages.is_empty();
-                self.accept(messages, Instant::now() + visibility);
+                self.accept(messages, visible_until);
                 // Grow while receives come back full and the processors
                 // risk running dry (under half the prefetch window waiting,
                 // and room for more); shrink when they have enough waiting,
@@ -193,7 +187,11 @@ impl Poller {
                 let delay = Duration::from_millis(50 * (1 << self.error_streak.min(6)));
                 tracing::warn!(pipeline = %self.shared.name, queue = self.shared.source.name(),
                     error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
-                ctx.run_later(delay, |act, ctx| act.fill(ctx));
+                self.retrying = true;
+                ctx.run_later(delay, |act, ctx| {
+                    act.retrying = false;
+                    act.fill(ctx);
+                });
             }
         }
     }
@@ -203,7 +201,8 @@ impl Poller {
         let s = &self.shared;
         let now = Instant::now();
         Stats::add(&s.stats, &s.stats.received, messages.len() as u64);
-        let (mut fresh, mut probes, mut settle) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fresh, mut gated, mut probes, mut settle, mut copies) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for mut m in messages {
             // The handle moves into the new lease, or stays here for a copy.
             let mut handle = Some(std::mem::take(&mut m.receipt_handle));
@@ -224,25 +223,33 @@ impl Poller {
                 Claim::Done => {
                     Stats::inc(&s.stats.duplicates_dropped);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate of a completed job dropped");
-                    settle.push(Settlement::DropCopy(handle.expect("not taken for a copy")));
+                    copies.push(handle.expect("not taken for a copy"));
                 }
                 Claim::New(lease) => {
                     let count = lease.job.receive_count;
                     if self.stopped || s.is_escalated() {
-                        lease.try_release_pending();
-                        settle.push(Settlement::Release(lease));
+                        settle.push((lease, Ending::Release));
                     } else if count > s.config.max_receives {
                         let reason = format!(
                             "received {count} times, over the limit of {}",
                             s.config.max_receives
                         );
-                        lease.try_release_pending();
-                        settle.push(Settlement::DeadLetter { lease, reason });
+                        settle.push((lease, Ending::DeadLetter { reason }));
                     } else if self.gate.is_some() {
                         // Group order and claims decide when it runs.
-                        fresh.push(lease);
+                        if lease
+                            .transition(&[LeaseState::Pending], LeaseState::Gated)
+                            .is_some()
+                        {
+                            gated.push(lease);
+                        }
                     } else if count > 1 && s.results.is_some() {
-                        probes.push(lease);
+                        if lease
+                            .transition(&[LeaseState::Pending], LeaseState::Probing)
+                            .is_some()
+                        {
+                            probes.push(lease);
+                        }
                     } else {
                         fresh.push(lease);
                     }
@@ -250,17 +257,18 @@ impl Poller {
             }
         }
         s.leases_changed();
+        if let (Some(gate), false) = (&self.gate, gated.is_empty()) {
+            gate.do_send(Arrived(gated));
+        }
         if !fresh.is_empty() {
-            match &self.gate {
-                Some(gate) => gate.do_send(Arrived(fresh)),
-                None => self.pool.do_send(Leased(fresh)),
-            }
+            s.addrs().run.do_send(Leased(fresh));
         }
         if !probes.is_empty() {
-            self.uploader.do_send(Probe(probes));
+            s.addrs().probe.do_send(Probe(probes));
         }
-        if !settle.is_empty() {
-            self.acker.do_send(Settle(settle));
+        s.settle(settle);
+        if !copies.is_empty() {
+            s.addrs().drop_copies.do_send(DropCopies(copies));
         }
     }
 }
@@ -269,6 +277,44 @@ impl Actor for Poller {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.fill(ctx);
+    }
+}
+
+impl actix::Supervised for Poller {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // The receives in flight were dropped with the old context; what
+        // they would have brought comes back when its visibility lapses.
+        let dropped = self.active.len();
+        self.active.clear();
+        self.shared
+            .receives_in_flight
+            .fetch_sub(dropped, Ordering::AcqRel);
+        self.waiting_capacity = false;
+        self.retrying = false;
+    }
+}
+
+impl Handler<Restart> for Poller {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for Poller {
+    const NAME: &'static str = "poller";
+}
+
+impl Handler<ResumePolling> for Poller {
+    type Result = ();
+
+    fn handle(&mut self, _: ResumePolling, ctx: &mut Context<Self>) {
+        if self.shared.shutting_down() {
+            return;
+        }
+        self.stopped = false;
         self.fill(ctx);
     }
 }

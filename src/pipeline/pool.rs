@@ -1,56 +1,53 @@
 //! The processor pool: user processors on worker threads of their own,
-//! supervised one-for-one. A panic is caught where the processor runs; the
-//! processor is rebuilt from its factory after a backoff, its job is retried,
-//! and restarts past the policy's limit escalate to the pipeline supervisor.
+//! supervised one-for-one. A processor panic is caught where the processor
+//! runs; the processor is rebuilt from its factory after a backoff and its
+//! job retried. A panic anywhere else on a worker thread (a processor's
+//! `drop`, a tracing layer) is caught too: the job in hand is retried and
+//! the thread goes on with a fresh processor, so no worker dies for good.
+//!
+//! A job's outcome reaches the I/O side when the job ends: at once when no
+//! other job is queued, else within [`OUTCOME_WAIT`] (a timer on the I/O
+//! thread flushes the shared outbox), whatever the worker does next.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 
-use super::acker::Acker;
-use super::messages::{Announce, Leased, Processed, Settle, Settlement, Uploaded};
-use super::publisher::Publisher;
-use super::supervisor::{Escalate, PipelineSupervisor};
-use super::uploader::Uploader;
-use super::Shared;
+use super::messages::{Leased, Processed, Restart, Settle};
+use super::{panic_message, Shared};
 use crate::error::ProcessError;
-use crate::lease::Lease;
-use crate::processor::{Context as JobContext, Output, Processor, WorkerInfo};
+use crate::lease::{Ending, Lease, LeaseState};
+use crate::processor::{Context as JobContext, Processor, WorkerInfo};
 use crate::stats::Stats;
+
+/// Longest an outcome waits for others to share its message.
+const OUTCOME_WAIT: Duration = Duration::from_millis(1);
+/// Outcomes sent at once, without waiting, when this many are waiting.
+const OUTCOME_BATCH: usize = 64;
 
 pub(crate) struct ProcessorPool {
     shared: Arc<Shared>,
     tx: Sender<Arc<Lease>>,
     rx: Receiver<Arc<Lease>>,
-    uploader: Addr<Uploader>,
-    publisher: Addr<Publisher>,
-    acker: Addr<Acker>,
-    supervisor: Addr<PipelineSupervisor>,
     io: tokio::runtime::Handle,
+    outbox: Arc<Outbox>,
+    spawned: bool,
 }
 
 impl ProcessorPool {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        uploader: Addr<Uploader>,
-        publisher: Addr<Publisher>,
-        acker: Addr<Acker>,
-        supervisor: Addr<PipelineSupervisor>,
-        io: tokio::runtime::Handle,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Self {
             shared,
             tx,
             rx,
-            uploader,
-            publisher,
-            acker,
-            supervisor,
             io,
+            outbox: Arc::default(),
+            spawned: false,
         }
     }
 }
@@ -59,15 +56,15 @@ impl Actor for ProcessorPool {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
+        if std::mem::replace(&mut self.spawned, true) {
+            return;
+        }
         for index in 0..self.shared.config.workers {
             let worker = Worker {
                 shared: self.shared.clone(),
                 rx: self.rx.clone(),
-                uploader: self.uploader.clone(),
-                publisher: self.publisher.clone(),
-                acker: self.acker.clone(),
-                supervisor: self.supervisor.clone(),
                 io: self.io.clone(),
+                outbox: self.outbox.clone(),
                 info: WorkerInfo {
                     pipeline: self.shared.name.to_string(),
                     index,
@@ -81,6 +78,28 @@ impl Actor for ProcessorPool {
     }
 }
 
+impl actix::Supervised for ProcessorPool {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A handler that died mid-batch may not have queued every lease:
+        // queue every pending one again (a worker skips one already taken).
+        for lease in self.shared.leases.in_state(LeaseState::Pending) {
+            let _ = self.tx.send(lease);
+        }
+    }
+}
+
+impl Handler<Restart> for ProcessorPool {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for ProcessorPool {
+    const NAME: &'static str = "pool";
+}
+
 impl Handler<Leased> for ProcessorPool {
     type Result = ();
 
@@ -92,45 +111,83 @@ impl Handler<Leased> for ProcessorPool {
     }
 }
 
-/// Outcomes a worker has not yet sent on.
+/// Outcomes of finished jobs not yet sent to the I/O side, shared by the
+/// pool's workers.
+#[derive(Default)]
+struct Outbox {
+    inner: Mutex<Outcomes>,
+    /// A timer flush is scheduled.
+    scheduled: AtomicBool,
+}
+
 #[derive(Default)]
 struct Outcomes {
-    processed: Vec<(Arc<Lease>, Output)>,
-    settle: Vec<Settlement>,
-    since: Option<Instant>,
-    /// Jobs started and processed successfully since the last flush.
+    /// Processed leases for the uploader.
+    processed: Vec<Arc<Lease>>,
+    /// Stored leases (inline output) for the publisher.
+    stored: Vec<Arc<Lease>>,
+    /// Settling leases for the acker.
+    settle: Vec<Arc<Lease>>,
     started: u64,
     ok: u64,
 }
 
 impl Outcomes {
     fn len(&self) -> usize {
-        self.processed.len() + self.settle.len()
+        self.processed.len() + self.stored.len() + self.settle.len()
     }
 }
 
-/// Most outcomes sent in one message.
-const OUTCOME_BATCH: usize = 64;
-/// Longest an outcome waits for others to share its message.
-const OUTCOME_WAIT: Duration = Duration::from_millis(1);
+impl Outbox {
+    /// Sends everything waiting on.
+    fn flush(&self, s: &Shared) {
+        let out = std::mem::take(&mut *self.inner.lock().expect("outbox lock"));
+        s.stats.add(&s.stats.processed, out.ok);
+        if out.started > 0 {
+            s.jobs_started(out.started);
+        }
+        if !out.processed.is_empty() {
+            s.addrs().store.do_send(Processed(out.processed));
+        }
+        s.announce(out.stored);
+        if !out.settle.is_empty() {
+            s.addrs().settle.do_send(Settle(out.settle));
+        }
+    }
+
+    /// Adds one job's outcome; sends at once when `now`, or when a batch is
+    /// full, else makes sure a timer sends it within [`OUTCOME_WAIT`].
+    fn add(
+        self: &Arc<Self>,
+        s: &Arc<Shared>,
+        io: &tokio::runtime::Handle,
+        now: bool,
+        f: impl FnOnce(&mut Outcomes),
+    ) {
+        let full = {
+            let mut o = self.inner.lock().expect("outbox lock");
+            f(&mut o);
+            o.len() >= OUTCOME_BATCH
+        };
+        if now || full {
+            self.flush(s);
+        } else if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let (outbox, shared) = (self.clone(), s.clone());
+            io.spawn(async move {
+                tokio::time::sleep(OUTCOME_WAIT).await;
+                outbox.scheduled.store(false, Ordering::Release);
+                outbox.flush(&shared);
+            });
+        }
+    }
+}
 
 struct Worker {
     shared: Arc<Shared>,
     rx: Receiver<Arc<Lease>>,
-    uploader: Addr<Uploader>,
-    publisher: Addr<Publisher>,
-    acker: Addr<Acker>,
-    supervisor: Addr<PipelineSupervisor>,
     io: tokio::runtime::Handle,
+    outbox: Arc<Outbox>,
     info: WorkerInfo,
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 impl Worker {
@@ -150,50 +207,20 @@ impl Worker {
         }
     }
 
-    /// Sends a batch of outcomes on, skipping stages whose sink is absent.
-    fn flush(&self, out: &mut Outcomes) {
-        let s = &self.shared;
-        s.stats.add(&s.stats.processed, std::mem::take(&mut out.ok));
-        let started = std::mem::take(&mut out.started);
-        if started > 0 {
-            s.jobs_started(started);
+    /// Drops a processor; a panic in its `drop` is caught and logged.
+    fn discard(&self, processor: Option<Box<dyn Processor>>) {
+        if let Err(e) = catch_unwind(AssertUnwindSafe(move || drop(processor))) {
+            tracing::error!(pipeline = %self.shared.name, panic = panic_message(&*e),
+                "dropping a processor panicked");
         }
-        if !out.processed.is_empty() {
-            let processed = std::mem::take(&mut out.processed);
-            if s.results.is_some() {
-                self.uploader.do_send(Processed(processed));
-            } else if s.topic.is_some() {
-                let inline = processed
-                    .into_iter()
-                    .map(|(l, o)| (l, Announce::Inline(o)))
-                    .collect();
-                self.publisher.do_send(Uploaded(inline));
-            } else {
-                let done = processed
-                    .into_iter()
-                    .map(|(l, _)| Settlement::Done(l))
-                    .collect();
-                self.acker.do_send(Settle(done));
-            }
-        }
-        if !out.settle.is_empty() {
-            self.acker.do_send(Settle(std::mem::take(&mut out.settle)));
-        }
-        out.since = None;
     }
 
-    /// Runs one job; returns whether the processor panicked.
-    fn run_one(
-        &self,
-        lease: Arc<Lease>,
-        processor: &mut Option<Box<dyn Processor>>,
-        out: &mut Outcomes,
-    ) -> Option<String> {
+    /// Runs one job; returns the panic message if the processor panicked.
+    fn run_one(&self, lease: Arc<Lease>, processor: &mut Option<Box<dyn Processor>>) -> Option<String> {
         let s = &self.shared;
         if !lease.try_start() {
             return None;
         }
-        out.started += 1;
         let job = &lease.job;
         let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
@@ -218,87 +245,131 @@ impl Worker {
             (Ok(_), None) => Err(Box::new("processor could not be built") as Box<_>),
         };
         s.stats.processing.record(began.elapsed());
-        out.since.get_or_insert_with(Instant::now);
-        match outcome {
+        let idle = self.rx.is_empty();
+        let (ending, panicked) = match outcome {
             Ok(Ok(output)) => {
-                out.ok += 1;
                 span.record("outcome", "processed");
                 tracing::debug!("processed");
-                out.processed.push((lease, output));
-                None
+                s.health.success();
+                let to = if s.results.is_some() {
+                    LeaseState::Processed
+                } else if s.topic.is_some() {
+                    LeaseState::Stored
+                } else {
+                    LeaseState::Settling
+                };
+                if to == LeaseState::Settling {
+                    let done = s.begin_settle(vec![(
+                        lease,
+                        Ending::Delete {
+                            dead_lettered: false,
+                        },
+                    )]);
+                    self.outbox.add(s, &self.io, idle, |o| {
+                        o.started += 1;
+                        o.ok += 1;
+                        o.settle.extend(done);
+                    });
+                } else {
+                    lease.set_output(Some(output));
+                    let moved = lease.transition(&[LeaseState::Running], to).is_some();
+                    self.outbox.add(s, &self.io, idle, |o| {
+                        o.started += 1;
+                        o.ok += 1;
+                        if moved && to == LeaseState::Processed {
+                            o.processed.push(lease);
+                        } else if moved {
+                            o.stored.push(lease);
+                        }
+                    });
+                }
+                return None;
             }
             Ok(Err(err)) => {
                 Stats::inc(&s.stats.failed);
                 span.record("outcome", crate::trace::outcome_of(&err));
                 tracing::info!(error = %err, "processor failed");
-                out.settle.push(match err {
-                    ProcessError::Retry { reason, after } => Settlement::Retry {
-                        lease,
-                        reason,
-                        after,
-                    },
-                    ProcessError::BadInput { reason } => Settlement::DeadLetter { lease, reason },
-                });
-                None
+                let ending = match err {
+                    ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
+                    ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
+                };
+                (ending, None)
             }
             Err(payload) => {
                 let message = panic_message(&*payload);
                 Stats::inc(&s.stats.panics);
                 span.record("outcome", "panicked");
                 tracing::warn!(panic = %message, "processor panicked; rebuilding it");
-                out.settle.push(Settlement::Retry {
-                    lease,
+                let ending = Ending::Retry {
                     reason: format!("processor panicked: {message}"),
                     after: None,
-                });
-                Some(message)
+                };
+                (ending, Some(message))
             }
+        };
+        let done = s.begin_settle(vec![(lease, ending)]);
+        self.outbox.add(s, &self.io, idle || panicked.is_some(), |o| {
+            o.started += 1;
+            o.settle.extend(done);
+        });
+        panicked
+    }
+
+    /// Serves jobs until the pool is gone. `current` names the job in hand,
+    /// so a panic that escapes is charged to it.
+    fn serve(&self, current: &mut Option<Arc<Lease>>) {
+        let s = self.shared.clone();
+        let mut processor = self.build();
+        let mut consecutive = 0u32;
+        while let Ok(lease) = self.rx.recv() {
+            *current = Some(lease.clone());
+            let panicked = self.run_one(lease, &mut processor);
+            *current = None;
+            if let Some(message) = panicked {
+                self.discard(processor.take());
+                consecutive += 1;
+                s.restarted(&format!("processor panicked: {message}"));
+                std::thread::sleep(s.config.restart.backoff(consecutive));
+                processor = self.build();
+                Stats::inc(&s.stats.restarts);
+            } else {
+                consecutive = 0;
+            }
+        }
+        if let Some(mut p) = processor.take() {
+            let _ = catch_unwind(AssertUnwindSafe(|| p.stopping()));
+            self.discard(Some(p));
         }
     }
 
     fn run(self) {
         let s = self.shared.clone();
-        let mut processor = self.build();
-        let mut consecutive = 0u32;
-        let mut out = Outcomes::default();
+        let mut crashes = 0u32;
         loop {
-            // Outcomes wait only while more work is at hand, and briefly.
-            let lease = match self.rx.try_recv() {
-                Ok(lease) => lease,
-                Err(TryRecvError::Empty) => {
-                    self.flush(&mut out);
-                    match self.rx.recv() {
-                        Ok(lease) => lease,
-                        Err(_) => break,
+            let mut current = None;
+            match catch_unwind(AssertUnwindSafe(|| self.serve(&mut current))) {
+                Ok(()) => break,
+                Err(payload) => {
+                    let message = panic_message(&*payload);
+                    crashes += 1;
+                    Stats::inc(&s.stats.actor_restarts);
+                    tracing::error!(pipeline = %s.name, worker = self.info.index, panic = %message,
+                        "worker thread panicked outside the processor; carrying on");
+                    if let Some(lease) = current.take() {
+                        if lease.state() == LeaseState::Running {
+                            let ending = Ending::Retry {
+                                reason: format!("worker panicked: {message}"),
+                                after: None,
+                            };
+                            let done = s.begin_settle(vec![(lease, ending)]);
+                            self.outbox.add(&s, &self.io, true, |o| o.settle.extend(done));
+                        }
                     }
-                }
-                // The pool actor (and with it the sender) is gone.
-                Err(TryRecvError::Disconnected) => break,
-            };
-            match self.run_one(lease, &mut processor, &mut out) {
-                None => consecutive = 0,
-                Some(message) => {
-                    self.flush(&mut out);
-                    drop(processor.take());
-                    consecutive += 1;
-                    if s.record_restart() {
-                        self.supervisor.do_send(Escalate {
-                            reason: format!("processor restarts passed the limit: {message}"),
-                        });
-                    }
-                    std::thread::sleep(s.config.restart.backoff(consecutive));
-                    processor = self.build();
-                    Stats::inc(&s.stats.restarts);
+                    s.restarted(&format!("worker thread panicked: {message}"));
+                    std::thread::sleep(s.config.restart.backoff(crashes));
                 }
             }
-            if out.len() >= OUTCOME_BATCH || out.since.is_some_and(|t| t.elapsed() >= OUTCOME_WAIT)
-            {
-                self.flush(&mut out);
-            }
         }
-        self.flush(&mut out);
-        if let Some(mut p) = processor {
-            let _ = catch_unwind(AssertUnwindSafe(|| p.stopping()));
-        }
+        self.outbox.flush(&s);
     }
 }

@@ -1,35 +1,33 @@
 //! The publisher: announces each stored result on the topic, in batches of
 //! ten, with the job id as an attribute and a deduplication id derived from
-//! it (DESIGN rule 2). A pipeline without a topic settles straight away.
+//! it (DESIGN rule 2). It owns the Stored state: on restart it announces
+//! every Stored lease again (a notice is a function of the job id).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::acker::Acker;
-use super::messages::{Announce, Settle, Settlement, Uploaded};
+use super::messages::{Restart, Uploaded};
 use super::{with_retries, Shared};
 use crate::backend::{Notification, MAX_PUBLISH_BATCH};
 use crate::error::BackendError;
-use crate::job::JOB_ID_ATTRIBUTE;
-use crate::lease::Lease;
+use crate::job::{ResultNotice, JOB_ID_ATTRIBUTE};
+use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
-    acker: Addr<Acker>,
-    /// Announcements waiting to fill a batch of ten.
-    waiting: Vec<(Arc<Lease>, Announce)>,
+    /// Stored leases waiting to fill a batch of ten.
+    waiting: Vec<Arc<Lease>>,
     timer: Option<SpawnHandle>,
 }
 
 impl Publisher {
-    pub(crate) fn new(shared: Arc<Shared>, acker: Addr<Acker>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            acker,
             waiting: Vec::new(),
             timer: None,
         }
@@ -49,12 +47,14 @@ impl Publisher {
             let chunk: Vec<_> = self.waiting.drain(..n).collect();
             let mut leases = Vec::with_capacity(n);
             let mut batch = Vec::with_capacity(n);
-            for (lease, announce) in chunk {
-                if lease.is_cancelled() {
-                    self.shared.drop_lease(&lease);
+            for lease in chunk {
+                if lease.is_cancelled() || lease.state() != LeaseState::Stored {
                     continue;
                 }
-                batch.push(self.notification(&lease, announce, fifo));
+                let Some(n) = self.notification(&lease, fifo) else {
+                    continue;
+                };
+                batch.push(n);
                 leases.push(lease);
             }
             if leases.is_empty() {
@@ -84,15 +84,21 @@ impl Publisher {
         }
     }
 
-    fn notification(&self, lease: &Lease, announce: Announce, fifo: bool) -> Notification {
+    /// A Stored lease's notification: the stored result's notice, or the
+    /// output itself when the pipeline stores no results.
+    fn notification(&self, lease: &Lease, fifo: bool) -> Option<Notification> {
         let job = &lease.job;
-        let body = match announce {
-            Announce::Stored(notice) => {
-                serde_json::to_string(&notice).expect("a notice always serialises")
-            }
-            Announce::Inline(output) => String::from_utf8_lossy(&output.body).into_owned(),
+        let body = match &self.shared.results {
+            Some(store) => serde_json::to_string(&ResultNotice {
+                job_id: job.id.clone(),
+                pipeline: self.shared.name.to_string(),
+                bucket: store.bucket.clone(),
+                key: store.key(&job.id),
+            })
+            .expect("a notice always serialises"),
+            None => String::from_utf8_lossy(&lease.output()?.body).into_owned(),
         };
-        Notification {
+        Some(Notification {
             body,
             attributes: HashMap::from([
                 (JOB_ID_ATTRIBUTE.to_owned(), job.id.to_string()),
@@ -101,7 +107,7 @@ impl Publisher {
             group_id: fifo.then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
             dedup_id: fifo.then(|| job.id.dedup_id(&self.shared.name)),
             delay: None,
-        }
+        })
     }
 
     fn published(
@@ -118,16 +124,23 @@ impl Publisher {
             match r {
                 Ok(()) => {
                     Stats::inc(&self.shared.stats.published);
-                    settle.push(Settlement::Done(lease));
+                    settle.push((
+                        lease,
+                        Ending::Delete {
+                            dead_lettered: false,
+                        },
+                    ));
                 }
-                Err(e) => settle.push(Settlement::Retry {
+                Err(e) => settle.push((
                     lease,
-                    reason: format!("publishing the notification: {e}"),
-                    after: None,
-                }),
+                    Ending::Retry {
+                        reason: format!("publishing the notification: {e}"),
+                        after: None,
+                    },
+                )),
             }
         }
-        self.acker.do_send(Settle(settle));
+        self.shared.settle(settle);
     }
 }
 
@@ -135,19 +148,33 @@ impl Actor for Publisher {
     type Context = Context<Self>;
 }
 
+impl actix::Supervised for Publisher {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // Batches in flight were dropped: announce every Stored lease again.
+        self.timer = None;
+        let mut stored = self.shared.leases.in_state(LeaseState::Stored);
+        stored.sort_by_key(|l| l.id);
+        self.waiting = stored;
+        self.flush(false, ctx);
+    }
+}
+
+impl Handler<Restart> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for Publisher {
+    const NAME: &'static str = "publisher";
+}
+
 impl Handler<Uploaded> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: Uploaded, ctx: &mut Context<Self>) {
-        if self.shared.topic.is_none() {
-            let settle = msg
-                .0
-                .into_iter()
-                .map(|(l, _)| Settlement::Done(l))
-                .collect();
-            self.acker.do_send(Settle(settle));
-            return;
-        }
         self.waiting.extend(msg.0);
         self.flush(false, ctx);
     }

@@ -1,0 +1,188 @@
+//! The lease lifecycle's side effects, in one place. Every actor moves a
+//! lease through [`Lease::transition`]; the transitions that end a lease or
+//! hand it to the acker go through here, so the seen-ID cache, the lease
+//! table, the FIFO group, the idempotency claim, the cancel flag and the
+//! counters change together and nowhere else.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::gate;
+use super::messages::{Settle, Uploaded};
+use super::Shared;
+use crate::lease::{Ending, Lease, LeaseState};
+use crate::stats::Stats;
+
+/// Every state a lease can leave for Settling.
+const SETTLEABLE: &[LeaseState] = &[
+    LeaseState::Pending,
+    LeaseState::Gated,
+    LeaseState::Probing,
+    LeaseState::Running,
+    LeaseState::Processed,
+    LeaseState::Stored,
+];
+
+/// Every state but Ended.
+const LIVE: &[LeaseState] = &[
+    LeaseState::Pending,
+    LeaseState::Gated,
+    LeaseState::Probing,
+    LeaseState::Running,
+    LeaseState::Processed,
+    LeaseState::Stored,
+    LeaseState::Settling,
+];
+
+/// How a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Deleted after its effects (or as a completed job's copy).
+    Deleted,
+    /// Sent to the dead-letter queue, then deleted.
+    DeadLettered,
+    /// Given back to the queue (released, retried, deferred): it comes back.
+    Released,
+    /// Lost: its deadline passed unconfirmed or its receipt was refused.
+    Lost,
+}
+
+impl Shared {
+    /// Hands leases to the acker with their endings: each moves to Settling
+    /// (those already settling or ended are skipped) and the acker is told.
+    pub(crate) fn settle(&self, endings: Vec<(Arc<Lease>, Ending)>) {
+        let out = self.begin_settle(endings);
+        if !out.is_empty() {
+            self.addrs().settle.do_send(Settle(out));
+        }
+    }
+
+    /// The transition half of [`Shared::settle`]: records each ending and
+    /// moves the lease to Settling; returns those that moved, for the
+    /// caller to hand to the acker (batched).
+    pub(crate) fn begin_settle(&self, endings: Vec<(Arc<Lease>, Ending)>) -> Vec<Arc<Lease>> {
+        let mut out = Vec::with_capacity(endings.len());
+        for (lease, ending) in endings {
+            if lease.begin_settling(SETTLEABLE, ending) {
+                self.settling.fetch_add(1, Ordering::AcqRel);
+                out.push(lease);
+            }
+        }
+        out
+    }
+
+    /// One lease, one ending.
+    pub(crate) fn settle_one(&self, lease: Arc<Lease>, ending: Ending) {
+        self.settle(vec![(lease, ending)]);
+    }
+
+    /// Sends Stored leases to the publisher, or settles them as done when
+    /// the pipeline has no topic.
+    pub(crate) fn announce(&self, leases: Vec<Arc<Lease>>) {
+        if leases.is_empty() {
+            return;
+        }
+        if self.topic.is_some() {
+            self.addrs().publish.do_send(Uploaded(leases));
+        } else {
+            self.settle(
+                leases
+                    .into_iter()
+                    .map(|l| {
+                        (
+                            l,
+                            Ending::Delete {
+                                dead_lettered: false,
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+        }
+    }
+
+    /// Ends leases: the one place a lease leaves the table. Deleted and
+    /// dead-lettered jobs let their FIFO group go on; a deleted job is
+    /// remembered by the seen cache (a dead-lettered one is not, so a fixed
+    /// re-send or a redrive runs); the rest are forgotten so their next
+    /// delivery runs afresh. A claim still held is given up.
+    pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) {
+        let mut done_keys = Vec::new();
+        let mut removed = false;
+        for lease in leases {
+            let Some(was) = lease.transition(LIVE, LeaseState::Ended) else {
+                continue;
+            };
+            if was == LeaseState::Settling {
+                self.settling.fetch_sub(1, Ordering::AcqRel);
+            }
+            lease.set_output(None);
+            match how {
+                Ended::Deleted => done_keys.push(lease.seen_key),
+                Ended::Lost => {
+                    lease.cancel();
+                    Stats::inc(&self.stats.leases_lost);
+                    self.seen.forget(lease);
+                }
+                Ended::DeadLettered | Ended::Released => self.seen.forget(lease),
+            }
+            self.release_claim(lease);
+            removed |= self.leases.remove(lease);
+            self.group_settled(lease, matches!(how, Ended::Deleted | Ended::DeadLettered));
+        }
+        self.seen.complete_keys(&done_keys);
+        if removed {
+            self.capacity.notify_one();
+        }
+        self.leases_changed();
+    }
+
+    /// A lease is lost: cancelled before any further effect, and ended.
+    pub(crate) fn lose(&self, lease: &Arc<Lease>, why: &str) {
+        if lease.is_ended() {
+            return;
+        }
+        tracing::warn!(pipeline = %self.name, job_id = %lease.job.id, reason = why,
+            "lease lost: job cancelled before any further effect");
+        lease.cancel();
+        self.end(std::slice::from_ref(lease), Ended::Lost);
+    }
+
+    /// Gives up a lease's claim, if it holds one, without waiting.
+    pub(crate) fn release_claim(&self, lease: &Lease) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if !lease.take_claim() {
+            return;
+        }
+        let (key, owner) = (self.claim_key(lease), self.owner(lease));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&key, &owner).await {
+                    tracing::debug!(key, error = %e, "releasing a claim failed; it will expire");
+                }
+            });
+        }
+    }
+
+    /// A lease ended: move its FIFO group on (or give its waiting leases
+    /// back).
+    fn group_settled(&self, lease: &Lease, finished: bool) {
+        let Some(groups) = &self.groups else {
+            return;
+        };
+        let next = groups.settled(lease, finished);
+        if !next.go.is_empty() {
+            self.addrs().admit.do_send(gate::Admit(next.go));
+        }
+        if !next.release.is_empty() {
+            self.settle(
+                next.release
+                    .into_iter()
+                    .map(|l| (l, Ending::Release))
+                    .collect(),
+            );
+        }
+    }
+}
