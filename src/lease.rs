@@ -333,7 +333,9 @@ impl LeaseTable {
             handle: Mutex::new((handle, visible_until)),
             state: AtomicU8::new(LeaseState::Pending as u8),
             changed_at: AtomicU64::new(
-                received_at.saturating_duration_since(self.epoch).as_millis() as u64,
+                received_at
+                    .saturating_duration_since(self.epoch)
+                    .as_millis() as u64,
             ),
             epoch: self.epoch,
             pending: self.pending.clone(),

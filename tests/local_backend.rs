@@ -306,3 +306,55 @@ async fn latency_and_gates_hold_calls() {
     assert_eq!(q.receive(1, Duration::ZERO, VIS).await.unwrap().len(), 1);
     assert_eq!(local.calls().service("sqs"), 3);
 }
+
+/// A delete that a replica misses, landing on a message that is visible
+/// again, must not list the message twice: one receive would then take it
+/// twice and its FIFO group would stay locked after the delete.
+#[tokio::test(start_paused = true)]
+async fn a_missed_delete_of_a_visible_fifo_message_does_not_lock_its_group() {
+    let local = LocalBackend::new();
+    let q = local.create_queue(
+        "q.fifo",
+        QueueOptions {
+            fifo: true,
+            ..QueueOptions::default()
+        },
+    );
+    for (i, body) in ["a1", "a2"].iter().enumerate() {
+        q.send_batch(vec![OutgoingMessage::new(*body)
+            .group("a")
+            .dedup(format!("d{i}"))])
+            .await
+            .unwrap();
+    }
+    let vis = Duration::from_secs(30);
+    let first = q.receive(1, Duration::ZERO, vis).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let h1 = first[0].receipt_handle.clone();
+    // Given back: visible again, the handle still current.
+    q.change_visibility_batch(&[(h1.clone(), Duration::ZERO)])
+        .await
+        .unwrap();
+    local.set_faults(Faults {
+        seed: 1,
+        redeliver_after_delete_rate: 1.0,
+        ..Faults::none()
+    });
+    q.delete_batch(&[h1]).await.unwrap()[0].clone().unwrap();
+    local.set_faults(Faults::none());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = q.receive(10, Duration::ZERO, vis).await.unwrap();
+    let bodies: Vec<_> = again.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["a1", "a2"], "one listing, one delivery each");
+    let handles: Vec<String> = again.iter().map(|m| m.receipt_handle.clone()).collect();
+    for r in q.delete_batch(&handles).await.unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(q.depth_now().total(), 0);
+    q.send_batch(vec![OutgoingMessage::new("a3").group("a").dedup("d3")])
+        .await
+        .unwrap();
+    let next = q.receive(10, Duration::ZERO, vis).await.unwrap();
+    assert_eq!(next.len(), 1, "the group stayed locked");
+    assert_eq!(next[0].body, "a3");
+}

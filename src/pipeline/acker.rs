@@ -80,9 +80,7 @@ impl Acker {
         match lease.ending() {
             Some(Ending::Delete { .. }) if lease.is_claimed() => self.completing.push(lease),
             Some(Ending::Delete { .. }) => self.deletes.push(Delete::Job(lease)),
-            Some(Ending::Retry { reason, .. })
-                if lease.job.receive_count >= cfg.max_receives =>
-            {
+            Some(Ending::Retry { reason, .. }) if lease.job.receive_count >= cfg.max_receives => {
                 let count = lease.job.receive_count;
                 let reason = format!("failed on all {count} receives; last error: {reason}");
                 lease.set_ending(Ending::DeadLetter { reason });

@@ -64,8 +64,12 @@ impl Guard {
             }
             Err(_) => {
                 Stats::inc(&self.stats.backend_timeouts);
-                tracing::warn!(call = what, resource, limit_ms = limit.as_millis() as u64,
-                    "backend call timed out");
+                tracing::warn!(
+                    call = what,
+                    resource,
+                    limit_ms = limit.as_millis() as u64,
+                    "backend call timed out"
+                );
                 Err(BackendError::transient(format!(
                     "{what} on {resource} timed out after {} ms",
                     limit.as_millis()

@@ -54,7 +54,10 @@ impl LeaseKeeper {
             let (handle, until) = lease.handle_and_deadline();
             if until <= now && state != LeaseState::Settling {
                 // Not confirmed in time: another reader may hold it now.
-                s.lose(&lease, "visibility deadline passed without a confirmed extension");
+                s.lose(
+                    &lease,
+                    "visibility deadline passed without a confirmed extension",
+                );
                 continue;
             }
             if until > now + margin {

@@ -44,9 +44,9 @@ use crate::stats::Stats;
 
 pub(crate) use guard::{panic_message, Guard};
 pub(crate) use lifecycle::Ended;
+use messages::{DropCopies, Leased, Probe, Processed, Settle, Uploaded};
 pub(crate) use messages::{Flush, StopPolling};
 pub use supervisor::PipelineHealth;
-use messages::{DropCopies, Leased, Probe, Processed, Settle, Uploaded};
 
 /// The addresses the lifecycle and the actors send to, known by the
 /// messages they accept rather than by the actors' types.

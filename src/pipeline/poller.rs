@@ -127,9 +127,7 @@ impl Poller {
             let handle = ctx.spawn(
                 async move { queue.receive(max, wait, visibility).await }
                     .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        act.received(slot, max, res, sent + visibility, ctx)
-                    }),
+                    .map(move |res, act, ctx| act.received(slot, max, res, sent + visibility, ctx)),
             );
             self.active.push((slot, handle));
         }

@@ -216,7 +216,11 @@ impl Worker {
     }
 
     /// Runs one job; returns the panic message if the processor panicked.
-    fn run_one(&self, lease: Arc<Lease>, processor: &mut Option<Box<dyn Processor>>) -> Option<String> {
+    fn run_one(
+        &self,
+        lease: Arc<Lease>,
+        processor: &mut Option<Box<dyn Processor>>,
+    ) -> Option<String> {
         let s = &self.shared;
         if !lease.try_start() {
             return None;
@@ -308,10 +312,11 @@ impl Worker {
             }
         };
         let done = s.begin_settle(vec![(lease, ending)]);
-        self.outbox.add(s, &self.io, idle || panicked.is_some(), |o| {
-            o.started += 1;
-            o.settle.extend(done);
-        });
+        self.outbox
+            .add(s, &self.io, idle || panicked.is_some(), |o| {
+                o.started += 1;
+                o.settle.extend(done);
+            });
         panicked
     }
 
@@ -362,7 +367,8 @@ impl Worker {
                                 after: None,
                             };
                             let done = s.begin_settle(vec![(lease, ending)]);
-                            self.outbox.add(&s, &self.io, true, |o| o.settle.extend(done));
+                            self.outbox
+                                .add(&s, &self.io, true, |o| o.settle.extend(done));
                         }
                     }
                     s.restarted(&format!("worker thread panicked: {message}"));

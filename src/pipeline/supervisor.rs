@@ -157,7 +157,9 @@ impl Shared {
 
 /// An actor ferry supervises: it can be told to restart, and re-derives its
 /// work in `restarting`.
-pub(crate) trait Child: Actor<Context = Context<Self>> + actix::Supervised + Handler<Restart> {
+pub(crate) trait Child:
+    Actor<Context = Context<Self>> + actix::Supervised + Handler<Restart>
+{
     /// The actor's name, for logs and the stall watch.
     const NAME: &'static str;
 }

@@ -80,6 +80,8 @@ struct Msg {
     vis_version: u64,
     /// A redelivery-after-delete fault already hit this message.
     resurrected: bool,
+    /// Listed in `ready` (at most once).
+    queued: bool,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +154,12 @@ impl State {
                         *n = n.saturating_sub(1);
                     }
                 }
+            }
+            // A message hidden while it was visible (a delete that a replica
+            // missed, say) is listed once: listing it twice would let one
+            // receive take it twice and lock its FIFO group for good.
+            if std::mem::replace(&mut m.queued, true) {
+                continue;
             }
             if fifo {
                 // Keep send order, so a group's returning head comes first.
@@ -318,11 +326,15 @@ impl LocalQueue {
                 visible_at: now,
                 vis_version: 0,
                 resurrected: false,
+                queued: false,
             },
         );
         match msg.delay {
             Some(d) if !d.is_zero() => st.hide(seq, now + d),
-            _ => st.ready.push_back(seq),
+            _ => {
+                st.ready.push_back(seq);
+                st.msgs.get_mut(&seq).expect("inserted").queued = true;
+            }
         }
         drop(st);
         self.notify.notify_waiters();
@@ -337,10 +349,19 @@ impl LocalQueue {
         let mut i = 0;
         while taken.len() < max && i < st.ready.len() {
             let seq = st.ready[i];
-            let Some(m) = st.msgs.get(&seq) else {
+            let Some(in_flight) = st.msgs.get(&seq).map(|m| m.in_flight) else {
                 st.ready.remove(i);
                 continue;
             };
+            if in_flight {
+                // Listed, then received through another listing: not twice.
+                st.ready.remove(i);
+                if let Some(m) = st.msgs.get_mut(&seq) {
+                    m.queued = false;
+                }
+                continue;
+            }
+            let m = &st.msgs[&seq];
             if fifo {
                 let g = m.group_id.clone().unwrap_or_default();
                 let locked = st.group_in_flight.get(&g).copied().unwrap_or(0) > 0;
@@ -352,10 +373,12 @@ impl LocalQueue {
                     taken_groups.push(g);
                 }
             }
+            let receive_count = m.receive_count;
             st.ready.remove(i);
+            st.msgs.get_mut(&seq).expect("present").queued = false;
             // Redrive: a message past the receive limit goes to the DLQ.
             if let Some((dlq, max_receives)) = &self.options.redrive {
-                if m.receive_count >= *max_receives {
+                if receive_count >= *max_receives {
                     let m = st.remove(seq).expect("present");
                     let _ = dlq.enqueue(OutgoingMessage {
                         body: m.body,
