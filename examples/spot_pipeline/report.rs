@@ -23,6 +23,15 @@ pub(crate) struct Report {
     dead_lettered: usize,
     duplicates_dropped: u64,
     restarts: u64,
+    /// Actors restarted (after a panic or a stall), backend calls that
+    /// panicked or timed out (retried as transient failures), lease endings
+    /// given up after permanent refusals, and escalations.
+    actor_restarts: u64,
+    backend_panics: u64,
+    backend_timeouts: u64,
+    settle_gave_up: u64,
+    escalations: u64,
+    leases_lost: u64,
     leases_extended: u64,
     retried: u64,
     resumed: u64,
@@ -157,6 +166,12 @@ pub(crate) async fn build(
         dead_lettered: dead.len(),
         duplicates_dropped: total.duplicates(),
         restarts: total.restarts,
+        actor_restarts: total.actor_restarts,
+        backend_panics: total.backend_panics,
+        backend_timeouts: total.backend_timeouts,
+        settle_gave_up: total.settle_gave_up,
+        escalations: total.escalations,
+        leases_lost: total.leases_lost,
         leases_extended: total.leases_extended,
         retried: total.retried,
         resumed: total.resumed,
@@ -190,6 +205,10 @@ impl Report {
         }
         println!("duplicates_dropped  {}", self.duplicates_dropped);
         println!("restarts            {}", self.restarts);
+        println!(
+            "actor_restarts      {} (backend panics {}, timeouts {}, escalations {})",
+            self.actor_restarts, self.backend_panics, self.backend_timeouts, self.escalations
+        );
         println!("retried             {}", self.retried);
         println!("resumed             {}", self.resumed);
         println!("leases_extended     {}", self.leases_extended);
