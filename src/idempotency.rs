@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use serde::Serialize;
 
+use crate::backend::local::{FaultState, Op};
 use crate::error::BackendError;
 
 /// What a claim found.
@@ -146,16 +147,21 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
 }
 
 /// The embedded store: records in memory, shared by every pipeline (and
-/// every runtime) holding the same `Arc`.
+/// every runtime) holding the same `Arc`. One made by
+/// [`LocalBackend::idempotency_store`](crate::backend::local::LocalBackend::idempotency_store)
+/// shares that backend's fault injection and call counts.
 pub struct LocalIdempotencyStore {
     records: DashMap<String, IdempotencyRecord>,
     clock: Clock,
+    /// The backend's faults, for a store made by the backend.
+    faults: Option<Arc<FaultState>>,
 }
 
 impl Debug for LocalIdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalIdempotencyStore")
             .field("records", &self.records.len())
+            .field("faults", &self.faults.is_some())
             .finish()
     }
 }
@@ -167,16 +173,36 @@ impl Default for LocalIdempotencyStore {
 }
 
 impl LocalIdempotencyStore {
-    /// An empty store on the system clock.
+    /// An empty store on the system clock, without faults.
     pub fn new() -> Self {
         Self::with_clock(system_clock())
     }
 
-    /// An empty store on the given clock.
+    /// An empty store on the given clock, without faults.
     pub fn with_clock(clock: Clock) -> Self {
         Self {
             records: DashMap::new(),
             clock,
+            faults: None,
+        }
+    }
+
+    /// An empty store on the system clock whose calls go through a
+    /// backend's fault injection.
+    pub(crate) fn with_faults(faults: Arc<FaultState>) -> Self {
+        Self {
+            faults: Some(faults),
+            ..Self::new()
+        }
+    }
+
+    /// Counts the call and applies the backend's faults, if any. Called
+    /// before the call touches a record, so an injected panic leaves no
+    /// lock held and no record half-written.
+    async fn before(&self, op: Op, key: &str) -> Result<(), BackendError> {
+        match &self.faults {
+            Some(f) => f.before(op, &format!("idempotency store key {key}")).await,
+            None => Ok(()),
         }
     }
 
@@ -201,6 +227,7 @@ impl IdempotencyStore for LocalIdempotencyStore {
         owner: &str,
         hold_for: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
+        self.before(Op::Claim, key).await?;
         let now = self.now_ms();
         let until = now + hold_for.as_millis() as u64;
         let mut entry = self
@@ -236,6 +263,7 @@ impl IdempotencyStore for LocalIdempotencyStore {
         owner: &str,
         hold_for: Duration,
     ) -> Result<bool, BackendError> {
+        self.before(Op::Renew, key).await?;
         let now = self.now_ms();
         Ok(match self.records.get_mut(key) {
             Some(mut r) if r.status == RecordStatus::InProgress && r.owner == owner => {
@@ -252,6 +280,7 @@ impl IdempotencyStore for LocalIdempotencyStore {
         owner: &str,
         keep_for: Duration,
     ) -> Result<bool, BackendError> {
+        self.before(Op::Complete, key).await?;
         let now = self.now_ms();
         Ok(match self.records.get_mut(key) {
             Some(mut r) if r.status == RecordStatus::InProgress && r.owner == owner => {
@@ -264,6 +293,7 @@ impl IdempotencyStore for LocalIdempotencyStore {
     }
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
+        self.before(Op::Release, key).await?;
         if let Some(mut r) = self.records.get_mut(key) {
             if r.status == RecordStatus::InProgress && r.owner == owner {
                 // Expired now; the claim count stays.

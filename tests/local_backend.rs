@@ -1,9 +1,11 @@
 //! The embedded backend's SQS/SNS/S3 semantics and its fault injection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry::backend::local::{Faults, LocalBackend, Op, QueueOptions};
-use ferry::backend::{BlobStore, ObjectMeta, OutgoingMessage, Queue, Topic};
+use ferry::backend::{BlobStore, ObjectMeta, OutgoingMessage, Queue, Topic, MAX_MESSAGE_BYTES};
+use ferry::idempotency::{ClaimOutcome, IdempotencyStore, LocalIdempotencyStore};
 use ferry::BackendError;
 
 const VIS: Duration = Duration::from_secs(30);
@@ -357,4 +359,418 @@ async fn a_missed_delete_of_a_visible_fifo_message_does_not_lock_its_group() {
     let next = q.receive(10, Duration::ZERO, vis).await.unwrap();
     assert_eq!(next.len(), 1, "the group stayed locked");
     assert_eq!(next[0].body, "a3");
+
+/// Keeps the default hook quiet for the panics these tests inject.
+fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map_or("", String::as_str);
+            if !msg.starts_with("injected") {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
+#[test]
+fn new_faults_are_off_by_default_and_chaos_is_unchanged() {
+    let none = Faults::none();
+    assert_eq!(
+        (none.panic_rate, none.slow_rate, none.refuse_rate),
+        (0.0, 0.0, 0.0)
+    );
+    assert_eq!(none.slow_max, Duration::ZERO);
+    assert_eq!(
+        Faults::chaos(7),
+        Faults {
+            seed: 7,
+            duplicate_rate: 0.05,
+            redeliver_after_delete_rate: 0.05,
+            fail_rate: 0.02,
+            latency: Duration::ZERO,
+            panic_rate: 0.0,
+            slow_rate: 0.0,
+            slow_max: Duration::ZERO,
+            refuse_rate: 0.0,
+        }
+    );
+}
+
+/// Which of 40 receives panicked, at a 25 % panic rate.
+async fn panic_pattern(seed: u64) -> Vec<bool> {
+    quiet_injected_panics();
+    let local = LocalBackend::with_faults(Faults {
+        seed,
+        panic_rate: 0.25,
+        ..Faults::none()
+    });
+    let q = local.create_queue("q", QueueOptions::default());
+    let mut out = Vec::new();
+    for _ in 0..40 {
+        let q = q.clone();
+        let r = tokio::spawn(async move { q.receive(1, Duration::ZERO, VIS).await }).await;
+        match r {
+            Ok(got) => {
+                got.unwrap();
+                out.push(false);
+            }
+            Err(e) => {
+                let payload = e.into_panic();
+                let msg = payload.downcast_ref::<String>().unwrap();
+                assert!(
+                    msg.starts_with("injected backend panic: Receive on q"),
+                    "{msg}"
+                );
+                out.push(true);
+            }
+        }
+    }
+    assert_eq!(local.calls().get(Op::Receive), 40, "panicked calls count");
+    // No lock was left poisoned: the queue works as before.
+    local.set_faults(Faults::none());
+    send(q.as_ref(), &["after"]).await;
+    assert_eq!(q.receive(10, Duration::ZERO, VIS).await.unwrap().len(), 1);
+    out
+}
+
+#[tokio::test]
+async fn backend_panics_are_seeded_and_leave_the_backend_usable() {
+    let a = panic_pattern(3).await;
+    assert_eq!(a, panic_pattern(3).await);
+    assert_ne!(a, panic_pattern(4).await);
+    let n = a.iter().filter(|p| **p).count();
+    assert!((3..=20).contains(&n), "{n} of 40 panicked at 25%");
+}
+
+#[tokio::test]
+async fn panic_next_panics_once_on_one_operation_without_other_faults() {
+    quiet_injected_panics();
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    send(q.as_ref(), &["a"]).await;
+    local.panic_next(Op::Delete);
+    let m = q.receive(1, Duration::ZERO, VIS).await.unwrap().remove(0);
+    let handle = m.receipt_handle.clone();
+    let q2 = q.clone();
+    let h2 = handle.clone();
+    let panicked = tokio::spawn(async move { q2.delete_batch(&[h2]).await }).await;
+    let msg = panicked.unwrap_err().into_panic();
+    assert_eq!(
+        msg.downcast_ref::<String>().unwrap(),
+        "injected backend panic: Delete on q"
+    );
+    assert_eq!(q.depth_now().total(), 1, "the panicking delete did nothing");
+    assert_eq!(q.delete_batch(&[handle]).await.unwrap(), vec![Ok(())]);
+    assert_eq!(q.depth_now().total(), 0);
+    assert_eq!(local.calls().get(Op::Delete), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_are_seeded_and_do_nothing_until_their_delay_is_over() {
+    async fn delays(seed: u64) -> Vec<Duration> {
+        let local = LocalBackend::with_faults(Faults {
+            seed,
+            slow_rate: 0.5,
+            slow_max: Duration::from_secs(2),
+            ..Faults::none()
+        });
+        let q = local.create_queue("q", QueueOptions::default());
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let t0 = tokio::time::Instant::now();
+            q.receive(1, Duration::ZERO, VIS).await.unwrap();
+            out.push(t0.elapsed());
+        }
+        out
+    }
+    let a = delays(8).await;
+    assert_eq!(a, delays(8).await);
+    assert_ne!(a, delays(9).await);
+    let slowed = a.iter().filter(|d| !d.is_zero()).count();
+    assert!((4..=16).contains(&slowed), "{slowed} of 20 slowed at 50%");
+    assert!(a.iter().all(|d| *d < Duration::from_secs(2)));
+
+    // A receive given up during its delay takes nothing.
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    send(q.as_ref(), &["a"]).await;
+    local.set_faults(Faults {
+        seed: 1,
+        slow_rate: 1.0,
+        slow_max: Duration::from_secs(10),
+        ..Faults::none()
+    });
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(5),
+        q.receive(10, Duration::ZERO, VIS),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the slowed receive was still waiting");
+    let left = q.snapshot();
+    assert_eq!((left.len(), left[0].receive_count), (1, 0));
+    assert!(!left[0].in_flight);
+    local.set_faults(Faults::none());
+    let got = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+    assert_eq!(got[0].receive_count, 1);
+}
+
+/// Sends 20 messages, receives them with a 1 s visibility and deletes them
+/// all; returns the bodies whose handles were refused.
+async fn refused_bodies(q: &dyn Queue) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        got.extend(
+            q.receive(10, Duration::ZERO, Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut refused = Vec::new();
+    for chunk in got.chunks(10) {
+        let handles: Vec<String> = chunk.iter().map(|m| m.receipt_handle.clone()).collect();
+        let results = q.delete_batch(&handles).await.unwrap();
+        for (m, r) in chunk.iter().zip(results) {
+            match r {
+                Ok(()) => {}
+                Err(BackendError::Invalid { message }) => {
+                    assert!(
+                        message.starts_with("injected permanent refusal of receipt handle"),
+                        "{message}"
+                    );
+                    refused.push(m.body.clone());
+                    // Refused again, by a delete and a visibility change.
+                    let again = q.delete_batch(&[m.receipt_handle.clone()]).await.unwrap();
+                    assert!(matches!(again[0], Err(BackendError::Invalid { .. })));
+                    let vis = q
+                        .change_visibility_batch(&[(m.receipt_handle.clone(), VIS)])
+                        .await
+                        .unwrap();
+                    assert!(matches!(vis[0], Err(BackendError::Invalid { .. })));
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    refused.sort();
+    refused
+}
+
+async fn refusal_run(seed: u64) -> (Vec<String>, Vec<String>) {
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    let bodies: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    send(
+        q.as_ref(),
+        &bodies.iter().map(String::as_str).collect::<Vec<_>>()[..10],
+    )
+    .await;
+    send(
+        q.as_ref(),
+        &bodies.iter().map(String::as_str).collect::<Vec<_>>()[10..],
+    )
+    .await;
+    local.set_faults(Faults {
+        seed,
+        refuse_rate: 0.4,
+        ..Faults::none()
+    });
+    let first = refused_bodies(q.as_ref()).await;
+    assert_eq!(q.depth_now().total(), first.len(), "the others were deleted");
+    // The refused ones come back with new handles, which draw again.
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let mut second_round = Vec::new();
+    while second_round.len() < first.len() {
+        second_round.extend(q.receive(10, Duration::ZERO, VIS).await.unwrap());
+    }
+    let handles: Vec<String> = second_round
+        .iter()
+        .map(|m| m.receipt_handle.clone())
+        .collect();
+    let mut second: Vec<String> = q
+        .delete_batch(&handles)
+        .await
+        .unwrap()
+        .into_iter()
+        .zip(&second_round)
+        .filter(|(r, _)| r.is_err())
+        .map(|(_, m)| m.body.clone())
+        .collect();
+    second.sort();
+    (first, second)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_handles_stay_refused_and_new_deliveries_draw_again() {
+    let (first, second) = refusal_run(21).await;
+    assert!(
+        (2..=16).contains(&first.len()),
+        "{} of 20 refused at 40%",
+        first.len()
+    );
+    assert!(
+        second.len() < first.len(),
+        "new handles are drawn again: {second:?} of {first:?}"
+    );
+    assert_eq!((first.clone(), second), refusal_run(21).await);
+    assert_ne!(first, refusal_run(22).await.0);
+}
+
+#[tokio::test]
+async fn queues_and_topics_check_messages_as_sqs_and_sns_do() {
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    let eleven = (0..11).fold(OutgoingMessage::new("x"), |m, i| {
+        m.attribute(format!("a{i}"), "v")
+    });
+    let ten = (0..10).fold(OutgoingMessage::new("ten"), |m, i| {
+        m.attribute(format!("a{i}"), "v")
+    });
+    let batch = || {
+        vec![
+            eleven.clone(),
+            OutgoingMessage::new("empty value").attribute("k", ""),
+            OutgoingMessage::new("empty name").attribute("", "v"),
+            // The body fits alone; with the attribute's name and value it does not.
+            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 4)).attribute("key", "vv"),
+            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 5)).attribute("key", "v"),
+            ten.clone(),
+        ]
+    };
+    let check = |results: Vec<Result<String, BackendError>>| {
+        match &results[0] {
+            Err(BackendError::Invalid { message }) => assert!(
+                message.ends_with("has 11 message attributes; at most 10"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match &results[1] {
+            Err(BackendError::Invalid { message }) => {
+                assert!(message.contains("`k` has an empty value"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match &results[2] {
+            Err(BackendError::Invalid { message }) => {
+                assert!(message.contains("empty name"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            results[3],
+            Err(BackendError::PayloadTooLarge {
+                actual: MAX_MESSAGE_BYTES + 1,
+                limit: MAX_MESSAGE_BYTES
+            })
+        );
+        assert!(results[4].is_ok() && results[5].is_ok(), "{results:?}");
+    };
+    check(q.send_batch(batch()).await.unwrap());
+    let held: Vec<usize> = q.snapshot().iter().map(|m| m.body.len()).collect();
+    assert_eq!(held, vec![MAX_MESSAGE_BYTES - 5, 3], "only the valid ones");
+
+    let t = local.create_topic("t", false);
+    let sub = local.create_queue("sub", QueueOptions::default());
+    local.subscribe(&t, &sub, true);
+    check(t.publish_batch(batch()).await.unwrap());
+    assert_eq!(sub.depth_now().total(), 2);
+
+    // An invalid notification records no deduplication id on a FIFO topic.
+    let ft = local.create_topic("t.fifo", true);
+    let fq = local.create_queue(
+        "f.fifo",
+        QueueOptions {
+            fifo: true,
+            ..Default::default()
+        },
+    );
+    local.subscribe(&ft, &fq, true);
+    let n = |v: &str| OutgoingMessage::new("x").group("g").dedup("d").attribute("k", v);
+    let r = ft.publish_batch(vec![n(""), n("v")]).await.unwrap();
+    assert!(matches!(r[0], Err(BackendError::Invalid { .. })) && r[1].is_ok());
+    assert_eq!(fq.depth_now().total(), 1);
+}
+
+async fn store_failures(seed: u64) -> Vec<bool> {
+    let local = LocalBackend::with_faults(Faults {
+        seed,
+        fail_rate: 0.3,
+        ..Faults::none()
+    });
+    let store = local.idempotency_store();
+    let mut out = Vec::new();
+    for i in 0..40 {
+        out.push(
+            store
+                .claim(&format!("k{i}"), "me", VIS)
+                .await
+                .is_err(),
+        );
+    }
+    assert_eq!(local.calls().get(Op::Claim), 40);
+    assert_eq!(local.calls().service("store"), 40);
+    assert_eq!(local.calls().service("sqs"), 0);
+    out
+}
+
+#[tokio::test]
+async fn the_backends_idempotency_store_shares_its_faults() {
+    quiet_injected_panics();
+    let a = store_failures(5).await;
+    assert_eq!(a, store_failures(5).await);
+    assert_ne!(a, store_failures(6).await);
+    assert!(a.iter().any(|f| *f) && !a.iter().all(|f| *f));
+
+    let local = LocalBackend::new();
+    let store = Arc::new(local.idempotency_store());
+    assert_eq!(
+        store.claim("k", "me", VIS).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    // An armed panic hits the next renewal only, and leaves the store usable.
+    local.panic_next(Op::Renew);
+    let s2 = store.clone();
+    let panicked = tokio::spawn(async move { s2.renew("k", "me", VIS).await }).await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert!(store.renew("k", "me", VIS).await.unwrap());
+    // A gate holds completions.
+    let gate = local.gate(Op::Complete);
+    let held =
+        tokio::time::timeout(Duration::from_millis(50), store.complete("k", "me", VIS)).await;
+    assert!(held.is_err(), "a closed gate holds the call");
+    gate.open();
+    assert!(store.complete("k", "me", VIS).await.unwrap());
+    store.release("k", "me").await.unwrap();
+    let calls = local.calls();
+    assert_eq!(
+        Op::ALL
+            .iter()
+            .filter(|op| op.service() == "store")
+            .map(|op| (*op, calls.get(*op)))
+            .collect::<Vec<_>>(),
+        vec![
+            (Op::Claim, 1),
+            (Op::Renew, 2),
+            (Op::Complete, 2),
+            (Op::Release, 1)
+        ]
+    );
+
+    // A store made on its own knows nothing of the backend's faults.
+    local.set_faults(Faults {
+        fail_rate: 1.0,
+        ..Faults::none()
+    });
+    let plain = LocalIdempotencyStore::new();
+    assert_eq!(
+        plain.claim("k", "me", VIS).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    assert!(store.claim("k2", "me", VIS).await.is_err());
+    assert_eq!(local.calls().get(Op::Claim), 2);
 }

@@ -28,8 +28,10 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// SQS FIFO queues and SNS FIFO topics deduplicate within five minutes.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// SQS's largest message body (256 KiB).
+/// SQS's largest message (256 KiB): body, attribute names and values.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// SQS and SNS: at most ten message attributes on one message.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 
 /// One message as a receive hands it out.
 #[derive(Debug, Clone)]

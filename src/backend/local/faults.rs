@@ -3,8 +3,15 @@
 //! Faults are seeded so a run can be repeated: duplicate deliveries (a copy
 //! handed to the next — possibly concurrent — receive with a newer receipt
 //! handle), redelivery after delete (a replica that missed the delete), calls
-//! that fail transiently at a rate, latency per call, and gates that hold every
-//! call of one operation until opened (to freeze a worker between two steps).
+//! that fail transiently at a rate, calls that panic (at a rate, or the next
+//! call of one operation), calls slowed by a random delay, receipt handles
+//! refused for good by deletes and visibility changes, latency per call, and
+//! gates that hold every call of one operation until opened (to freeze a
+//! worker between two steps).
+//!
+//! The idempotency store a backend hands out
+//! ([`super::LocalBackend::idempotency_store`]) shares the same state, so its
+//! calls are counted, gated and failed like the queues'.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,11 +43,22 @@ pub enum Op {
     Get,
     /// S3 `HeadObject`.
     Head,
+    /// Idempotency store: claim a job.
+    Claim,
+    /// Idempotency store: renew a claim.
+    Renew,
+    /// Idempotency store: mark a job completed.
+    Complete,
+    /// Idempotency store: give a claim up.
+    Release,
 }
+
+/// How many operations there are.
+const OPS: usize = Op::ALL.len();
 
 impl Op {
     /// Every operation, in a fixed order.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 12] = [
         Op::Receive,
         Op::Delete,
         Op::ChangeVisibility,
@@ -49,18 +67,24 @@ impl Op {
         Op::Put,
         Op::Get,
         Op::Head,
+        Op::Claim,
+        Op::Renew,
+        Op::Complete,
+        Op::Release,
     ];
 
     fn index(self) -> usize {
         self as usize
     }
 
-    /// Which service the operation belongs to: `sqs`, `sns` or `s3`.
+    /// Which service the operation belongs to: `sqs`, `sns`, `s3` or
+    /// `store` (the idempotency store).
     pub fn service(self) -> &'static str {
         match self {
             Op::Receive | Op::Delete | Op::ChangeVisibility | Op::Send => "sqs",
             Op::Publish => "sns",
             Op::Put | Op::Get | Op::Head => "s3",
+            Op::Claim | Op::Renew | Op::Complete | Op::Release => "store",
         }
     }
 }
@@ -79,6 +103,25 @@ pub struct Faults {
     pub fail_rate: f64,
     /// Latency added to every call.
     pub latency: Duration,
+    /// Chance that any call panics (`injected backend panic: …`), as a bug
+    /// in a client library would. No lock of the backend is held when it
+    /// does. See also [`super::LocalBackend::panic_next`].
+    pub panic_rate: f64,
+    /// Chance that a call is slowed: it first sleeps a delay drawn
+    /// uniformly from `[0, slow_max)` (on top of `latency`), and only then
+    /// does its work, so a caller that gives up during the delay leaves no
+    /// effect behind.
+    pub slow_rate: f64,
+    /// The longest delay of a slowed call.
+    pub slow_max: Duration,
+    /// Chance that a receipt handle is refused for good by
+    /// `delete_batch` and `change_visibility_batch`: the entry fails with
+    /// [`BackendError::Invalid`] on this call and every later one, while the
+    /// batch's other entries go through. The choice is made once per handle
+    /// (a function of the seed, the queue and the handle), so a new delivery
+    /// of the same message, with a new handle, is refused only if it draws
+    /// that too.
+    pub refuse_rate: f64,
 }
 
 impl Faults {
@@ -95,7 +138,7 @@ impl Faults {
             duplicate_rate: 0.05,
             redeliver_after_delete_rate: 0.05,
             fail_rate: 0.02,
-            latency: Duration::ZERO,
+            ..Self::default()
         }
     }
 
@@ -104,13 +147,16 @@ impl Faults {
             && self.redeliver_after_delete_rate <= 0.0
             && self.fail_rate <= 0.0
             && self.latency.is_zero()
+            && self.panic_rate <= 0.0
+            && (self.slow_rate <= 0.0 || self.slow_max.is_zero())
+            && self.refuse_rate <= 0.0
     }
 }
 
 /// Calls per operation, counted whether they succeeded or not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallCounts {
-    counts: [u64; 8],
+    counts: [u64; OPS],
 }
 
 impl CallCounts {
@@ -119,7 +165,7 @@ impl CallCounts {
         self.counts[op.index()]
     }
 
-    /// Calls to one service (`sqs`, `sns`, `s3`).
+    /// Calls to one service (`sqs`, `sns`, `s3`, `store`).
     pub fn service(&self, service: &str) -> u64 {
         Op::ALL
             .iter()
@@ -130,7 +176,7 @@ impl CallCounts {
 
     /// The counts since an earlier snapshot.
     pub fn since(&self, earlier: &CallCounts) -> CallCounts {
-        let mut counts = [0; 8];
+        let mut counts = [0; OPS];
         for (i, c) in counts.iter_mut().enumerate() {
             *c = self.counts[i].saturating_sub(earlier.counts[i]);
         }
@@ -162,9 +208,11 @@ pub(crate) struct FaultState {
     active: AtomicBool,
     faults: RwLock<Faults>,
     rng: Mutex<StdRng>,
-    calls: [AtomicU64; 8],
+    calls: [AtomicU64; OPS],
     gates: RwLock<HashMap<Op, watch::Receiver<bool>>>,
     gated: AtomicBool,
+    /// One-shot panics armed per operation ([`FaultState::panic_next`]).
+    armed: [AtomicBool; OPS],
 }
 
 impl FaultState {
@@ -176,6 +224,7 @@ impl FaultState {
             calls: Default::default(),
             gates: RwLock::new(HashMap::new()),
             gated: AtomicBool::new(false),
+            armed: Default::default(),
         };
         state.set(faults);
         state
@@ -192,7 +241,7 @@ impl FaultState {
     }
 
     pub(crate) fn calls(&self) -> CallCounts {
-        let mut counts = [0; 8];
+        let mut counts = [0; OPS];
         for (i, c) in counts.iter_mut().enumerate() {
             *c = self.calls[i].load(Ordering::Relaxed);
         }
@@ -206,9 +255,19 @@ impl FaultState {
         Gate { tx: Arc::new(tx) }
     }
 
-    /// Counts the call, then applies latency, gates and failures.
+    /// Makes the next call of `op` panic, whatever else is configured.
+    pub(crate) fn panic_next(&self, op: Op) {
+        self.armed[op.index()].store(true, Ordering::Release);
+    }
+
+    /// Counts the call, then applies an armed panic, gates, latency, slow
+    /// calls, panics and failures. Holds no lock when it panics or sleeps.
     pub(crate) async fn before(&self, op: Op, resource: &str) -> Result<(), BackendError> {
         self.calls[op.index()].fetch_add(1, Ordering::Relaxed);
+        let armed = &self.armed[op.index()];
+        if armed.load(Ordering::Relaxed) && armed.swap(false, Ordering::AcqRel) {
+            panic!("injected backend panic: {op:?} on {resource}");
+        }
         if self.gated.load(Ordering::Acquire) {
             let gate = self.gates.read().expect("gates lock").get(&op).cloned();
             if let Some(mut rx) = gate {
@@ -219,12 +278,25 @@ impl FaultState {
         if !self.active.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (latency, fail_rate) = {
+        let (latency, fail_rate, panic_rate, slow_rate, slow_max) = {
             let f = self.faults.read().expect("faults lock");
-            (f.latency, f.fail_rate)
+            (
+                f.latency,
+                f.fail_rate,
+                f.panic_rate,
+                f.slow_rate,
+                f.slow_max,
+            )
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        if slow_rate > 0.0 && !slow_max.is_zero() && self.roll(slow_rate) {
+            let delay = self.uniform(slow_max);
+            tokio::time::sleep(delay).await;
+        }
+        if panic_rate > 0.0 && self.roll(panic_rate) {
+            panic!("injected backend panic: {op:?} on {resource}");
         }
         if fail_rate > 0.0 && self.roll(fail_rate) {
             return Err(BackendError::transient(format!(
@@ -232,6 +304,25 @@ impl FaultState {
             )));
         }
         Ok(())
+    }
+
+    /// The permanent-refusal test for receipt handles on `resource`, while
+    /// refusals are on: a function of the seed, the resource and the handle.
+    pub(crate) fn refusals(&self, resource: &str) -> Option<Refusals> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let f = self.faults.read().expect("faults lock");
+        (f.refuse_rate > 0.0).then(|| Refusals {
+            rate: f.refuse_rate,
+            seed: f.seed ^ xxhash_rust::xxh3::xxh3_64(resource.as_bytes()),
+        })
+    }
+
+    /// A delay drawn uniformly from `[0, max)`.
+    fn uniform(&self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Duration::from_nanos(self.rng.lock().expect("rng lock").gen_range(0..nanos))
     }
 
     /// True with the given chance.
@@ -260,5 +351,25 @@ impl FaultState {
     pub(crate) fn jitter(&self, max: Duration) -> Duration {
         let ms = max.as_millis().max(1) as u64;
         Duration::from_millis(self.rng.lock().expect("rng lock").gen_range(0..ms))
+    }
+}
+
+/// Which receipt handles of one queue are refused for good.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refusals {
+    rate: f64,
+    seed: u64,
+}
+
+impl Refusals {
+    /// `Some(error)` when this handle is refused: the same answer on every
+    /// call, drawn with chance `refuse_rate` the first time.
+    pub(crate) fn check(&self, resource: &str, handle: &str) -> Option<BackendError> {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(handle.as_bytes(), self.seed);
+        // The top 53 bits as a uniform draw from [0, 1).
+        let draw = (h >> 11) as f64 / (1u64 << 53) as f64;
+        (draw < self.rate).then(|| BackendError::Invalid {
+            message: format!("injected permanent refusal of receipt handle {handle} on {resource}"),
+        })
     }
 }

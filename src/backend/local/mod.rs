@@ -27,6 +27,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::idempotency::LocalIdempotencyStore;
+
 pub use blob::LocalBlobStore;
 pub use faults::{CallCounts, Faults, Gate, Op};
 pub use queue::{LocalQueue, QueueOptions, StoredMessage};
@@ -35,7 +37,7 @@ pub use topic::LocalTopic;
 #[cfg(test)]
 pub(crate) use topic::sns_envelope;
 
-use faults::FaultState;
+pub(crate) use faults::FaultState;
 
 /// The embedded backend: a namespace of queues and topics and one blob store,
 /// sharing fault injection and call counts. Cheap to clone.
@@ -109,6 +111,22 @@ impl LocalBackend {
     /// dropped and another gate set).
     pub fn gate(&self, op: Op) -> Gate {
         self.inner.faults.gate(op)
+    }
+
+    /// Makes the next call of `op` panic (`injected backend panic: …`),
+    /// once, whatever other faults are set (none needed). The panic is
+    /// raised before the call takes any lock, so the backend stays usable.
+    pub fn panic_next(&self, op: Op) {
+        self.inner.faults.panic_next(op);
+    }
+
+    /// A new, empty idempotency store whose calls go through this backend's
+    /// fault injection: they are counted ([`Op::Claim`], [`Op::Renew`],
+    /// [`Op::Complete`], [`Op::Release`]), held by gates, slowed, failed and
+    /// made to panic like the queues' calls. Reading a record is not.
+    /// Each call returns a store of its own; share one with `Arc`.
+    pub fn idempotency_store(&self) -> LocalIdempotencyStore {
+        LocalIdempotencyStore::with_faults(self.inner.faults.clone())
     }
 
     /// Creates a queue, or returns the existing one of that name.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::faults::{FaultState, Op};
 use crate::backend::{
     EntryResult, OutgoingMessage, Queue, QueueDepth, ReceivedMessage, DEDUP_WINDOW, MAX_BATCH,
-    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES,
 };
 use crate::error::BackendError;
 
@@ -121,6 +121,48 @@ fn parse_handle(handle: &str) -> Option<(u64, u64)> {
         u64::from_str_radix(seq, 16).ok()?,
         u64::from_str_radix(generation, 16).ok()?,
     ))
+}
+
+/// Checks one message as SQS (and SNS, for a notification) does before
+/// accepting it: at most [`MAX_MESSAGE_ATTRIBUTES`] attributes, none with an
+/// empty name or value, and at most [`MAX_MESSAGE_BYTES`] of body, attribute
+/// names and values together. `on` names the queue or topic.
+pub(crate) fn validate(on: &str, m: &OutgoingMessage) -> Result<(), BackendError> {
+    let n = m.attributes.len();
+    if n > MAX_MESSAGE_ATTRIBUTES {
+        return Err(BackendError::Invalid {
+            message: format!(
+                "{on}: the message has {n} message attributes; at most {MAX_MESSAGE_ATTRIBUTES}"
+            ),
+        });
+    }
+    // Sorted, so the error names the same attribute every time.
+    let mut names: Vec<&String> = m.attributes.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        if name.is_empty() {
+            return Err(BackendError::Invalid {
+                message: format!("{on}: a message attribute has an empty name"),
+            });
+        }
+        if m.attributes[name].is_empty() {
+            return Err(BackendError::Invalid {
+                message: format!("{on}: message attribute `{name}` has an empty value"),
+            });
+        }
+    }
+    let size = m.body.len()
+        + m.attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > MAX_MESSAGE_BYTES {
+        return Err(BackendError::PayloadTooLarge {
+            actual: size,
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(())
 }
 
 impl State {
@@ -265,14 +307,10 @@ impl LocalQueue {
         }
     }
 
-    /// Puts one message in, as a send or a topic delivery does.
+    /// Puts one message in, as a send or a topic delivery does, after
+    /// checking it as SQS would ([`validate`]).
     pub(crate) fn enqueue(&self, msg: OutgoingMessage) -> Result<String, BackendError> {
-        if msg.body.len() > MAX_MESSAGE_BYTES {
-            return Err(BackendError::PayloadTooLarge {
-                actual: msg.body.len(),
-                limit: MAX_MESSAGE_BYTES,
-            });
-        }
+        validate(&self.name, &msg)?;
         let now = Instant::now();
         let mut st = self.state.lock().expect("queue lock");
         let dedup_id = if self.options.fifo {
@@ -482,11 +520,15 @@ impl Queue for LocalQueue {
     async fn delete_batch(&self, handles: &[String]) -> Result<Vec<EntryResult>, BackendError> {
         self.faults.before(Op::Delete, &self.name).await?;
         let redeliver = self.faults.redeliver_rate();
+        let refusals = self.faults.refusals(&self.name);
         let now = Instant::now();
         let mut st = self.state.lock().expect("queue lock");
         let out = handles
             .iter()
             .map(|h| {
+                if let Some(refused) = refusals.and_then(|r| r.check(&self.name, h)) {
+                    return Err(refused);
+                }
                 let seq = st.current(h).ok_or(BackendError::ReceiptInvalid)?;
                 let resurrect =
                     redeliver > 0.0 && !st.msgs[&seq].resurrected && self.faults.roll(redeliver);
@@ -514,12 +556,16 @@ impl Queue for LocalQueue {
         entries: &[(String, Duration)],
     ) -> Result<Vec<EntryResult>, BackendError> {
         self.faults.before(Op::ChangeVisibility, &self.name).await?;
+        let refusals = self.faults.refusals(&self.name);
         let now = Instant::now();
         let mut st = self.state.lock().expect("queue lock");
         let mut released = false;
         let out = entries
             .iter()
             .map(|(h, vis)| {
+                if let Some(refused) = refusals.and_then(|r| r.check(&self.name, h)) {
+                    return Err(refused);
+                }
                 let seq = st.current(h).ok_or(BackendError::ReceiptInvalid)?;
                 if !st.msgs[&seq].in_flight {
                     return Err(BackendError::ReceiptInvalid);

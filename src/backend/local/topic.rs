@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::faults::{FaultState, Op};
-use super::queue::LocalQueue;
+use super::queue::{validate, LocalQueue};
 use crate::backend::{EntryResult, Notification, OutgoingMessage, Topic, DEDUP_WINDOW};
 use crate::error::BackendError;
 
@@ -67,6 +67,9 @@ impl LocalTopic {
     }
 
     fn publish_one(&self, n: Notification) -> Result<String, BackendError> {
+        // Checked before fan-out, as SNS does: an invalid notification
+        // reaches no subscriber and records no deduplication id.
+        validate(&self.name, &n)?;
         let id = format!(
             "{}-n{:08}",
             self.name,
