@@ -359,6 +359,7 @@ async fn a_missed_delete_of_a_visible_fifo_message_does_not_lock_its_group() {
     let next = q.receive(10, Duration::ZERO, vis).await.unwrap();
     assert_eq!(next.len(), 1, "the group stayed locked");
     assert_eq!(next[0].body, "a3");
+}
 
 /// Keeps the default hook quiet for the panics these tests inject.
 fn quiet_injected_panics() {
@@ -505,11 +506,8 @@ async fn slow_calls_are_seeded_and_do_nothing_until_their_delay_is_over() {
         slow_max: Duration::from_secs(10),
         ..Faults::none()
     });
-    let gave_up = tokio::time::timeout(
-        Duration::from_millis(5),
-        q.receive(10, Duration::ZERO, VIS),
-    )
-    .await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(5), q.receive(10, Duration::ZERO, VIS)).await;
     assert!(gave_up.is_err(), "the slowed receive was still waiting");
     let left = q.snapshot();
     assert_eq!((left.len(), left[0].receive_count), (1, 0));
@@ -580,7 +578,11 @@ async fn refusal_run(seed: u64) -> (Vec<String>, Vec<String>) {
         ..Faults::none()
     });
     let first = refused_bodies(q.as_ref()).await;
-    assert_eq!(q.depth_now().total(), first.len(), "the others were deleted");
+    assert_eq!(
+        q.depth_now().total(),
+        first.len(),
+        "the others were deleted"
+    );
     // The refused ones come back with new handles, which draw again.
     tokio::time::advance(Duration::from_millis(1100)).await;
     let mut second_round = Vec::new();
@@ -690,7 +692,12 @@ async fn queues_and_topics_check_messages_as_sqs_and_sns_do() {
         },
     );
     local.subscribe(&ft, &fq, true);
-    let n = |v: &str| OutgoingMessage::new("x").group("g").dedup("d").attribute("k", v);
+    let n = |v: &str| {
+        OutgoingMessage::new("x")
+            .group("g")
+            .dedup("d")
+            .attribute("k", v)
+    };
     let r = ft.publish_batch(vec![n(""), n("v")]).await.unwrap();
     assert!(matches!(r[0], Err(BackendError::Invalid { .. })) && r[1].is_ok());
     assert_eq!(fq.depth_now().total(), 1);
@@ -705,12 +712,7 @@ async fn store_failures(seed: u64) -> Vec<bool> {
     let store = local.idempotency_store();
     let mut out = Vec::new();
     for i in 0..40 {
-        out.push(
-            store
-                .claim(&format!("k{i}"), "me", VIS)
-                .await
-                .is_err(),
-        );
+        out.push(store.claim(&format!("k{i}"), "me", VIS).await.is_err());
     }
     assert_eq!(local.calls().get(Op::Claim), 40);
     assert_eq!(local.calls().service("store"), 40);
