@@ -879,8 +879,10 @@ async fn check(
     // effects done, and every such ending is counted by the stage: the job
     // was put back to be tried again (`retried`: its upload or notice
     // failed), given back unfinished (`released`), cancelled with its lease
-    // (`leases_lost`) or with its idempotency claim (`claims_lost`). So
-    //     Σ_jobs (successful runs − 1)  ≤  retried + released + leases_lost + claims_lost.
+    // (`leases_lost`) or with its idempotency claim (`claims_lost`), or let
+    // go after its delete was refused for good (`settle_gave_up`). So
+    //     Σ_jobs (successful runs − 1)  ≤  retried + released + leases_lost
+    //                                      + claims_lost + settle_gave_up.
     // The bound is loose (`retried` also counts the processor's own retry
     // requests, which are not successful runs), never too tight.
     let runs = runs.lock().expect("runs lock").clone();
@@ -926,7 +928,7 @@ async fn check(
 
 /// The events that allow a job's processor to succeed more than once.
 fn allowance(s: &StatsSnapshot) -> u64 {
-    s.retried + s.released + s.leases_lost + s.claims_lost
+    s.retried + s.released + s.leases_lost + s.claims_lost + s.settle_gave_up
 }
 
 /// Runs one seed on a thread and a tokio runtime of its own; an error when

@@ -47,6 +47,8 @@ pub enum Claim {
 pub struct SeenCache {
     map: DashMap<Key, Seen, rustc_hash::FxBuildHasher>,
     completed: Mutex<VecDeque<(u64, Key)>>,
+    /// Messages already dead-lettered, by message id, with the time.
+    dead: Mutex<std::collections::HashMap<String, u64>>,
     epoch: Instant,
     ttl: Duration,
     capacity: usize,
@@ -58,6 +60,7 @@ impl SeenCache {
         Self {
             map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             completed: Mutex::new(VecDeque::new()),
+            dead: Mutex::default(),
             epoch: Instant::now(),
             ttl,
             capacity: capacity.max(1),
@@ -129,6 +132,27 @@ impl SeenCache {
             &lease.seen_key,
             |_, s| matches!(s, Seen::InFlight(l) if l.id == lease.id),
         );
+    }
+
+    /// A message (by its queue's message id, not the job id) whose
+    /// dead-letter entry is sent: should it come back (its delete failed),
+    /// it is deleted without a second entry. A redrive or a fixed re-send is
+    /// a new message and runs.
+    pub(crate) fn dead_lettered(&self, message_id: &str) {
+        let now = self.now_ms();
+        let ttl = self.ttl.as_millis() as u64;
+        let mut d = self.dead.lock().expect("seen lock");
+        d.retain(|_, at| now.saturating_sub(*at) < ttl);
+        if d.len() < self.capacity {
+            d.insert(message_id.to_owned(), now);
+        }
+    }
+
+    /// Whether this message's dead-letter entry was already sent.
+    pub(crate) fn was_dead_lettered(&self, message_id: &str) -> bool {
+        let d = self.dead.lock().expect("seen lock");
+        d.get(message_id)
+            .is_some_and(|at| self.now_ms().saturating_sub(*at) < self.ttl.as_millis() as u64)
     }
 
     /// Ids remembered now.

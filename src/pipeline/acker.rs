@@ -393,12 +393,10 @@ impl Acker {
                     // Done, or the message is no longer ours to change: either
                     // way it will be delivered again.
                     self.succeeded();
-                    if r.is_ok() {
-                        match lease.ending() {
-                            Some(Ending::Retry { .. }) => Stats::inc(&s.stats.retried),
-                            Some(Ending::Release) => Stats::inc(&s.stats.released),
-                            _ => {}
-                        }
+                    match lease.ending() {
+                        Some(Ending::Retry { .. }) => Stats::inc(&s.stats.retried),
+                        Some(Ending::Release) => Stats::inc(&s.stats.released),
+                        _ => {}
                     }
                     ended.push(lease);
                 }
@@ -499,6 +497,9 @@ impl Acker {
                     lease.set_ending(Ending::Delete {
                         dead_lettered: true,
                     });
+                    // Should the delete not happen, the message's return
+                    // is deleted without a second entry.
+                    s.seen.dead_lettered(&lease.job.message_id);
                     self.deletes.push(Delete::Job(lease));
                 }
                 Err(e) => {

@@ -227,6 +227,14 @@ impl Poller {
                     let count = lease.job.receive_count;
                     if self.stopped || s.is_escalated() {
                         settle.push((lease, Ending::Release));
+                    } else if s.seen.was_dead_lettered(&lease.job.message_id) {
+                        // Its entry is in the dead-letter queue already.
+                        settle.push((
+                            lease,
+                            Ending::Delete {
+                                dead_lettered: true,
+                            },
+                        ));
                     } else if count > s.config.max_receives {
                         let reason = format!(
                             "received {count} times, over the limit of {}",
