@@ -102,10 +102,10 @@ impl Shared {
     }
 
     /// Ends leases: the one place a lease leaves the table. Deleted and
-    /// dead-lettered jobs let their FIFO group go on; a deleted job is
-    /// remembered by the seen cache (a dead-lettered one is not, so a fixed
-    /// re-send or a redrive runs); the rest are forgotten so their next
-    /// delivery runs afresh. A claim still held is given up.
+    /// dead-lettered jobs let their FIFO group go on and are remembered by
+    /// the seen cache (a copy of either is deleted unprocessed); the rest are
+    /// forgotten so their next delivery runs afresh. A claim still held is
+    /// given up.
     pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) {
         let mut done_keys = Vec::new();
         let mut removed = false;
@@ -118,13 +118,13 @@ impl Shared {
             }
             lease.set_output(None);
             match how {
-                Ended::Deleted => done_keys.push(lease.seen_key),
+                Ended::Deleted | Ended::DeadLettered => done_keys.push(lease.seen_key),
                 Ended::Lost => {
                     lease.cancel();
                     Stats::inc(&self.stats.leases_lost);
                     self.seen.forget(lease);
                 }
-                Ended::DeadLettered | Ended::Released => self.seen.forget(lease),
+                Ended::Released => self.seen.forget(lease),
             }
             self.release_claim(lease);
             removed |= self.leases.remove(lease);
