@@ -217,19 +217,26 @@ impl<A: Child> Future for Supervised<A> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if let Some(p) = this.pause.as_mut() {
+            let why = if let Some(p) = this.pause.as_mut() {
                 if p.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.pause = None;
-                if !this.fut.restart() {
-                    return Poll::Ready(());
+                // The restart hook re-derives the actor's work; it may
+                // panic too, and is supervised like the rest.
+                match catch_unwind(AssertUnwindSafe(|| this.fut.restart())) {
+                    Ok(true) => continue,
+                    Ok(false) => return Poll::Ready(()),
+                    Err(payload) => {
+                        format!("panicked while restarting: {}", panic_message(&*payload))
+                    }
                 }
-            }
-            let why = match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx))) {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(())) => "stopped".to_owned(),
-                Err(payload) => format!("panicked: {}", panic_message(&*payload)),
+            } else {
+                match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(())) => "stopped".to_owned(),
+                    Err(payload) => format!("panicked: {}", panic_message(&*payload)),
+                }
             };
             let s = &this.shared;
             if s.shutting_down() {
