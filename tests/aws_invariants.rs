@@ -111,8 +111,8 @@ async fn mid_flight_copy_merges_and_the_newest_handle_deletes() {
     let rt = Runtime::builder()
         .pipeline(
             h.pipeline_with(tap.clone(), h.topic.clone(), p.clone())
-                // The first extension comes after a third of the visibility:
-                // long enough for the poller to receive the copy first.
+                // The first extension comes after half the visibility: long
+                // enough for the poller to receive the copy first.
                 .configure(|c| c.visibility_timeout = Duration::from_secs(6)),
         )
         .start()

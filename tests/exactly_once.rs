@@ -69,6 +69,7 @@ async fn two_workers_with_concurrent_duplicates_run_each_job_once() {
     let (sa, sb) = (a.total(), b.total());
     a.shutdown().await;
     b.shutdown().await;
+    eprintln!("a: {sa:?}\nb: {sb:?}");
     assert_once(store.as_ref(), &p, &ids).await;
     let processed = sa.processed + sb.processed;
     let from_store = sa.skipped_completed + sb.skipped_completed;

@@ -2,9 +2,9 @@
 //! lapses, in batches, up to the maximum lease age (DESIGN rule 5), and
 //! enforces each lease's deadline.
 //!
-//! An extension is sent once a third of the visibility has passed and has a
-//! time limit of its own (a third of the visibility), so one slow or hung
-//! call leaves time for another before the lease would lapse. A lease's
+//! An extension is sent once half the visibility has passed and has a time
+//! limit of its own (a quarter of the visibility), so one slow or hung call
+//! leaves time for another before the lease would lapse. A lease's
 //! deadline counts from when its receive (or extension) was *sent*, never
 //! from when the answer came. A lease past its deadline without a confirmed
 //! extension is lost, whatever the reason: its job is cancelled before any
@@ -42,8 +42,9 @@ impl LeaseKeeper {
         let s = &self.shared;
         let now = Instant::now();
         let visibility = s.config.visibility_timeout;
-        // Extend once a third has passed: two tries fit before the lapse.
-        let margin = visibility * 2 / 3;
+        // Extend once half has passed; each try has a quarter: two fit
+        // before the lapse.
+        let margin = visibility / 2;
         let mut due = Vec::new();
         let mut expired = Vec::new();
         for lease in s.leases.all() {
@@ -82,7 +83,7 @@ impl LeaseKeeper {
             }
             s.settle(settle);
         }
-        let limit = visibility / 3;
+        let limit = visibility / 4;
         while !due.is_empty() {
             let chunk: Vec<(Arc<Lease>, String)> = due.drain(..due.len().min(MAX_BATCH)).collect();
             let entries: Vec<(String, Duration)> =
