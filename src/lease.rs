@@ -120,9 +120,11 @@ pub struct Lease {
     /// The newest receipt handle and the time its visibility lapses.
     handle: Mutex<(String, Instant)>,
     state: AtomicU8,
-    /// When the state last changed, in ms since the table's epoch.
+    /// When the state last changed, in ms since the table's epoch, read
+    /// from the table's coarse clock.
     changed_at: AtomicU64,
     epoch: Instant,
+    clock: Arc<AtomicU64>,
     /// The table's count of leases not started yet, shared.
     pending: Arc<AtomicUsize>,
     cancelled: Arc<AtomicBool>,
@@ -192,9 +194,8 @@ impl Lease {
                     if s.unstarted() && !to.unstarted() {
                         self.pending.fetch_sub(1, Ordering::AcqRel);
                     }
-                    let ms = Instant::now().saturating_duration_since(self.epoch);
                     self.changed_at
-                        .store(ms.as_millis() as u64, Ordering::Relaxed);
+                        .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
                     return Some(s);
                 }
                 Err(actual) => cur = actual,
@@ -295,6 +296,9 @@ pub struct LeaseTable {
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
     epoch: Instant,
+    /// Milliseconds since `epoch`, as of the last [`LeaseTable::tick`]: the
+    /// stall watch needs no finer time, and the hot path reads no clock.
+    clock: Arc<AtomicU64>,
 }
 
 impl Default for LeaseTable {
@@ -304,6 +308,7 @@ impl Default for LeaseTable {
             next: AtomicU64::new(0),
             pending: Arc::default(),
             epoch: Instant::now(),
+            clock: Arc::default(),
         }
     }
 }
@@ -332,12 +337,9 @@ impl LeaseTable {
             received_at,
             handle: Mutex::new((handle, visible_until)),
             state: AtomicU8::new(LeaseState::Pending as u8),
-            changed_at: AtomicU64::new(
-                received_at
-                    .saturating_duration_since(self.epoch)
-                    .as_millis() as u64,
-            ),
+            changed_at: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
             epoch: self.epoch,
+            clock: self.clock.clone(),
             pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
             extending: AtomicBool::new(false),
@@ -350,6 +352,12 @@ impl LeaseTable {
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());
         lease
+    }
+
+    /// Moves the coarse clock lease state times are read from to now.
+    pub(crate) fn tick(&self) {
+        let ms = Instant::now().saturating_duration_since(self.epoch);
+        self.clock.store(ms.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Leases received whose job has not started.

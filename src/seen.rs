@@ -49,6 +49,7 @@ pub struct SeenCache {
     completed: Mutex<VecDeque<(u64, Key)>>,
     /// Messages already dead-lettered, by message id, with the time.
     dead: Mutex<std::collections::HashMap<String, u64>>,
+    any_dead: std::sync::atomic::AtomicBool,
     epoch: Instant,
     ttl: Duration,
     capacity: usize,
@@ -61,6 +62,7 @@ impl SeenCache {
             map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             completed: Mutex::new(VecDeque::new()),
             dead: Mutex::default(),
+            any_dead: Default::default(),
             epoch: Instant::now(),
             ttl,
             capacity: capacity.max(1),
@@ -146,10 +148,16 @@ impl SeenCache {
         if d.len() < self.capacity {
             d.insert(message_id.to_owned(), now);
         }
+        self.any_dead
+            .store(!d.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     /// Whether this message's dead-letter entry was already sent.
     pub(crate) fn was_dead_lettered(&self, message_id: &str) -> bool {
+        // The common case, no dead letters at all, takes no lock.
+        if !self.any_dead.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let d = self.dead.lock().expect("seen lock");
         d.get(message_id)
             .is_some_and(|at| self.now_ms().saturating_sub(*at) < self.ttl.as_millis() as u64)

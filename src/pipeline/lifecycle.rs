@@ -116,7 +116,13 @@ impl Shared {
             if was == LeaseState::Settling {
                 self.settling.fetch_sub(1, Ordering::AcqRel);
             }
-            lease.set_output(None);
+            if matches!(
+                was,
+                LeaseState::Processed | LeaseState::Stored | LeaseState::Settling
+            ) && (self.results.is_some() || self.topic.is_some())
+            {
+                lease.set_output(None);
+            }
             match how {
                 Ended::Deleted | Ended::DeadLettered => done_keys.push(lease.seen_key),
                 Ended::Lost => {

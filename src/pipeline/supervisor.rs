@@ -287,6 +287,7 @@ impl PipelineSupervisor {
     /// Looks for leases an actor lost track of, and restarts that actor.
     fn watch(&mut self) {
         let s = &self.shared;
+        s.leases.tick();
         let limit = s.config.stall_timeout;
         let now = tokio::time::Instant::now();
         let mut stalled: HashMap<&'static str, usize> = HashMap::new();
@@ -325,7 +326,7 @@ impl Actor for PipelineSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let _ = self.shared.supervisor.set(ctx.address());
-        let every = (self.shared.config.stall_timeout / 4)
+        let every = (self.shared.config.stall_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.watch());
     }
