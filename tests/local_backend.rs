@@ -542,7 +542,10 @@ async fn refused_bodies(q: &dyn Queue) -> Vec<String> {
                     );
                     refused.push(m.body.clone());
                     // Refused again, by a delete and a visibility change.
-                    let again = q.delete_batch(&[m.receipt_handle.clone()]).await.unwrap();
+                    let again = q
+                        .delete_batch(std::slice::from_ref(&m.receipt_handle))
+                        .await
+                        .unwrap();
                     assert!(matches!(again[0], Err(BackendError::Invalid { .. })));
                     let vis = q
                         .change_visibility_batch(&[(m.receipt_handle.clone(), VIS)])

@@ -136,20 +136,19 @@ pub(crate) fn validate(on: &str, m: &OutgoingMessage) -> Result<(), BackendError
             ),
         });
     }
-    // Sorted, so the error names the same attribute every time.
-    let mut names: Vec<&String> = m.attributes.keys().collect();
-    names.sort_unstable();
-    for name in names {
-        if name.is_empty() {
-            return Err(BackendError::Invalid {
-                message: format!("{on}: a message attribute has an empty name"),
-            });
-        }
-        if m.attributes[name].is_empty() {
-            return Err(BackendError::Invalid {
-                message: format!("{on}: message attribute `{name}` has an empty value"),
-            });
-        }
+    let empty = m
+        .attributes
+        .iter()
+        .filter(|(k, v)| k.is_empty() || v.is_empty())
+        // The first by name, so the error is the same every time.
+        .min_by(|a, b| a.0.cmp(b.0));
+    if let Some((name, _)) = empty {
+        let message = if name.is_empty() {
+            format!("{on}: a message attribute has an empty name")
+        } else {
+            format!("{on}: message attribute `{name}` has an empty value")
+        };
+        return Err(BackendError::Invalid { message });
     }
     let size = m.body.len()
         + m.attributes
