@@ -206,9 +206,18 @@ impl Acker {
     }
 
     /// The last resort: the lease ends here without a queue call; the
-    /// message comes back when its visibility lapses.
+    /// message comes back when its visibility lapses. A job whose effects
+    /// (or dead-letter entry) are done stays remembered, so its return is
+    /// deleted as a copy instead of being run (or dead-lettered) again.
     fn let_go(&mut self, lease: Arc<Lease>) {
-        self.shared.end(&[lease], Ended::Released);
+        let how = match lease.ending() {
+            Some(Ending::Delete {
+                dead_lettered: true,
+            }) => Ended::DeadLettered,
+            Some(Ending::Delete { .. }) => Ended::Deleted,
+            _ => Ended::Released,
+        };
+        self.shared.end(&[lease], how);
     }
 
     fn succeeded(&mut self) {
