@@ -123,7 +123,6 @@ pub struct Lease {
     /// When the state last changed, in ms since the table's epoch, read
     /// from the table's coarse clock.
     changed_at: AtomicU64,
-    epoch: Instant,
     clock: Arc<AtomicU64>,
     /// The table's count of leases not started yet, shared.
     pending: Arc<AtomicUsize>,
@@ -132,8 +131,9 @@ pub struct Lease {
     extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
     claimed: AtomicBool,
-    /// The processor's output, from Processed until it is announced.
-    output: Mutex<Option<Output>>,
+    /// The processor's output, from Processed until it is announced (boxed:
+    /// most leases never hold one, and a lease stays small).
+    output: Mutex<Option<Box<Output>>>,
     /// The ending the acker is carrying out (while Settling).
     ending: Mutex<Option<Ending>>,
     /// Failed attempts at carrying out the ending (bounded).
@@ -170,10 +170,11 @@ impl Lease {
         LeaseState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// How long the lease has been in its state.
-    pub(crate) fn in_state_for(&self, now: Instant) -> Duration {
+    /// How long the lease has been in its state, as of the table's coarse
+    /// clock.
+    pub(crate) fn in_state_for(&self) -> Duration {
         let at = self.changed_at.load(Ordering::Relaxed);
-        now.saturating_duration_since(self.epoch + Duration::from_millis(at))
+        Duration::from_millis(self.clock.load(Ordering::Relaxed).saturating_sub(at))
     }
 
     /// Moves from one of `from` to `to`, returning the state it left;
@@ -255,11 +256,11 @@ impl Lease {
     }
 
     pub(crate) fn set_output(&self, output: Option<Output>) {
-        *self.output.lock().expect("lease lock") = output;
+        *self.output.lock().expect("lease lock") = output.map(Box::new);
     }
 
     pub(crate) fn output(&self) -> Option<Output> {
-        self.output.lock().expect("lease lock").clone()
+        self.output.lock().expect("lease lock").as_deref().cloned()
     }
 
     /// Updates the ending while Settling (the acker's progress).
@@ -338,7 +339,6 @@ impl LeaseTable {
             handle: Mutex::new((handle, visible_until)),
             state: AtomicU8::new(LeaseState::Pending as u8),
             changed_at: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
-            epoch: self.epoch,
             clock: self.clock.clone(),
             pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),

@@ -289,7 +289,6 @@ impl PipelineSupervisor {
         let s = &self.shared;
         s.leases.tick();
         let limit = s.config.stall_timeout;
-        let now = tokio::time::Instant::now();
         let mut stalled: HashMap<&'static str, usize> = HashMap::new();
         let mut n = 0;
         for lease in s.leases.all() {
@@ -302,7 +301,7 @@ impl PipelineSupervisor {
                 LeaseState::Settling => "acker",
                 _ => continue,
             };
-            if lease.in_state_for(now) > limit {
+            if lease.in_state_for() > limit {
                 n += 1;
                 *stalled.entry(owner).or_default() += 1;
             }
