@@ -138,6 +138,10 @@ pub struct Lease {
     ending: Mutex<Option<Ending>>,
     /// Failed attempts at carrying out the ending (bounded).
     settle_attempts: AtomicU32,
+    /// The actor that owns the state has taken the lease in (buffered it or
+    /// called for it); cleared by every transition and by that actor's
+    /// restart, so a lease is never taken in twice.
+    held: AtomicBool,
 }
 
 impl Lease {
@@ -197,6 +201,7 @@ impl Lease {
                     }
                     self.changed_at
                         .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+                    self.held.store(false, Ordering::Release);
                     return Some(s);
                 }
                 Err(actual) => cur = actual,
@@ -284,6 +289,16 @@ impl Lease {
         self.ending.lock().expect("lease lock").clone()
     }
 
+    /// The owning actor takes the lease in; false if it already has.
+    pub(crate) fn take_in(&self) -> bool {
+        !self.held.swap(true, Ordering::AcqRel)
+    }
+
+    /// The owning actor restarted: whatever it held is taken in again.
+    pub(crate) fn let_out(&self) {
+        self.held.store(false, Ordering::Release);
+    }
+
     /// Counts a failed attempt at the ending; returns the count so far.
     pub(crate) fn settle_failed(&self) -> u32 {
         self.settle_attempts.fetch_add(1, Ordering::AcqRel) + 1
@@ -348,6 +363,7 @@ impl LeaseTable {
             output: Mutex::new(None),
             ending: Mutex::new(None),
             settle_attempts: AtomicU32::new(0),
+            held: AtomicBool::new(false),
         });
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());
@@ -384,13 +400,29 @@ impl LeaseTable {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
 
-    /// The leases in one state.
+    /// The leases in one state, oldest first.
     pub(crate) fn in_state(&self, state: LeaseState) -> Vec<Arc<Lease>> {
-        self.map
+        let mut v: Vec<_> = self
+            .map
             .iter()
             .filter(|e| e.value().state() == state)
             .map(|e| e.value().clone())
-            .collect()
+            .collect();
+        v.sort_by_key(|l| l.id);
+        v
+    }
+
+    /// A restarted actor's leases: those in its states, each let out so the
+    /// actor takes it in again exactly once.
+    pub(crate) fn restart_owner(&self, states: &[LeaseState]) -> Vec<Arc<Lease>> {
+        let mut v = Vec::new();
+        for s in states {
+            for l in self.in_state(*s) {
+                l.let_out();
+                v.push(l);
+            }
+        }
+        v
     }
 
     /// Whether a lease is still in the table.

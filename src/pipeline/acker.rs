@@ -73,7 +73,7 @@ impl Acker {
     }
 
     fn accept(&mut self, lease: Arc<Lease>) {
-        if lease.state() != LeaseState::Settling {
+        if lease.state() != LeaseState::Settling || !lease.take_in() {
             return;
         }
         let cfg = &self.shared.config;
@@ -498,18 +498,21 @@ impl Acker {
             match r {
                 Ok(()) => {
                     self.succeeded();
-                    Stats::inc(&s.stats.dead_lettered);
-                    if let Some(Ending::DeadLetter { reason }) = lease.ending() {
-                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
-                            reason = %reason, "sent to the dead-letter queue");
-                    }
+                    // Recorded before anything else can fail: a restart
+                    // from here deletes, it does not send again. Should the
+                    // delete not happen, the message's return is deleted
+                    // without a second entry.
+                    let ending = lease.ending();
                     lease.set_ending(Ending::Delete {
                         dead_lettered: true,
                     });
-                    // Should the delete not happen, the message's return
-                    // is deleted without a second entry.
                     s.seen.dead_lettered(&lease.job.message_id);
-                    self.deletes.push(Delete::Job(lease));
+                    self.deletes.push(Delete::Job(lease.clone()));
+                    Stats::inc(&s.stats.dead_lettered);
+                    if let Some(Ending::DeadLetter { reason }) = ending {
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                            reason = %reason, "sent to the dead-letter queue");
+                    }
                 }
                 Err(e) => {
                     if self.failed(&lease, &e, "dead-letter send") {
@@ -546,9 +549,7 @@ impl actix::Supervised for Acker {
         self.completing.clear();
         self.timer = None;
         self.outstanding = 0;
-        let mut settling = self.shared.leases.in_state(LeaseState::Settling);
-        settling.sort_by_key(|l| l.id);
-        for lease in settling {
+        for lease in self.shared.leases.restart_owner(&[LeaseState::Settling]) {
             self.accept(lease);
         }
         self.schedule(ctx);

@@ -73,6 +73,13 @@ impl Groups {
         go
     }
 
+    /// Whether a lease is its group's running one.
+    pub(crate) fn is_running(&self, lease: &Lease) -> bool {
+        let key = lease.job.group_id.as_deref().unwrap_or_default();
+        let map = self.map.lock().expect("groups lock");
+        map.get(key).is_some_and(|g| g.running == Some(lease.id))
+    }
+
     /// Whether a lease waits behind its group's running one.
     pub(crate) fn is_waiting(&self, lease: &Lease) -> bool {
         let key = lease.job.group_id.as_deref().unwrap_or_default();
@@ -271,18 +278,17 @@ impl Gate {
         s.settle(settle);
     }
 
-    /// The Gated leases that are not waiting behind their group: their
-    /// claim (or routing) is this actor's to do.
-    fn mine(&self) -> Vec<Arc<Lease>> {
-        let s = &self.shared;
-        let mut v: Vec<_> = s
-            .leases
-            .in_state(LeaseState::Gated)
+    /// Takes in Gated leases (once each) and admits them to their groups;
+    /// returns those cleared to be claimed and routed now.
+    fn admit(&self, leases: Vec<Arc<Lease>>) -> Vec<Arc<Lease>> {
+        let leases: Vec<_> = leases
             .into_iter()
-            .filter(|l| !s.groups.as_ref().is_some_and(|g| g.is_waiting(l)))
+            .filter(|l| l.state() == LeaseState::Gated && l.take_in())
             .collect();
-        v.sort_by_key(|l| l.id);
-        v
+        match &self.shared.groups {
+            Some(groups) => groups.admit(leases),
+            None => leases,
+        }
     }
 }
 
@@ -292,9 +298,26 @@ impl Actor for Gate {
 
 impl actix::Supervised for Gate {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
-        // Claims in flight were dropped: take them again.
-        let mine = self.mine();
-        self.claim_then_route(mine, ctx);
+        // Claims in flight were dropped. A group's running lease is claimed
+        // again; one its group does not know yet (its `Arrived` not handled)
+        // is admitted as it would have been; a waiting one stays waiting.
+        let s = self.shared.clone();
+        let mut again = Vec::new();
+        let mut fresh = Vec::new();
+        for l in s.leases.restart_owner(&[LeaseState::Gated]) {
+            match &s.groups {
+                Some(g) if g.is_waiting(&l) => {
+                    l.take_in();
+                }
+                Some(g) if g.is_running(&l) => {
+                    l.take_in();
+                    again.push(l);
+                }
+                _ => fresh.push(l),
+            }
+        }
+        again.extend(self.admit(fresh));
+        self.claim_then_route(again, ctx);
     }
 }
 
@@ -314,15 +337,7 @@ impl Handler<Arrived> for Gate {
     type Result = ();
 
     fn handle(&mut self, msg: Arrived, ctx: &mut Context<Self>) {
-        let leases: Vec<_> = msg
-            .0
-            .into_iter()
-            .filter(|l| l.state() == LeaseState::Gated)
-            .collect();
-        let leases = match &self.shared.groups {
-            Some(groups) => groups.admit(leases),
-            None => leases,
-        };
+        let leases = self.admit(msg.0);
         self.claim_then_route(leases, ctx);
     }
 }

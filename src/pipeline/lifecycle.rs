@@ -109,8 +109,10 @@ impl Shared {
     pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) {
         let mut done_keys = Vec::new();
         let mut removed = false;
+        // A lease the acker is settling is its to end, lost or not.
+        let from = if how == Ended::Lost { &LIVE[..6] } else { LIVE };
         for lease in leases {
-            let Some(was) = lease.transition(LIVE, LeaseState::Ended) else {
+            let Some(was) = lease.transition(from, LeaseState::Ended) else {
                 continue;
             };
             if was == LeaseState::Settling {
@@ -145,12 +147,11 @@ impl Shared {
 
     /// A lease is lost: cancelled before any further effect, and ended.
     pub(crate) fn lose(&self, lease: &Arc<Lease>, why: &str) {
-        if lease.is_ended() {
+        if matches!(lease.state(), LeaseState::Ended | LeaseState::Settling) {
             return;
         }
         tracing::warn!(pipeline = %self.name, job_id = %lease.job.id, reason = why,
             "lease lost: job cancelled before any further effect");
-        lease.cancel();
         self.end(std::slice::from_ref(lease), Ended::Lost);
     }
 

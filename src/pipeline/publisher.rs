@@ -4,6 +4,7 @@
 //! every Stored lease again (a notice is a function of the job id).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -61,6 +62,7 @@ impl Publisher {
                 continue;
             }
             let topic = topic.clone();
+            let flags: Vec<_> = leases.iter().map(|l| l.cancel_arc()).collect();
             let attempts = self.shared.config.effect_attempts;
             let payloads = self.shared.payloads.clone();
             ctx.spawn(
@@ -69,7 +71,20 @@ impl Publisher {
                         Some(p) => with_retries(attempts, || p.offload_all(batch.clone())).await?,
                         None => batch,
                     };
-                    with_retries(attempts, || topic.publish_batch(batch.clone())).await
+                    with_retries(attempts, || {
+                        // No retry once a lease of the batch was lost.
+                        let lost = flags.iter().any(|f| f.load(Ordering::Acquire));
+                        let (topic, batch) = (topic.clone(), batch.clone());
+                        async move {
+                            if lost {
+                                return Err(BackendError::Invalid {
+                                    message: "a lease of the batch was lost".into(),
+                                });
+                            }
+                            topic.publish_batch(batch).await
+                        }
+                    })
+                    .await
                 }
                 .into_actor(self)
                 .map(move |res, act, _| act.published(leases, res)),
@@ -152,9 +167,10 @@ impl actix::Supervised for Publisher {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Batches in flight were dropped: announce every Stored lease again.
         self.timer = None;
-        let mut stored = self.shared.leases.in_state(LeaseState::Stored);
-        stored.sort_by_key(|l| l.id);
-        self.waiting = stored;
+        self.waiting.clear();
+        let stored = self.shared.leases.restart_owner(&[LeaseState::Stored]);
+        self.waiting
+            .extend(stored.into_iter().filter(|l| l.take_in()));
         self.flush(false, ctx);
     }
 }
@@ -175,7 +191,11 @@ impl Handler<Uploaded> for Publisher {
     type Result = ();
 
     fn handle(&mut self, msg: Uploaded, ctx: &mut Context<Self>) {
-        self.waiting.extend(msg.0);
+        self.waiting.extend(
+            msg.0
+                .into_iter()
+                .filter(|l| l.state() == LeaseState::Stored && l.take_in()),
+        );
         self.flush(false, ctx);
     }
 }

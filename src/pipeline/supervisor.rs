@@ -239,16 +239,18 @@ impl<A: Child> Future for Supervised<A> {
                 }
             };
             let s = &this.shared;
-            if s.shutting_down() {
-                return Poll::Ready(());
-            }
             this.crashes = if s.health.failing.load(Ordering::Relaxed) == 0 {
                 1
             } else {
                 this.crashes + 1
             };
             Stats::inc(&s.stats.actor_restarts);
-            let backoff = s.config.restart.backoff(this.crashes);
+            // A drain still needs every actor: restart at once then.
+            let backoff = if s.shutting_down() {
+                Duration::ZERO
+            } else {
+                s.config.restart.backoff(this.crashes)
+            };
             tracing::error!(pipeline = %s.name, actor = this.name, why = %why,
                 backoff_ms = backoff.as_millis() as u64, "actor restarting");
             s.restarted(&format!("actor {} {why}", this.name));
@@ -288,11 +290,17 @@ impl PipelineSupervisor {
     fn watch(&mut self) {
         let s = &self.shared;
         s.leases.tick();
+        if s.shutting_down() {
+            return;
+        }
         let limit = s.config.stall_timeout;
         let mut stalled: HashMap<&'static str, usize> = HashMap::new();
         let mut n = 0;
         for lease in s.leases.all() {
             let owner = match lease.state() {
+                // Received but never queued for a processor (a poller that
+                // died mid-batch): the pool queues every pending one again.
+                LeaseState::Pending => "pool",
                 LeaseState::Gated if !s.groups.as_ref().is_some_and(|g| g.is_waiting(&lease)) => {
                     "gate"
                 }
@@ -331,7 +339,14 @@ impl Actor for PipelineSupervisor {
     }
 }
 
-impl actix::Supervised for PipelineSupervisor {}
+impl actix::Supervised for PipelineSupervisor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // An escalation's resume timer died with the old context.
+        if self.shared.is_escalated() {
+            self.schedule_resume(ctx);
+        }
+    }
+}
 
 impl Handler<Restart> for PipelineSupervisor {
     type Result = ();
@@ -351,6 +366,13 @@ impl Handler<Escalated> for PipelineSupervisor {
     fn handle(&mut self, _: Escalated, ctx: &mut Context<Self>) {
         self.poller.do_send(StopPolling);
         release_leases(&self.shared, true);
+        self.schedule_resume(ctx);
+    }
+}
+
+impl PipelineSupervisor {
+    /// Polling resumes after a pause that doubles with each escalation.
+    fn schedule_resume(&mut self, ctx: &mut Context<Self>) {
         let pause = self
             .shared
             .config

@@ -32,7 +32,7 @@ impl Uploader {
         else {
             return;
         };
-        if lease.is_cancelled() {
+        if lease.is_cancelled() || !lease.take_in() {
             return;
         }
         let attempts = s.config.effect_attempts;
@@ -43,12 +43,22 @@ impl Uploader {
         };
         let body = output.body;
         let key = store.key(&lease.job.id);
+        let cancelled = lease.cancel_arc();
         ctx.spawn(
             async move {
                 with_retries(attempts, || {
-                    store
-                        .blobs
-                        .put(&store.bucket, &key, body.clone(), meta.clone())
+                    let (store, key, body, meta) =
+                        (store.clone(), key.clone(), body.clone(), meta.clone());
+                    let lost = cancelled.load(std::sync::atomic::Ordering::Acquire);
+                    async move {
+                        // No retry after the lease was lost.
+                        if lost {
+                            return Err(crate::BackendError::Invalid {
+                                message: "lease lost".into(),
+                            });
+                        }
+                        store.blobs.put(&store.bucket, &key, body, meta).await
+                    }
                 })
                 .await
             }
@@ -81,6 +91,9 @@ impl Uploader {
         let Some(store) = self.shared.results.clone() else {
             return;
         };
+        if lease.state() != LeaseState::Probing || !lease.take_in() {
+            return;
+        }
         let key = store.key(&lease.job.id);
         ctx.spawn(
             async move { store.blobs.head(&store.bucket, &key).await }
@@ -125,10 +138,10 @@ impl actix::Supervised for Uploader {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // The calls in flight were dropped: do them again.
         let s = self.shared.clone();
-        for lease in s.leases.in_state(LeaseState::Processed) {
+        for lease in s.leases.restart_owner(&[LeaseState::Processed]) {
             self.upload(lease, ctx);
         }
-        for lease in s.leases.in_state(LeaseState::Probing) {
+        for lease in s.leases.restart_owner(&[LeaseState::Probing]) {
             self.probe(lease, ctx);
         }
     }
