@@ -218,11 +218,6 @@ impl Lease {
                 .is_some()
     }
 
-    /// Whether the lease has ended.
-    pub(crate) fn is_ended(&self) -> bool {
-        self.state() == LeaseState::Ended
-    }
-
     /// The lease is lost or given up: no further side effect may happen.
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
@@ -235,6 +230,20 @@ impl Lease {
     /// Claims the right to send one extension; false if one is under way.
     pub(crate) fn begin_extend(&self) -> bool {
         !self.extending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether an extension is under way.
+    pub(crate) fn is_extending(&self) -> bool {
+        self.extending.load(Ordering::Acquire)
+    }
+
+    /// Whether the ending under way gives the message back (retry,
+    /// release, defer): then the lease must not be extended any more.
+    pub(crate) fn gives_back(&self) -> bool {
+        matches!(
+            *self.ending.lock().expect("lease lock"),
+            Some(Ending::Retry { .. } | Ending::Release | Ending::Defer { .. })
+        )
     }
 
     pub(crate) fn end_extend(&self) {

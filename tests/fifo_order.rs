@@ -350,6 +350,7 @@ async fn fifo_groups_complete_in_send_order_on_sqs_and_the_fifo_topic_keeps_it()
     }
     let stats = runtime.total();
     runtime.shutdown().await;
+    eprintln!("SQS FIFO (moto) counters: {stats:?}");
     let (overlap, max_running) = check(&p);
     let failures = p.failures.load(Ordering::Relaxed);
     eprintln!(

@@ -158,10 +158,26 @@ impl Acker {
             let batch: Vec<Delete> = self.deletes.drain(..n).collect();
             self.send_deletes(batch, ctx);
         }
+        // A give-back waits for an extension under way: sent after it, the
+        // extension would hide the message again.
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.visibility)
+            .into_iter()
+            .partition(|l| !l.is_extending());
+        self.visibility = ready;
         while self.visibility.len() >= min {
             let n = self.visibility.len().min(MAX_BATCH);
             let batch: Vec<Arc<Lease>> = self.visibility.drain(..n).collect();
             self.send_visibility(batch, ctx);
+        }
+        if !later.is_empty() {
+            self.visibility.extend(later);
+            if self.timer.is_none() {
+                let every = self.shared.config.flush_interval;
+                self.timer = Some(ctx.run_later(every, |act, ctx| {
+                    act.timer = None;
+                    act.flush(ctx, false);
+                }));
+            }
         }
         while self.dead.len() >= min {
             let n = self.dead.len().min(MAX_BATCH);

@@ -49,7 +49,9 @@ impl LeaseKeeper {
         let mut expired = Vec::new();
         for lease in s.leases.all() {
             let state = lease.state();
-            if state == LeaseState::Ended {
+            // An extension landing after a give-back would hide the
+            // message again: a lease being given back is not extended.
+            if state == LeaseState::Ended || (state == LeaseState::Settling && lease.gives_back()) {
                 continue;
             }
             let (handle, until) = lease.handle_and_deadline();
