@@ -160,10 +160,14 @@ impl Acker {
         }
         // A give-back waits for an extension under way: sent after it, the
         // extension would hide the message again.
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.visibility)
-            .into_iter()
-            .partition(|l| !l.is_extending());
-        self.visibility = ready;
+        let mut later = Vec::new();
+        if self.visibility.iter().any(|l| l.is_extending()) {
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.visibility)
+                .into_iter()
+                .partition(|l| !l.is_extending());
+            self.visibility = ready;
+            later = waiting;
+        }
         while self.visibility.len() >= min {
             let n = self.visibility.len().min(MAX_BATCH);
             let batch: Vec<Arc<Lease>> = self.visibility.drain(..n).collect();
