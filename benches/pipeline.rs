@@ -179,6 +179,7 @@ fn stage1_image(c: &mut Criterion) {
                                     .source(jobs.clone())
                                     .dead_letter(dlq)
                                     .results(blobs.clone(), "out", "stage1/", "png")
+                                    .reads_from("in")
                                     .processor(Stage1::default)
                                     .configure(|c| c.workers = threads),
                             )

@@ -167,6 +167,7 @@ async fn calls_per_msg(n: usize) -> Result<(f64, f64, f64)> {
                 .source(jobs.clone())
                 .dead_letter(dlq)
                 .results(blobs.clone(), "out", "stage1/", "png")
+                .reads_from("in")
                 .topic(topic)
                 .processor(Stage1::default),
         )
@@ -243,6 +244,7 @@ async fn image_rates(n: usize, side: u32) -> Result<(f64, f64)> {
                 .source(jobs.clone())
                 .dead_letter(dlq)
                 .results(blobs.clone(), "out", "stage1/", "png")
+                .reads_from("in")
                 .processor(Stage1::default)
                 .configure(|c| c.workers = threads),
         )

@@ -24,7 +24,7 @@ pub use config::{PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
 pub use job::{
     Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE,
-    JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
+    DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
 };
 pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
 pub use processor::{Context, Output, Processor, WorkerInfo};

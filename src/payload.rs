@@ -7,12 +7,22 @@
 //! attribute: ExtendedPayloadSize = <original size in bytes>
 //! ```
 //!
+//! The older clients' class name, `com.amazon.sqs.javamessaging.MessageS3Pointer`
+//! (still written by the Java and Python clients in legacy mode), is read
+//! too.
+//!
 //! A pipeline with [`Pipeline::large_payloads`](crate::Pipeline::large_payloads)
 //! offloads the notifications it publishes and resolves pointers it
-//! receives before the processor sees the job (a pointer to a missing
-//! object is bad input: dead-lettered with the reason). Producers offload
-//! with [`LargePayloads::offload`]. After a job's message is deleted its
-//! pointer's object is deleted too — never before, never for a
+//! receives before the processor sees the job. A pointer is untrusted
+//! input: it is resolved only when it names the payload bucket under the
+//! payload prefix, or a bucket the pipeline trusts
+//! ([`LargePayloads::trust`]); any other pointer, one whose declared size
+//! is over `max_fetch_bytes`, and one to a missing or oversized object are
+//! bad input, dead-lettered with the reason. The object's size is learnt
+//! before its body is read. Producers offload with
+//! [`LargePayloads::offload`]. After a job's message is deleted its
+//! pointer's object is deleted too — only for a pointer that was resolved
+//! (so only inside trusted buckets), never before, never for a
 //! dead-lettered message (its entry still points there), and by default not
 //! for a message that came through an SNS envelope, since other
 //! subscribers of the same notification may still need the object.
@@ -28,10 +38,11 @@ use crate::backend::{BlobStore, ObjectMeta, OutgoingMessage, MAX_MESSAGE_BYTES};
 use crate::error::{BackendError, ProcessError};
 use crate::job::Job;
 use crate::pipeline::IntoShared;
-use crate::processor::Context;
 
 /// The class name the extended client writes as the pointer's first element.
 pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
+/// The older clients' class name for the same pointer, also read.
+pub const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
 /// The attribute that marks an offloaded message and gives the payload's size.
 pub const PAYLOAD_SIZE_ATTRIBUTE: &str = "ExtendedPayloadSize";
 /// The older extended clients' name for [`PAYLOAD_SIZE_ATTRIBUTE`], also recognised.
@@ -50,12 +61,16 @@ impl PayloadPointer {
     /// Reads a pointer body; `None` when `body` is not one.
     pub fn parse(body: &str) -> Option<Self> {
         let body = body.trim_start();
-        if !body.starts_with('[') || !body.contains(POINTER_CLASS) {
+        // A pointer is small; anything long is not one (and is not parsed).
+        if body.len() > 4096
+            || !body.starts_with('[')
+            || !(body.contains(POINTER_CLASS) || body.contains(LEGACY_POINTER_CLASS))
+        {
             return None;
         }
         let v: serde_json::Value = serde_json::from_str(body).ok()?;
         let arr = v.as_array()?;
-        if arr.len() != 2 || arr[0].as_str()? != POINTER_CLASS {
+        if arr.len() != 2 || ![POINTER_CLASS, LEGACY_POINTER_CLASS].contains(&arr[0].as_str()?) {
             return None;
         }
         Some(Self {
@@ -87,6 +102,7 @@ pub struct LargePayloads {
     threshold: usize,
     delete_after_ack: bool,
     delete_fanned_out: bool,
+    trusted: Vec<String>,
 }
 
 impl std::fmt::Debug for LargePayloads {
@@ -97,6 +113,7 @@ impl std::fmt::Debug for LargePayloads {
             .field("threshold", &self.threshold)
             .field("delete_after_ack", &self.delete_after_ack)
             .field("delete_fanned_out", &self.delete_fanned_out)
+            .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +131,40 @@ impl LargePayloads {
             threshold: MAX_MESSAGE_BYTES,
             delete_after_ack: true,
             delete_fanned_out: false,
+            trusted: Vec::new(),
         }
+    }
+
+    /// Also resolves pointers to any key of `bucket` (for producers that
+    /// offload to a bucket of their own), and deletes their objects after
+    /// the message as for the payload bucket's. Pointers to any other
+    /// bucket are bad input.
+    pub fn trust(mut self, bucket: impl Into<String>) -> Self {
+        self.trusted.push(bucket.into());
+        self
+    }
+
+    /// Why a received pointer will not be followed, if it will not: it must
+    /// name the payload bucket under the payload prefix, or a trusted
+    /// bucket, with a name S3 would accept.
+    pub fn untrusted(&self, p: &PayloadPointer) -> Option<String> {
+        if let Some(why) = crate::backend::object_name_problem(&p.bucket, &p.key) {
+            return Some(why);
+        }
+        let ours = p.bucket == self.bucket && p.key.starts_with(&self.prefix);
+        if ours || self.trusted.iter().any(|b| *b == p.bucket) {
+            return None;
+        }
+        Some(format!(
+            "it is outside the payload location s3://{}/{}{}",
+            self.bucket,
+            self.prefix,
+            if self.trusted.is_empty() {
+                String::new()
+            } else {
+                format!(" and the trusted buckets ({})", self.trusted.join(", "))
+            }
+        ))
     }
 
     /// The key prefix of payload objects.
@@ -213,13 +263,14 @@ impl LargePayloads {
         self
     }
 
-    /// The pointer whose object may be deleted now that `job`'s message is.
+    /// The pointer whose object may be deleted now that `job`'s message is:
+    /// only a trusted one (the job ran, so it was resolved).
     pub(crate) fn deletable(&self, job: &Job) -> Option<PayloadPointer> {
         let fanned_out = job.raw_body.is_some();
         if !self.delete_after_ack || (fanned_out && !self.delete_fanned_out) {
             return None;
         }
-        PayloadPointer::of_job(job)
+        PayloadPointer::of_job(job).filter(|p| self.untrusted(p).is_none())
     }
 
     /// Deletes payload objects whose messages are gone; failures are logged
@@ -237,26 +288,43 @@ impl LargePayloads {
     }
 
     /// The job with its payload in place of the pointer, when it carries
-    /// one; a missing or unreadable object is bad input.
-    pub(crate) fn resolve(&self, job: &Job, ctx: &Context) -> Result<Option<Job>, ProcessError> {
+    /// one. An untrusted pointer, a declared or actual size over `limit`
+    /// and a missing or unreadable object are bad input.
+    pub(crate) fn resolve(
+        &self,
+        job: &Job,
+        io: &tokio::runtime::Handle,
+        limit: usize,
+    ) -> Result<Option<Job>, ProcessError> {
         let Some(p) = PayloadPointer::of_job(job) else {
             return Ok(None);
         };
-        let reader = Context {
-            blobs: Some(self.blobs.clone()),
-            ..ctx.clone()
-        };
-        let bytes = reader.fetch(&p.bucket, &p.key).map_err(|e| match e {
-            ProcessError::BadInput { reason } => {
-                ProcessError::bad_input(format!("large payload pointer: {reason}"))
-            }
-            other => other,
-        })?;
+        let shown = |s: &str| s.chars().take(200).collect::<String>();
+        let named = format!("s3://{}/{}", shown(&p.bucket), shown(&p.key));
+        if let Some(why) = self.untrusted(&p) {
+            return Err(ProcessError::bad_input(format!(
+                "large payload pointer to {named} not followed: {why}"
+            )));
+        }
+        let declared = [PAYLOAD_SIZE_ATTRIBUTE, LEGACY_PAYLOAD_SIZE_ATTRIBUTE]
+            .iter()
+            .find_map(|a| job.attributes.get(*a))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(size) = declared.filter(|s| *s > limit as u64) {
+            return Err(ProcessError::bad_input(format!(
+                "large payload pointer to {named}: declared size {size} bytes is over the limit of {limit}"
+            )));
+        }
+        let bytes =
+            crate::processor::fetch_limited(io, self.blobs.clone(), &p.bucket, &p.key, limit)
+                .map_err(|e| match e {
+                    ProcessError::BadInput { reason } => {
+                        ProcessError::bad_input(format!("large payload pointer: {reason}"))
+                    }
+                    other => other,
+                })?;
         let body = String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ProcessError::bad_input(format!(
-                "large payload pointer: s3://{}/{} is not UTF-8",
-                p.bucket, p.key
-            ))
+            ProcessError::bad_input(format!("large payload pointer: {named} is not UTF-8"))
         })?;
         let mut resolved = job.clone();
         resolved.body = body;
@@ -281,5 +349,45 @@ mod tests {
         assert_eq!(PayloadPointer::parse(&p.to_body()), Some(p));
         assert_eq!(PayloadPointer::parse("[1,2]"), None);
         assert_eq!(PayloadPointer::parse("{\"a\":1}"), None);
+    }
+
+    #[test]
+    fn the_legacy_pointer_class_is_read() {
+        let body =
+            r#"["com.amazon.sqs.javamessaging.MessageS3Pointer",{"s3BucketName":"b","s3Key":"k"}]"#;
+        assert_eq!(
+            PayloadPointer::parse(body),
+            Some(PayloadPointer {
+                bucket: "b".into(),
+                key: "k".into()
+            })
+        );
+    }
+
+    #[test]
+    fn only_pointers_to_the_payload_location_or_trusted_buckets_are_followed() {
+        let local = crate::backend::local::LocalBackend::new();
+        let lp = LargePayloads::new(local.blobs(), "payloads").prefix("big/");
+        let p = |bucket: &str, key: &str| PayloadPointer {
+            bucket: bucket.into(),
+            key: key.into(),
+        };
+        assert_eq!(lp.untrusted(&p("payloads", "big/1")), None);
+        for (bucket, key) in [
+            ("secrets", "db-password"),
+            ("payloads", "other/1"),
+            ("payloads", "big/../other/1"),
+            ("..", "big/1"),
+            ("payloads", "big/\0"),
+        ] {
+            let why = lp.untrusted(&p(bucket, key));
+            assert!(why.is_some(), "{bucket}/{key} followed");
+        }
+        let lp = lp.trust("producer-bucket");
+        assert_eq!(lp.untrusted(&p("producer-bucket", "any/key")), None);
+        assert!(lp
+            .untrusted(&p("secrets", "k"))
+            .unwrap()
+            .contains("producer-bucket"));
     }
 }

@@ -100,6 +100,8 @@ pub struct Context {
     pub(crate) io: tokio::runtime::Handle,
     pub(crate) cancelled: Arc<AtomicBool>,
     pub(crate) max_fetch_bytes: usize,
+    /// The buckets [`Context::fetch`] may read.
+    pub(crate) readable: Arc<[String]>,
 }
 
 impl Context {
@@ -115,41 +117,76 @@ impl Context {
     }
 
     /// Reads an object from the pipeline's blob store, blocking this worker
-    /// thread while the I/O thread does the call. A missing object or one
-    /// over the size limit is bad input; a transient failure is a retry.
+    /// thread while the I/O thread does the call.
+    ///
+    /// Only the pipeline's own buckets can be read: those named with
+    /// [`Pipeline::reads_from`](crate::Pipeline::reads_from), its result
+    /// bucket and its large-payload bucket. A name outside them, a name S3
+    /// would refuse (or one with a `.` or `..` segment), a missing object and
+    /// one over `max_fetch_bytes` are bad input — the size is learnt before
+    /// the body is read, so a huge object is never held in memory. A
+    /// transient failure is a retry.
     pub fn fetch(&self, bucket: &str, key: &str) -> Result<Bytes, ProcessError> {
+        let shown = |s: &str| s.chars().take(200).collect::<String>();
+        if let Some(why) = crate::backend::object_name_problem(bucket, key) {
+            return Err(ProcessError::bad_input(format!(
+                "will not read s3://{}/{}: {why}",
+                shown(bucket),
+                shown(key)
+            )));
+        }
+        if !self.readable.iter().any(|b| b == bucket) {
+            return Err(ProcessError::bad_input(format!(
+                "s3://{bucket}/{} is outside the buckets pipeline `{}` reads ({})",
+                shown(key),
+                self.pipeline,
+                if self.readable.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.readable.join(", ")
+                }
+            )));
+        }
         let blobs = self.blobs.clone().ok_or_else(|| {
             ProcessError::bad_input(format!(
                 "pipeline `{}` has no blob store to read s3://{bucket}/{key}",
                 self.pipeline
             ))
         })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (b, k) = (bucket.to_owned(), key.to_owned());
-        self.io.spawn(async move {
-            let _ = tx.send(blobs.get(&b, &k).await);
-        });
-        let got = rx
-            .blocking_recv()
-            .map_err(|_| ProcessError::retry("the runtime stopped during a fetch"))?;
-        match got {
-            Ok(bytes) if bytes.len() > self.max_fetch_bytes => {
-                Err(ProcessError::bad_input(format!(
-                    "s3://{bucket}/{key} is {} bytes, over the limit of {}",
-                    bytes.len(),
-                    self.max_fetch_bytes
-                )))
-            }
-            Ok(bytes) => Ok(bytes),
-            Err(BackendError::NotFound { .. }) => Err(ProcessError::bad_input(format!(
-                "missing object s3://{bucket}/{key}"
-            ))),
-            Err(e) if e.is_retryable() => Err(ProcessError::retry(format!(
-                "reading s3://{bucket}/{key}: {e}"
-            ))),
-            Err(e) => Err(ProcessError::bad_input(format!(
-                "reading s3://{bucket}/{key}: {e}"
-            ))),
-        }
+        fetch_limited(&self.io, blobs, bucket, key, self.max_fetch_bytes)
+    }
+}
+
+/// Reads at most `limit` bytes of an object from a worker thread, as bad
+/// input when it is missing or larger, as a retry when the call failed.
+pub(crate) fn fetch_limited(
+    io: &tokio::runtime::Handle,
+    blobs: Arc<dyn BlobStore>,
+    bucket: &str,
+    key: &str,
+    limit: usize,
+) -> Result<Bytes, ProcessError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (b, k) = (bucket.to_owned(), key.to_owned());
+    io.spawn(async move {
+        let _ = tx.send(blobs.get_limited(&b, &k, limit).await);
+    });
+    let got = rx
+        .blocking_recv()
+        .map_err(|_| ProcessError::retry("the runtime stopped during a fetch"))?;
+    match got {
+        Ok(bytes) => Ok(bytes),
+        Err(BackendError::PayloadTooLarge { actual, limit }) => Err(ProcessError::bad_input(
+            format!("s3://{bucket}/{key} is {actual} bytes, over the limit of {limit}"),
+        )),
+        Err(BackendError::NotFound { .. }) => Err(ProcessError::bad_input(format!(
+            "missing object s3://{bucket}/{key}"
+        ))),
+        Err(e) if e.is_retryable() => Err(ProcessError::retry(format!(
+            "reading s3://{bucket}/{key}: {e}"
+        ))),
+        Err(e) => Err(ProcessError::bad_input(format!(
+            "reading s3://{bucket}/{key}: {e}"
+        ))),
     }
 }

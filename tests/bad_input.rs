@@ -96,6 +96,7 @@ async fn bad_inputs_are_dead_lettered_with_reasons_while_good_jobs_finish() {
                 .source(jobs.clone())
                 .dead_letter(dlq.clone())
                 .results(blobs.clone(), "out", "stage1/", "png")
+                .reads_from("in")
                 .processor(Stage1::default)
                 .configure(|c| {
                     fast(c);

@@ -82,6 +82,7 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
                 .source(r.stage1.clone())
                 .dead_letter(r.stage1_dlq.clone())
                 .results(r.blobs.clone(), r.result_bucket.clone(), "stage1/", "png")
+                .reads_from(r.input_bucket.clone())
                 .topic(r.topic.clone())
                 .processor(move || Slow {
                     inner: PanicInjector::new(Stage1::default(), seed, panic_rate),

@@ -33,6 +33,39 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// SQS and SNS: at most ten message attributes on one message.
 pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 
+/// Why `bucket`/`key` is not an object name ferry will use, if it is not.
+///
+/// Bucket names follow S3's rules, loosened to the legacy ones (upper case
+/// and `_` allowed, up to 255 characters): letters, digits, `.`, `-` and
+/// `_`, starting and ending with a letter or digit, no `..`. Keys are 1 to
+/// 1,024 bytes, with no NUL and no `.` or `..` segment (a client or server
+/// that normalises paths could turn one into another bucket's object).
+/// Every name a message can aim (inputs, large-payload pointers) is checked
+/// with this before any call.
+pub fn object_name_problem(bucket: &str, key: &str) -> Option<String> {
+    let shown = |s: &str| s.chars().take(80).collect::<String>();
+    let b = bucket.as_bytes();
+    let bucket_ok = (1..=255).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !bucket.contains("..");
+    if !bucket_ok {
+        return Some(format!("{:?} is not a valid bucket name", shown(bucket)));
+    }
+    if key.is_empty() || key.len() > 1024 {
+        return Some(format!("a key of {} bytes (1 to 1024 allowed)", key.len()));
+    }
+    if key.contains('\0') {
+        return Some(format!("key {:?} contains NUL", shown(key)));
+    }
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some(format!("key {:?} has a `.` or `..` segment", shown(key)));
+    }
+    None
+}
+
 /// One message as a receive hands it out.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
@@ -202,6 +235,39 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
 
     /// Reads an object; [`BackendError::NotFound`] when there is none.
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BackendError>;
+
+    /// Reads an object of at most `limit` bytes. A larger one is refused
+    /// with [`BackendError::PayloadTooLarge`] without being held in memory.
+    ///
+    /// The default asks [`BlobStore::head`] for the size first, then reads;
+    /// stores that can stop a read part-way (S3, the embedded store)
+    /// override it so an object that grows in between is still refused.
+    async fn get_limited(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
+        match self.head(bucket, key).await? {
+            None => Err(BackendError::NotFound {
+                resource: format!("s3://{bucket}/{key}"),
+            }),
+            Some(meta) if meta.size > limit as u64 => Err(BackendError::PayloadTooLarge {
+                actual: usize::try_from(meta.size).unwrap_or(usize::MAX),
+                limit,
+            }),
+            Some(_) => {
+                let body = self.get(bucket, key).await?;
+                if body.len() > limit {
+                    return Err(BackendError::PayloadTooLarge {
+                        actual: body.len(),
+                        limit,
+                    });
+                }
+                Ok(body)
+            }
+        }
+    }
 
     /// Reads an object's metadata; `None` when there is no object.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError>;

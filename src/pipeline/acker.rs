@@ -24,7 +24,8 @@ use super::{Ended, Shared};
 use crate::backend::{OutgoingMessage, MAX_BATCH, MAX_MESSAGE_BYTES};
 use crate::error::BackendError;
 use crate::job::{
-    DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, JOB_ID_ATTRIBUTE,
+    DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE,
+    JOB_ID_ATTRIBUTE,
 };
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
@@ -463,11 +464,28 @@ impl Acker {
             (DLQ_SOURCE_ATTRIBUTE, self.shared.source.name().to_owned()),
             (DLQ_RECEIVES_ATTRIBUTE, job.receive_count.to_string()),
         ];
-        let body = job.original_body().to_owned();
+        let mut body = job.original_body().to_owned();
         let mut attributes: HashMap<String, String> = ours
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
+        let ours_size = attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+        if body.len() + ours_size > MAX_MESSAGE_BYTES {
+            // Never an entry the queue refuses for ever: the body is cut to
+            // fit, and the entry says how long it was.
+            let original = body.len().to_string();
+            let room =
+                MAX_MESSAGE_BYTES - ours_size - DLQ_TRUNCATED_ATTRIBUTE.len() - original.len();
+            let mut cut = room.min(body.len());
+            while !body.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            body.truncate(cut);
+            attributes.insert(DLQ_TRUNCATED_ATTRIBUTE.to_owned(), original);
+        }
         let mut size = body.len()
             + attributes
                 .iter()

@@ -71,6 +71,7 @@ pub struct Pipeline {
     pub(crate) config: PipelineConfig,
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) payloads: Option<crate::payload::LargePayloads>,
+    pub(crate) reads: Vec<String>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -100,6 +101,7 @@ impl Pipeline {
             config: PipelineConfig::default(),
             store: None,
             payloads: None,
+            reads: Vec::new(),
         }
     }
 
@@ -123,7 +125,8 @@ impl Pipeline {
 
     /// Stores each result at `s3://{bucket}/{prefix}{job-id}.{extension}`;
     /// the same store serves [`crate::Context::fetch`] unless
-    /// [`Pipeline::blobs`] names another.
+    /// [`Pipeline::blobs`] names another, and the processor may read the
+    /// result bucket.
     pub fn results(
         mut self,
         blobs: impl IntoShared<dyn BlobStore>,
@@ -145,6 +148,15 @@ impl Pipeline {
     /// The blob store processors read inputs from.
     pub fn blobs(mut self, blobs: impl IntoShared<dyn BlobStore>) -> Self {
         self.blobs = Some(blobs.into_shared());
+        self
+    }
+
+    /// A bucket the processor may read through [`crate::Context::fetch`].
+    /// Messages are untrusted: a body can name any bucket, so a read is
+    /// refused (as bad input) unless its bucket was named here, is the
+    /// pipeline's result bucket or is its large-payload bucket.
+    pub fn reads_from(mut self, bucket: impl Into<String>) -> Self {
+        self.reads.push(bucket.into());
         self
     }
 

@@ -243,6 +243,16 @@ impl BlobStore for Guarded<dyn BlobStore> {
         self.run("get", bucket, self.inner.get(bucket, key)).await
     }
 
+    async fn get_limited(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
+        self.run("get", bucket, self.inner.get_limited(bucket, key, limit))
+            .await
+    }
+
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
         self.run("head", bucket, self.inner.head(bucket, key)).await
     }

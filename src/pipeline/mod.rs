@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) results: Option<ResultStore>,
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
     pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
+    /// The buckets the processor may read (see `Pipeline::reads_from`).
+    pub(crate) readable: Arc<[String]>,
     /// The idempotency store, when the pipeline has one.
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) factory: ProcessorFactory,
@@ -107,6 +109,11 @@ impl Shared {
         let config = p.config;
         let stats = Arc::new(Stats::new(&p.name));
         let g = guard::Guard::new(stats.clone(), config.call_timeout);
+        let mut readable = p.reads.clone();
+        readable.extend(p.results.as_ref().map(|r| r.bucket.clone()));
+        readable.extend(p.payloads.as_ref().map(|l| l.bucket().to_owned()));
+        readable.sort();
+        readable.dedup();
         let results = p.results.map(|r| ResultStore {
             blobs: g.blobs(r.blobs),
             ..r
@@ -119,6 +126,7 @@ impl Shared {
             blobs: p.blobs.map(|b| g.blobs(b)),
             factory: p.factory.expect("checked"),
             payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
+            readable: readable.into(),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
             capacity: Notify::new(),

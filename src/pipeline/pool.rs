@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Processed, Restart, Settle};
 use super::{panic_message, Shared};
+use crate::backend::MAX_MESSAGE_BYTES;
 use crate::error::ProcessError;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::processor::{Context as JobContext, Processor, WorkerInfo};
@@ -234,11 +235,20 @@ impl Worker {
             io: self.io.clone(),
             cancelled: lease.cancel_arc(),
             max_fetch_bytes: s.config.max_fetch_bytes,
+            readable: s.readable.clone(),
         };
         let began = Instant::now();
-        let resolved = match &s.payloads {
-            Some(payloads) => payloads.resolve(job, &ctx),
-            None => Ok(None),
+        let resolved = if job.body.len() > MAX_MESSAGE_BYTES {
+            // No queue or topic delivers this: whatever did is not trusted.
+            Err(ProcessError::bad_input(format!(
+                "a message body of {} bytes, over the queue's limit of {MAX_MESSAGE_BYTES}",
+                job.body.len()
+            )))
+        } else {
+            match &s.payloads {
+                Some(payloads) => payloads.resolve(job, &self.io, s.config.max_fetch_bytes),
+                None => Ok(None),
+            }
         };
         let outcome = match (resolved, processor.as_mut()) {
             (Err(e), _) => Ok(Err(e)),

@@ -59,6 +59,42 @@ impl BlobStore for S3Store {
         Ok(data.into_bytes())
     }
 
+    /// Refuses by the response's length before reading, and stops reading
+    /// the body as soon as it passes `limit`.
+    async fn get_limited(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
+        let mut out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, &name(bucket, key)))?;
+        let too_large = |actual: usize| BackendError::PayloadTooLarge { actual, limit };
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        if declared > limit as u64 {
+            return Err(too_large(usize::try_from(declared).unwrap_or(usize::MAX)));
+        }
+        let mut buf = bytes::BytesMut::with_capacity(declared as usize);
+        while let Some(chunk) = out
+            .body
+            .try_next()
+            .await
+            .map_err(|e| BackendError::transient(format!("{}: {e}", name(bucket, key))))?
+        {
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large(buf.len() + chunk.len()));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
     #[tracing::instrument(skip_all, fields(bucket, key))]
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
         match self
