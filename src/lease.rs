@@ -119,6 +119,11 @@ pub struct Lease {
     pub(crate) received_at: Instant,
     /// The newest receipt handle and the time its visibility lapses.
     handle: Mutex<(String, Instant)>,
+    /// Other messages with the same job id merged into this lease (a
+    /// producer that sent the job twice): each one's newest handle and
+    /// deadline, extended with the lease's own and deleted or given back
+    /// when the lease ends.
+    others: Mutex<Vec<Delivery>>,
     state: AtomicU8,
     /// When the state last changed, in ms since the table's epoch, read
     /// from the table's coarse clock.
@@ -144,6 +149,14 @@ pub struct Lease {
     held: AtomicBool,
 }
 
+/// Another message merged into a lease.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) message_id: String,
+    pub(crate) handle: String,
+    pub(crate) until: Instant,
+}
+
 impl Lease {
     pub(crate) fn handle(&self) -> String {
         self.handle.lock().expect("lease lock").0.clone()
@@ -153,9 +166,71 @@ impl Lease {
         self.handle.lock().expect("lease lock").clone()
     }
 
-    /// A newer delivery of the same message: its handle replaces ours.
-    pub(crate) fn merge(&self, handle: String, visible_until: Instant) {
-        *self.handle.lock().expect("lease lock") = (handle, visible_until);
+    /// A delivery of the same job: a newer delivery of the lease's own
+    /// message replaces its handle; another message's is kept beside it
+    /// (its own newest), so none is left to come back while the job runs.
+    pub(crate) fn merge(&self, message_id: &str, handle: String, visible_until: Instant) {
+        if message_id == self.job.message_id {
+            *self.handle.lock().expect("lease lock") = (handle, visible_until);
+            return;
+        }
+        let mut others = self.others.lock().expect("lease lock");
+        match others.iter_mut().find(|d| d.message_id == message_id) {
+            Some(d) => {
+                d.handle = handle;
+                d.until = visible_until;
+            }
+            None => others.push(Delivery {
+                message_id: message_id.to_owned(),
+                handle,
+                until: visible_until,
+            }),
+        }
+    }
+
+    /// The other messages' handles due for an extension by `due`; those
+    /// whose deadline has passed are dropped (their messages are visible
+    /// again and will be merged anew, or run as the same job elsewhere).
+    pub(crate) fn others_due(&self, now: Instant, due: Instant) -> Vec<String> {
+        let mut others = self.others.lock().expect("lease lock");
+        if others.is_empty() {
+            return Vec::new();
+        }
+        others.retain(|d| d.until > now);
+        others
+            .iter()
+            .filter(|d| d.until <= due)
+            .map(|d| d.handle.clone())
+            .collect()
+    }
+
+    /// Another message's visibility was extended for `handle`.
+    pub(crate) fn other_extended(&self, handle: &str, visible_until: Instant) {
+        let mut others = self.others.lock().expect("lease lock");
+        if let Some(d) = others.iter_mut().find(|d| d.handle == handle) {
+            d.until = d.until.max(visible_until);
+        }
+    }
+
+    /// Another message's handle was refused: that message is not ours.
+    pub(crate) fn drop_other(&self, handle: &str) {
+        self.others
+            .lock()
+            .expect("lease lock")
+            .retain(|d| d.handle != handle);
+    }
+
+    /// Takes the other messages' handles, to delete or give back with the
+    /// lease's own.
+    pub(crate) fn take_others(&self) -> Vec<String> {
+        let mut others = self.others.lock().expect("lease lock");
+        if others.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *others)
+            .into_iter()
+            .map(|d| d.handle)
+            .collect()
     }
 
     /// Visibility was extended for `handle`; ignored if a newer one arrived.
@@ -361,6 +436,7 @@ impl LeaseTable {
             seen_key,
             received_at,
             handle: Mutex::new((handle, visible_until)),
+            others: Mutex::new(Vec::new()),
             state: AtomicU8::new(LeaseState::Pending as u8),
             changed_at: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
             clock: self.clock.clone(),

@@ -148,6 +148,7 @@ impl Acker {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>, only_full: bool) {
+        self.with_other_messages(ctx);
         let min = if only_full { MAX_BATCH } else { 1 };
         while self.completing.len() >= min {
             let n = self.completing.len().min(MAX_BATCH);
@@ -188,6 +189,34 @@ impl Acker {
             let n = self.dead.len().min(MAX_BATCH);
             let batch: Vec<Arc<Lease>> = self.dead.drain(..n).collect();
             self.send_dead(batch, ctx);
+        }
+    }
+
+    /// Other messages merged into a lease go with it: deleted with a
+    /// deleted job (as copies: one that fails comes back and is dropped as
+    /// a duplicate), given back with one given back (best effort: one that
+    /// fails comes back when its visibility lapses).
+    fn with_other_messages(&mut self, ctx: &mut Context<Self>) {
+        let mut copies = Vec::new();
+        for d in &self.deletes {
+            if let Delete::Job(lease) = d {
+                copies.extend(lease.take_others());
+            }
+        }
+        self.deletes.extend(copies.into_iter().map(Delete::Copy));
+        let mut back = Vec::new();
+        for lease in &self.visibility {
+            let after = self.visibility_of(lease);
+            back.extend(lease.take_others().into_iter().map(|h| (h, after)));
+        }
+        while !back.is_empty() {
+            let chunk: Vec<(String, Duration)> = back.drain(..back.len().min(MAX_BATCH)).collect();
+            let queue = self.shared.source.clone();
+            self.call(
+                ctx,
+                async move { queue.change_visibility_batch(&chunk).await },
+                |_, _, _| {},
+            );
         }
     }
 

@@ -71,7 +71,11 @@ impl LeaseKeeper {
                     expired.push(lease);
                 }
             } else if lease.begin_extend() {
-                due.push((lease, handle));
+                // Other messages of the same job go with the lease's own.
+                for other in lease.others_due(now, Instant::now() + visibility) {
+                    due.push((lease.clone(), other, false));
+                }
+                due.push((lease, handle, true));
             }
         }
         if !expired.is_empty() {
@@ -87,9 +91,12 @@ impl LeaseKeeper {
         }
         let limit = visibility / 4;
         while !due.is_empty() {
-            let chunk: Vec<(Arc<Lease>, String)> = due.drain(..due.len().min(MAX_BATCH)).collect();
-            let entries: Vec<(String, Duration)> =
-                chunk.iter().map(|(_, h)| (h.clone(), visibility)).collect();
+            let chunk: Vec<(Arc<Lease>, String, bool)> =
+                due.drain(..due.len().min(MAX_BATCH)).collect();
+            let entries: Vec<(String, Duration)> = chunk
+                .iter()
+                .map(|(_, h, _)| (h.clone(), visibility))
+                .collect();
             let queue = s.source.clone();
             let sent = Instant::now();
             ctx.spawn(
@@ -111,7 +118,7 @@ impl LeaseKeeper {
 
     fn extended(
         &mut self,
-        chunk: Vec<(Arc<Lease>, String)>,
+        chunk: Vec<(Arc<Lease>, String, bool)>,
         res: Result<Vec<Result<(), BackendError>>, BackendError>,
         until: Instant,
         ctx: &mut Context<Self>,
@@ -122,11 +129,24 @@ impl LeaseKeeper {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(pipeline = %s.name, error = %e, "extending leases failed; will retry");
-                chunk.iter().for_each(|(l, _)| l.end_extend());
+                chunk
+                    .iter()
+                    .filter(|(_, _, own)| *own)
+                    .for_each(|(l, _, _)| l.end_extend());
                 return;
             }
         };
-        for ((lease, handle), r) in chunk.into_iter().zip(results) {
+        for ((lease, handle, own), r) in chunk.into_iter().zip(results) {
+            if !own {
+                // Another message merged into the lease: kept while it
+                // extends, dropped when refused.
+                match r {
+                    Ok(()) => lease.other_extended(&handle, until),
+                    Err(BackendError::ReceiptInvalid) => lease.drop_other(&handle),
+                    Err(_) => {}
+                }
+                continue;
+            }
             lease.end_extend();
             match r {
                 Ok(()) => {

@@ -204,17 +204,24 @@ impl Poller {
         for mut m in messages {
             // The handle moves into the new lease, or stays here for a copy.
             let mut handle = Some(std::mem::take(&mut m.receipt_handle));
-            let job = Job::from_message(m);
-            let id = job.id.clone();
+            let mut job = Some(Job::from_message(m));
+            let id = job.as_ref().expect("set").id.clone();
             let k = crate::seen::key(&id);
             let claim = s.seen.claim_key(k, || {
                 let h = handle.take().expect("taken once");
+                let job = job.take().expect("taken once");
                 s.leases.insert_at(job, h, visible_until, now, k)
             });
             match claim {
                 Claim::InFlight(lease) => {
-                    // The newest handle is the one SQS honours.
-                    lease.merge(handle.expect("not taken for a copy"), visible_until);
+                    // The newest handle is the one SQS honours; another
+                    // message of the same job is held beside the first.
+                    let copy = job.take().expect("not taken for a copy");
+                    lease.merge(
+                        &copy.message_id,
+                        handle.expect("not taken for a copy"),
+                        visible_until,
+                    );
                     Stats::inc(&s.stats.duplicates_merged);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate merged into lease");
                 }
