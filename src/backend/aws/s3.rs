@@ -41,26 +41,13 @@ impl BlobStore for S3Store {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(bucket, key))]
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BackendError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, &name(bucket, key)))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| BackendError::transient(format!("{}: {e}", name(bucket, key))))?;
-        Ok(data.into_bytes())
+        self.get_limited(bucket, key, usize::MAX).await
     }
 
     /// Refuses by the response's length before reading, and stops reading
     /// the body as soon as it passes `limit`.
+    #[tracing::instrument(skip_all, fields(bucket, key))]
     async fn get_limited(
         &self,
         bucket: &str,
