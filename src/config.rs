@@ -56,6 +56,10 @@ pub struct PipelineConfig {
     pub prefetch: Option<usize>,
     /// Leases held at once, in any stage; a hard cap above `prefetch`.
     pub max_in_flight: usize,
+    /// Async and batch processors: jobs running at once (a sync processor
+    /// runs `workers` at once). Independent of the receive batch size;
+    /// `max_in_flight` must leave room for it.
+    pub concurrency: usize,
     /// Most receives in flight at once. The poller starts with one, adds one
     /// while receives come back full and drops one after an empty receive.
     /// A FIFO source always has one, so batches arrive in the queue's order.
@@ -114,6 +118,7 @@ impl Default for PipelineConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             prefetch: None,
             max_in_flight: 1024,
+            concurrency: 256,
             receive_concurrency: 16,
             receive_wait: Duration::from_secs(20),
             visibility_timeout: Duration::from_secs(30),

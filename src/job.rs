@@ -145,6 +145,20 @@ impl Job {
         self.raw_body.as_deref().unwrap_or(&self.body)
     }
 
+    /// Parses the body as JSON into `T`; a body that does not parse is bad
+    /// input, with the parser's error as the reason.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProcessError> {
+        serde_json::from_str(&self.body).map_err(|e| {
+            ProcessError::bad_input(format!(
+                "the body is not a {}: {e}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("job")
+            ))
+        })
+    }
+
     /// Parses the body as a [`ResultNotice`] (what an upstream ferry stage
     /// published); a body that is not one is bad input.
     pub fn notice(&self) -> Result<ResultNotice, ProcessError> {

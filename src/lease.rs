@@ -132,6 +132,9 @@ pub struct Lease {
     /// The table's count of leases not started yet, shared.
     pending: Arc<AtomicUsize>,
     cancelled: Arc<AtomicBool>,
+    /// The table's cancellation signal: woken whenever any lease is
+    /// cancelled, so an async job can stop at once.
+    signal: Arc<tokio::sync::Notify>,
     extending: AtomicBool,
     extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
@@ -147,6 +150,37 @@ pub struct Lease {
     /// called for it); cleared by every transition and by that actor's
     /// restart, so a lease is never taken in twice.
     held: AtomicBool,
+}
+
+/// A lease's cancel flag with the signal that wakes its waiters.
+#[derive(Debug, Clone)]
+pub(crate) struct CancelHandle {
+    pub(crate) flag: Arc<AtomicBool>,
+    pub(crate) signal: Arc<tokio::sync::Notify>,
+}
+
+impl CancelHandle {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn cancelled(&self) {
+        cancelled(&self.flag, &self.signal).await
+    }
+}
+
+/// Waits for `flag`, woken by `signal` (shared by a table's leases).
+async fn cancelled(flag: &AtomicBool, signal: &tokio::sync::Notify) {
+    loop {
+        let woken = signal.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read: a cancel in between wakes it.
+        woken.as_mut().enable();
+        if flag.load(Ordering::Acquire) {
+            return;
+        }
+        woken.await;
+    }
 }
 
 /// Another message merged into a lease.
@@ -296,6 +330,20 @@ impl Lease {
     /// The lease is lost or given up: no further side effect may happen.
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
+        self.signal.notify_waiters();
+    }
+
+    /// Completes once the lease is cancelled.
+    pub(crate) async fn cancelled(&self) {
+        cancelled(&self.cancelled, &self.signal).await
+    }
+
+    /// The cancel flag and its signal, for a job's context.
+    pub(crate) fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            flag: self.cancelled.clone(),
+            signal: self.signal.clone(),
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -395,6 +443,7 @@ pub struct LeaseTable {
     map: DashMap<u64, Arc<Lease>, rustc_hash::FxBuildHasher>,
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
+    signal: Arc<tokio::sync::Notify>,
     epoch: Instant,
     /// Milliseconds since `epoch`, as of the last [`LeaseTable::tick`]: the
     /// stall watch needs no finer time, and the hot path reads no clock.
@@ -407,6 +456,7 @@ impl Default for LeaseTable {
             map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             next: AtomicU64::new(0),
             pending: Arc::default(),
+            signal: Arc::default(),
             epoch: Instant::now(),
             clock: Arc::default(),
         }
@@ -442,6 +492,7 @@ impl LeaseTable {
             clock: self.clock.clone(),
             pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
+            signal: self.signal.clone(),
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
             claimed: AtomicBool::new(false),

@@ -19,6 +19,8 @@ mod stats;
 pub mod testkit;
 pub mod trace;
 
+/// The attribute macro async and batch processors are written with.
+pub use async_trait::async_trait;
 pub use backend::{BlobStore, Queue, Topic};
 pub use config::{PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
@@ -27,7 +29,10 @@ pub use job::{
     DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
 };
 pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
-pub use processor::{Context, Output, Processor, WorkerInfo};
+pub use processor::{
+    ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, Context, Output, ProcessJob,
+    Processor, TaskContext, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,
+};
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,
     StatsReader,
@@ -45,7 +50,8 @@ pub mod __private {
 /// The names a service needs to write and register a processor.
 pub mod prelude {
     pub use crate::{
-        Context, FerryError, Job, JobId, Output, Pipeline, PipelineConfig, ProcessError, Processor,
-        ResultNotice, Runtime, RuntimeHandle,
+        AsyncProcessor, BatchOptions, BatchProcessor, Context, FerryError, Job, JobId, Output,
+        Pipeline, PipelineConfig, ProcessError, Processor, ResultNotice, Runtime, RuntimeHandle,
+        TaskContext, Typed, TypedAsyncProcessor, TypedProcessor,
     };
 }

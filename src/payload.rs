@@ -79,6 +79,12 @@ impl PayloadPointer {
         })
     }
 
+    /// `s3://bucket/key`, each cut to 200 characters, for reasons and logs.
+    fn shown(&self) -> String {
+        let cut = |s: &str| s.chars().take(200).collect::<String>();
+        format!("s3://{}/{}", cut(&self.bucket), cut(&self.key))
+    }
+
     /// The pointer as a message body.
     pub fn to_body(&self) -> String {
         json!([POINTER_CLASS, {"s3BucketName": self.bucket, "s3Key": self.key}]).to_string()
@@ -287,23 +293,20 @@ impl LargePayloads {
         }
     }
 
-    /// The job with its payload in place of the pointer, when it carries
-    /// one. An untrusted pointer, a declared or actual size over `limit`
-    /// and a missing or unreadable object are bad input.
-    pub(crate) fn resolve(
+    /// The pointer `job` carries, if any, once checked: an untrusted
+    /// pointer and a declared size over `limit` are bad input.
+    pub(crate) fn pointer(
         &self,
         job: &Job,
-        io: &tokio::runtime::Handle,
         limit: usize,
-    ) -> Result<Option<Job>, ProcessError> {
+    ) -> Result<Option<PayloadPointer>, ProcessError> {
         let Some(p) = PayloadPointer::of_job(job) else {
             return Ok(None);
         };
-        let shown = |s: &str| s.chars().take(200).collect::<String>();
-        let named = format!("s3://{}/{}", shown(&p.bucket), shown(&p.key));
         if let Some(why) = self.untrusted(&p) {
             return Err(ProcessError::bad_input(format!(
-                "large payload pointer to {named} not followed: {why}"
+                "large payload pointer to {} not followed: {why}",
+                p.shown()
             )));
         }
         let declared = [PAYLOAD_SIZE_ATTRIBUTE, LEGACY_PAYLOAD_SIZE_ATTRIBUTE]
@@ -312,23 +315,42 @@ impl LargePayloads {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(size) = declared.filter(|s| *s > limit as u64) {
             return Err(ProcessError::bad_input(format!(
-                "large payload pointer to {named}: declared size {size} bytes is over the limit of {limit}"
+                "large payload pointer to {}: declared size {size} bytes is over the limit of {limit}",
+                p.shown()
             )));
         }
-        let bytes =
-            crate::processor::fetch_limited(io, self.blobs.clone(), &p.bucket, &p.key, limit)
-                .map_err(|e| match e {
-                    ProcessError::BadInput { reason } => {
-                        ProcessError::bad_input(format!("large payload pointer: {reason}"))
-                    }
-                    other => other,
-                })?;
+        Ok(Some(p))
+    }
+
+    /// Reads a checked pointer's object, at most `limit` bytes.
+    pub(crate) fn fetch(
+        &self,
+        p: &PayloadPointer,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Bytes, ProcessError>> + Send + 'static {
+        let read = crate::processor::fetch_limited(self.blobs.clone(), &p.bucket, &p.key, limit);
+        async move {
+            read.await.map_err(|e| match e {
+                ProcessError::BadInput { reason } => {
+                    ProcessError::bad_input(format!("large payload pointer: {reason}"))
+                }
+                other => other,
+            })
+        }
+    }
+
+    /// The job with the payload read from `p` in place of the pointer.
+    pub(crate) fn with_payload(
+        job: &Job,
+        p: &PayloadPointer,
+        bytes: Bytes,
+    ) -> Result<Job, ProcessError> {
         let body = String::from_utf8(bytes.to_vec()).map_err(|_| {
-            ProcessError::bad_input(format!("large payload pointer: {named} is not UTF-8"))
+            ProcessError::bad_input(format!("large payload pointer: {} is not UTF-8", p.shown()))
         })?;
         let mut resolved = job.clone();
         resolved.body = body;
-        Ok(Some(resolved))
+        Ok(resolved)
     }
 }
 

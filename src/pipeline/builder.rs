@@ -6,7 +6,9 @@ use crate::backend::{BlobStore, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
 use crate::idempotency::IdempotencyStore;
-use crate::processor::{Processor, ProcessorFactory};
+use crate::processor::{
+    AsyncProcessor, BatchOptions, BatchProcessor, Processor, ProcessorFactory, ProcessorKind,
+};
 
 /// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
 /// `Arc<dyn …>` into the shared trait object a pipeline holds.
@@ -67,7 +69,8 @@ pub struct Pipeline {
     pub(crate) topic: Option<Arc<dyn Topic>>,
     pub(crate) results: Option<ResultStore>,
     pub(crate) blobs: Option<Arc<dyn BlobStore>>,
-    pub(crate) factory: Option<ProcessorFactory>,
+    pub(crate) processor: Option<ProcessorKind>,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     pub(crate) config: PipelineConfig,
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) payloads: Option<crate::payload::LargePayloads>,
@@ -97,7 +100,8 @@ impl Pipeline {
             topic: None,
             results: None,
             blobs: None,
-            factory: None,
+            processor: None,
+            runtime: None,
             config: PipelineConfig::default(),
             store: None,
             payloads: None,
@@ -160,14 +164,42 @@ impl Pipeline {
         self
     }
 
-    /// The processor: `factory` builds one per worker thread, and a fresh one
-    /// after a panic.
+    /// A synchronous processor, for CPU-bound work: `factory` builds one
+    /// per worker thread (`PipelineConfig::workers`), and a fresh one after
+    /// a panic.
     pub fn processor<P, F>(mut self, factory: F) -> Self
     where
         P: Processor,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        self.factory = Some(Arc::new(move || Box::new(factory()) as Box<dyn Processor>));
+        let factory: ProcessorFactory = Arc::new(move || Box::new(factory()) as Box<dyn Processor>);
+        self.processor = Some(ProcessorKind::Sync(factory));
+        self
+    }
+
+    /// An async processor, for I/O-bound work: jobs run as tasks, up to
+    /// `PipelineConfig::concurrency` at a time (see [`AsyncProcessor`]).
+    pub fn async_processor(mut self, processor: impl AsyncProcessor) -> Self {
+        self.processor = Some(ProcessorKind::Async(Arc::new(processor)));
+        self
+    }
+
+    /// A batch processor: jobs in batches filled as `options` say, an
+    /// outcome per job (see [`BatchProcessor`]).
+    pub fn batch_processor(
+        mut self,
+        processor: impl BatchProcessor,
+        options: BatchOptions,
+    ) -> Self {
+        self.processor = Some(ProcessorKind::Batch(Arc::new(processor), options));
+        self
+    }
+
+    /// The tokio runtime async and batch processors run on (default:
+    /// ferry's own I/O runtime, one thread shared with ferry's actors — hand
+    /// in a multi-threaded runtime when jobs also compute).
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
 
@@ -212,8 +244,12 @@ impl Pipeline {
         if self.source.is_none() {
             return fail("no source queue");
         }
-        if self.factory.is_none() {
-            return fail("no processor");
+        match &self.processor {
+            None => return fail("no processor"),
+            Some(ProcessorKind::Batch(_, o)) if o.max_jobs == 0 => {
+                return fail("a batch needs max_jobs of at least 1")
+            }
+            _ => {}
         }
         let Some(dlq) = &self.dead_letter else {
             return fail("no dead-letter queue: bad input would have nowhere to go");
@@ -222,8 +258,14 @@ impl Pipeline {
             return fail("a FIFO source needs a FIFO dead-letter queue");
         }
         let c = &self.config;
-        if c.workers == 0 || c.max_in_flight == 0 || c.receive_concurrency == 0 {
-            return fail("workers, max_in_flight and receive_concurrency must be at least 1");
+        if c.workers == 0
+            || c.max_in_flight == 0
+            || c.receive_concurrency == 0
+            || c.concurrency == 0
+        {
+            return fail(
+                "workers, concurrency, max_in_flight and receive_concurrency must be at least 1",
+            );
         }
         if c.visibility_timeout < std::time::Duration::from_millis(10) {
             return fail("visibility_timeout must be at least 10 ms");

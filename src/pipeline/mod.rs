@@ -17,9 +17,11 @@ mod guard;
 mod lease_keeper;
 mod lifecycle;
 mod messages;
+mod outcome;
 mod poller;
 mod pool;
 mod publisher;
+mod runner;
 mod supervisor;
 mod uploader;
 
@@ -33,12 +35,12 @@ use tokio::sync::Notify;
 
 pub use builder::{IntoShared, Pipeline, ResultStore};
 
-use crate::backend::{BlobStore, Queue, Topic};
+use crate::backend::{Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::BackendError;
 use crate::idempotency::IdempotencyStore;
 use crate::lease::{Ending, Lease, LeaseState, LeaseTable};
-use crate::processor::ProcessorFactory;
+use crate::processor::ProcessorKind;
 use crate::seen::SeenCache;
 use crate::stats::Stats;
 
@@ -70,13 +72,14 @@ pub(crate) struct Shared {
     pub(crate) dead_letter: Arc<dyn Queue>,
     pub(crate) topic: Option<Arc<dyn Topic>>,
     pub(crate) results: Option<ResultStore>,
-    pub(crate) blobs: Option<Arc<dyn BlobStore>>,
     pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
-    /// The buckets the processor may read (see `Pipeline::reads_from`).
-    pub(crate) readable: Arc<[String]>,
+    /// What the processor may read (see `Pipeline::reads_from`).
+    pub(crate) reader: Arc<crate::processor::Reader>,
     /// The idempotency store, when the pipeline has one.
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
-    pub(crate) factory: ProcessorFactory,
+    pub(crate) processor: ProcessorKind,
+    /// Where async and batch jobs run, when not on the I/O runtime.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     pub(crate) config: PipelineConfig,
     pub(crate) stats: Arc<Stats>,
     // The lease lifecycle (see `lifecycle`).
@@ -114,6 +117,7 @@ impl Shared {
         readable.extend(p.payloads.as_ref().map(|l| l.bucket().to_owned()));
         readable.sort();
         readable.dedup();
+        let blobs = p.blobs.map(|b| g.blobs(b));
         let results = p.results.map(|r| ResultStore {
             blobs: g.blobs(r.blobs),
             ..r
@@ -123,10 +127,15 @@ impl Shared {
             dead_letter: g.queue(p.dead_letter.expect("checked")),
             topic: p.topic.map(|t| g.topic(t)),
             results,
-            blobs: p.blobs.map(|b| g.blobs(b)),
-            factory: p.factory.expect("checked"),
+            processor: p.processor.expect("checked"),
+            runtime: p.runtime,
             payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
-            readable: readable.into(),
+            reader: Arc::new(crate::processor::Reader {
+                pipeline: Arc::from(p.name.as_str()),
+                blobs,
+                max_fetch_bytes: config.max_fetch_bytes,
+                readable: readable.into(),
+            }),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
             capacity: Notify::new(),
@@ -245,7 +254,8 @@ pub(crate) struct Running {
     _others: (
         Addr<publisher::Publisher>,
         Addr<uploader::Uploader>,
-        Addr<pool::ProcessorPool>,
+        Option<Addr<pool::ProcessorPool>>,
+        Option<Addr<runner::AsyncRunner>>,
         Option<Addr<gate::Gate>>,
     ),
 }
@@ -259,28 +269,41 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
     let publisher_ctx = actix::Context::<publisher::Publisher>::new();
     let uploader_ctx = actix::Context::<uploader::Uploader>::new();
     let pool_ctx = actix::Context::<pool::ProcessorPool>::new();
+    let runner_ctx = actix::Context::<runner::AsyncRunner>::new();
     let gate_ctx = actix::Context::<gate::Gate>::new();
-    let (acker, publisher, uploader, pool, gate) = (
+    let (acker, publisher, uploader, pool, runner, gate) = (
         acker_ctx.address(),
         publisher_ctx.address(),
         uploader_ctx.address(),
         pool_ctx.address(),
+        runner_ctx.address(),
         gate_ctx.address(),
     );
+    let sync = matches!(shared.processor, ProcessorKind::Sync(_));
     let _ = shared.addrs.set(Addrs {
         settle: acker.clone().recipient(),
         publish: publisher.clone().recipient(),
         admit: gate.clone().recipient(),
         store: uploader.clone().recipient(),
         probe: uploader.clone().recipient(),
-        run: pool.clone().recipient(),
+        run: if sync {
+            pool.clone().recipient()
+        } else {
+            runner.clone().recipient()
+        },
         drop_copies: acker.clone().recipient(),
     });
     let sup = supervisor::Supervision::new(shared.clone());
     sup.start(acker_ctx, acker::Acker::new(shared.clone()));
     sup.start(publisher_ctx, publisher::Publisher::new(shared.clone()));
     sup.start(uploader_ctx, uploader::Uploader::new(shared.clone()));
-    sup.start(pool_ctx, pool::ProcessorPool::new(shared.clone(), io));
+    let (pool, runner) = if sync {
+        sup.start(pool_ctx, pool::ProcessorPool::new(shared.clone(), io));
+        (Some(pool), None)
+    } else {
+        sup.start(runner_ctx, runner::AsyncRunner::new(shared.clone(), io));
+        (None, Some(runner))
+    };
     let gate = shared.gated().then(|| {
         sup.start(gate_ctx, gate::Gate::new(shared.clone()));
         gate
@@ -303,7 +326,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
         acker: acker.clone(),
         _keeper: keeper,
         _supervisor: supervisor,
-        _others: (publisher, uploader, pool, gate),
+        _others: (publisher, uploader, pool, runner, gate),
     }
 }
 

@@ -10,25 +10,20 @@
 //! thread flushes the shared outbox), whatever the worker does next.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::messages::{Leased, Processed, Restart, Settle};
+use super::messages::{Leased, Restart};
+use super::outcome::{finish, prepare, Outbox, Outcome};
 use super::{panic_message, Shared};
-use crate::backend::MAX_MESSAGE_BYTES;
-use crate::error::ProcessError;
 use crate::lease::{Ending, Lease, LeaseState};
-use crate::processor::{Context as JobContext, Processor, WorkerInfo};
+use crate::payload::LargePayloads;
+use crate::processor::{blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
 use crate::stats::Stats;
-
-/// Longest an outcome waits for others to share its message.
-const OUTCOME_WAIT: Duration = Duration::from_millis(1);
-/// Outcomes sent at once, without waiting, when this many are waiting.
-const OUTCOME_BATCH: usize = 64;
 
 pub(crate) struct ProcessorPool {
     shared: Arc<Shared>,
@@ -112,77 +107,6 @@ impl Handler<Leased> for ProcessorPool {
     }
 }
 
-/// Outcomes of finished jobs not yet sent to the I/O side, shared by the
-/// pool's workers.
-#[derive(Default)]
-struct Outbox {
-    inner: Mutex<Outcomes>,
-    /// A timer flush is scheduled.
-    scheduled: AtomicBool,
-}
-
-#[derive(Default)]
-struct Outcomes {
-    /// Processed leases for the uploader.
-    processed: Vec<Arc<Lease>>,
-    /// Stored leases (inline output) for the publisher.
-    stored: Vec<Arc<Lease>>,
-    /// Settling leases for the acker.
-    settle: Vec<Arc<Lease>>,
-    started: u64,
-    ok: u64,
-}
-
-impl Outcomes {
-    fn len(&self) -> usize {
-        self.processed.len() + self.stored.len() + self.settle.len()
-    }
-}
-
-impl Outbox {
-    /// Sends everything waiting on.
-    fn flush(&self, s: &Shared) {
-        let out = std::mem::take(&mut *self.inner.lock().expect("outbox lock"));
-        s.stats.add(&s.stats.processed, out.ok);
-        if out.started > 0 {
-            s.jobs_started(out.started);
-        }
-        if !out.processed.is_empty() {
-            s.addrs().store.do_send(Processed(out.processed));
-        }
-        s.announce(out.stored);
-        if !out.settle.is_empty() {
-            s.addrs().settle.do_send(Settle(out.settle));
-        }
-    }
-
-    /// Adds one job's outcome; sends at once when `now`, or when a batch is
-    /// full, else makes sure a timer sends it within [`OUTCOME_WAIT`].
-    fn add(
-        self: &Arc<Self>,
-        s: &Arc<Shared>,
-        io: &tokio::runtime::Handle,
-        now: bool,
-        f: impl FnOnce(&mut Outcomes),
-    ) {
-        let full = {
-            let mut o = self.inner.lock().expect("outbox lock");
-            f(&mut o);
-            o.len() >= OUTCOME_BATCH
-        };
-        if now || full {
-            self.flush(s);
-        } else if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let (outbox, shared) = (self.clone(), s.clone());
-            io.spawn(async move {
-                tokio::time::sleep(OUTCOME_WAIT).await;
-                outbox.scheduled.store(false, Ordering::Release);
-                outbox.flush(&shared);
-            });
-        }
-    }
-}
-
 struct Worker {
     shared: Arc<Shared>,
     rx: Receiver<Arc<Lease>>,
@@ -194,7 +118,10 @@ struct Worker {
 impl Worker {
     fn build(&self) -> Option<Box<dyn Processor>> {
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let mut p = (self.shared.factory)();
+            let ProcessorKind::Sync(factory) = &self.shared.processor else {
+                unreachable!("the pool runs sync processors only")
+            };
+            let mut p = factory();
             p.started(&self.info);
             p
         }));
@@ -230,103 +157,36 @@ impl Worker {
         let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
         let ctx = JobContext {
-            pipeline: s.name.clone(),
-            blobs: s.blobs.clone(),
+            reader: s.reader.clone(),
             io: self.io.clone(),
             cancelled: lease.cancel_arc(),
-            max_fetch_bytes: s.config.max_fetch_bytes,
-            readable: s.readable.clone(),
         };
         let began = Instant::now();
-        let resolved = if job.body.len() > MAX_MESSAGE_BYTES {
-            // No queue or topic delivers this: whatever did is not trusted.
-            Err(ProcessError::bad_input(format!(
-                "a message body of {} bytes, over the queue's limit of {MAX_MESSAGE_BYTES}",
-                job.body.len()
-            )))
-        } else {
-            match &s.payloads {
-                Some(payloads) => payloads.resolve(job, &self.io, s.config.max_fetch_bytes),
-                None => Ok(None),
+        let prepared = prepare(s, job).and_then(|pointer| match pointer {
+            None => Ok(None),
+            Some((payloads, p)) => {
+                let bytes = blocking(&self.io, payloads.fetch(&p, s.config.max_fetch_bytes))?;
+                LargePayloads::with_payload(job, &p, bytes).map(Some)
             }
-        };
-        let outcome = match (resolved, processor.as_mut()) {
-            (Err(e), _) => Ok(Err(e)),
+        });
+        let outcome = match (prepared, processor.as_mut()) {
+            (Err(e), _) => Outcome::Done(Err(e)),
             (Ok(r), Some(p)) => {
                 let job = r.as_ref().unwrap_or(job);
-                catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx)))
+                match catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))) {
+                    Ok(r) => Outcome::Done(r),
+                    Err(e) => Outcome::Panicked(panic_message(&*e)),
+                }
             }
-            (Ok(_), None) => Err(Box::new("processor could not be built") as Box<_>),
+            (Ok(_), None) => Outcome::Panicked("processor could not be built".into()),
         };
         s.stats.processing.record(began.elapsed());
-        let idle = self.rx.is_empty();
-        let (ending, panicked) = match outcome {
-            Ok(Ok(output)) => {
-                span.record("outcome", "processed");
-                tracing::debug!("processed");
-                s.health.success();
-                let to = if s.results.is_some() {
-                    LeaseState::Processed
-                } else if s.topic.is_some() {
-                    LeaseState::Stored
-                } else {
-                    LeaseState::Settling
-                };
-                if to == LeaseState::Settling {
-                    let done = s.begin_settle(vec![(
-                        lease,
-                        Ending::Delete {
-                            dead_lettered: false,
-                        },
-                    )]);
-                    self.outbox.add(s, &self.io, idle, |o| {
-                        o.started += 1;
-                        o.ok += 1;
-                        o.settle.extend(done);
-                    });
-                } else {
-                    lease.set_output(Some(output));
-                    let moved = lease.transition(&[LeaseState::Running], to).is_some();
-                    self.outbox.add(s, &self.io, idle, |o| {
-                        o.started += 1;
-                        o.ok += 1;
-                        if moved && to == LeaseState::Processed {
-                            o.processed.push(lease);
-                        } else if moved {
-                            o.stored.push(lease);
-                        }
-                    });
-                }
-                return None;
-            }
-            Ok(Err(err)) => {
-                Stats::inc(&s.stats.failed);
-                span.record("outcome", crate::trace::outcome_of(&err));
-                tracing::info!(error = %err, "processor failed");
-                let ending = match err {
-                    ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
-                    ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
-                };
-                (ending, None)
-            }
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                Stats::inc(&s.stats.panics);
-                span.record("outcome", "panicked");
-                tracing::warn!(panic = %message, "processor panicked; rebuilding it");
-                let ending = Ending::Retry {
-                    reason: format!("processor panicked: {message}"),
-                    after: None,
-                };
-                (ending, Some(message))
-            }
+        let panicked = match &outcome {
+            Outcome::Panicked(m) => Some(m.clone()),
+            Outcome::Done(_) => None,
         };
-        let done = s.begin_settle(vec![(lease, ending)]);
-        self.outbox
-            .add(s, &self.io, idle || panicked.is_some(), |o| {
-                o.started += 1;
-                o.settle.extend(done);
-            });
+        let now = self.rx.is_empty() || panicked.is_some();
+        finish(s, &self.outbox, &self.io, lease, outcome, now, &span);
         panicked
     }
 

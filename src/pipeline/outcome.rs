@@ -1,0 +1,203 @@
+//! What every kind of processor shares once a job's outcome is known: the
+//! checks before a job runs, the lease transition its outcome calls for,
+//! and the outbox that carries outcomes to the I/O side (at once when no
+//! other job is queued, else within [`OUTCOME_WAIT`], whatever the worker
+//! or task does next).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::messages::{Processed, Settle};
+use super::Shared;
+use crate::backend::MAX_MESSAGE_BYTES;
+use crate::error::ProcessError;
+use crate::job::Job;
+use crate::lease::{Ending, Lease, LeaseState};
+use crate::payload::{LargePayloads, PayloadPointer};
+use crate::processor::Output;
+use crate::stats::Stats;
+
+/// Longest an outcome waits for others to share its message.
+const OUTCOME_WAIT: Duration = Duration::from_millis(1);
+/// Outcomes sent at once, without waiting, when this many are waiting.
+const OUTCOME_BATCH: usize = 64;
+
+/// How a processor run ended.
+pub(crate) enum Outcome {
+    /// It returned.
+    Done(Result<Output, ProcessError>),
+    /// It panicked, with this message.
+    Panicked(String),
+}
+
+/// The checks before a job runs: a body no queue delivers is bad input, and
+/// a large-payload pointer is checked (untrusted, or declared too large:
+/// bad input). Returns the pointer to read, if any.
+pub(crate) fn prepare(
+    s: &Shared,
+    job: &Job,
+) -> Result<Option<(Arc<LargePayloads>, PayloadPointer)>, ProcessError> {
+    if job.body.len() > MAX_MESSAGE_BYTES {
+        // No queue or topic delivers this: whatever did is not trusted.
+        return Err(ProcessError::bad_input(format!(
+            "a message body of {} bytes, over the queue's limit of {MAX_MESSAGE_BYTES}",
+            job.body.len()
+        )));
+    }
+    let Some(payloads) = &s.payloads else {
+        return Ok(None);
+    };
+    Ok(payloads
+        .pointer(job, s.config.max_fetch_bytes)?
+        .map(|p| (payloads.clone(), p)))
+}
+
+/// Moves a lease on by its run's outcome: a result to the uploader (or the
+/// publisher, or straight to the acker), a failure or panic to the acker
+/// with its ending. `now`: send at once rather than within
+/// [`OUTCOME_WAIT`].
+pub(crate) fn finish(
+    s: &Arc<Shared>,
+    outbox: &Arc<Outbox>,
+    io: &tokio::runtime::Handle,
+    lease: Arc<Lease>,
+    outcome: Outcome,
+    now: bool,
+    span: &tracing::Span,
+) {
+    let ending = match outcome {
+        Outcome::Done(Ok(output)) => {
+            span.record("outcome", "processed");
+            tracing::debug!(parent: span, "processed");
+            s.health.success();
+            let to = if s.results.is_some() {
+                LeaseState::Processed
+            } else if s.topic.is_some() {
+                LeaseState::Stored
+            } else {
+                LeaseState::Settling
+            };
+            if to == LeaseState::Settling {
+                let done = s.begin_settle(vec![(
+                    lease,
+                    Ending::Delete {
+                        dead_lettered: false,
+                    },
+                )]);
+                outbox.add(s, io, now, |o| {
+                    o.started += 1;
+                    o.ok += 1;
+                    o.settle.extend(done);
+                });
+            } else {
+                lease.set_output(Some(output));
+                let moved = lease.transition(&[LeaseState::Running], to).is_some();
+                outbox.add(s, io, now, |o| {
+                    o.started += 1;
+                    o.ok += 1;
+                    if moved && to == LeaseState::Processed {
+                        o.processed.push(lease);
+                    } else if moved {
+                        o.stored.push(lease);
+                    }
+                });
+            }
+            return;
+        }
+        Outcome::Done(Err(err)) => {
+            Stats::inc(&s.stats.failed);
+            span.record("outcome", crate::trace::outcome_of(&err));
+            tracing::info!(parent: span, error = %err, "processor failed");
+            match err {
+                ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
+                ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
+            }
+        }
+        Outcome::Panicked(message) => {
+            Stats::inc(&s.stats.panics);
+            span.record("outcome", "panicked");
+            tracing::warn!(parent: span, panic = %message, "processor panicked");
+            Ending::Retry {
+                reason: format!("processor panicked: {message}"),
+                after: None,
+            }
+        }
+    };
+    let done = s.begin_settle(vec![(lease, ending)]);
+    outbox.add(s, io, now, |o| {
+        o.started += 1;
+        o.settle.extend(done);
+    });
+}
+
+/// Outcomes of finished jobs not yet sent to the I/O side, shared by the
+/// pool's workers.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    inner: Mutex<Outcomes>,
+    /// A timer flush is scheduled.
+    scheduled: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct Outcomes {
+    /// Processed leases for the uploader.
+    pub(crate) processed: Vec<Arc<Lease>>,
+    /// Stored leases (inline output) for the publisher.
+    pub(crate) stored: Vec<Arc<Lease>>,
+    /// Settling leases for the acker.
+    pub(crate) settle: Vec<Arc<Lease>>,
+    pub(crate) started: u64,
+    pub(crate) ok: u64,
+}
+
+impl Outcomes {
+    fn len(&self) -> usize {
+        self.processed.len() + self.stored.len() + self.settle.len()
+    }
+}
+
+impl Outbox {
+    /// Sends everything waiting on.
+    pub(crate) fn flush(&self, s: &Shared) {
+        let out = std::mem::take(&mut *self.inner.lock().expect("outbox lock"));
+        s.stats.add(&s.stats.processed, out.ok);
+        if out.started > 0 {
+            s.jobs_started(out.started);
+        }
+        if !out.processed.is_empty() {
+            s.addrs().store.do_send(Processed(out.processed));
+        }
+        s.announce(out.stored);
+        if !out.settle.is_empty() {
+            s.addrs().settle.do_send(Settle(out.settle));
+        }
+    }
+
+    /// Adds one job's outcome; sends at once when `now`, or when a batch is
+    /// full, else makes sure a timer sends it within [`OUTCOME_WAIT`].
+    pub(crate) fn add(
+        self: &Arc<Self>,
+        s: &Arc<Shared>,
+        io: &tokio::runtime::Handle,
+        now: bool,
+        f: impl FnOnce(&mut Outcomes),
+    ) {
+        let full = {
+            let mut o = self.inner.lock().expect("outbox lock");
+            f(&mut o);
+            o.len() >= OUTCOME_BATCH
+        };
+        if now || full {
+            self.flush(s);
+        } else if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let (outbox, shared) = (self.clone(), s.clone());
+            io.spawn(async move {
+                tokio::time::sleep(OUTCOME_WAIT).await;
+                outbox.scheduled.store(false, Ordering::Release);
+                outbox.flush(&shared);
+            });
+        }
+    }
+}

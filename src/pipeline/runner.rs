@@ -1,0 +1,318 @@
+//! The async runner: jobs of an [`AsyncProcessor`] or a [`BatchProcessor`]
+//! as tasks on a tokio runtime (ferry's I/O runtime unless the pipeline was
+//! handed one), at most `PipelineConfig::concurrency` jobs at once.
+//!
+//! A task holds nothing a restart would lose: it owns its lease, which is
+//! Pending until the task has a permit and Running while it works. A lost
+//! lease drops the job's future before any effect; a panic anywhere in the
+//! task is caught and the job retried.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::messages::{Leased, Restart};
+use super::outcome::{finish, prepare, Outbox, Outcome};
+use super::{panic_message, Shared};
+use crate::error::ProcessError;
+use crate::job::Job;
+use crate::lease::{Ending, Lease, LeaseState};
+use crate::payload::LargePayloads;
+use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContext};
+
+pub(crate) struct AsyncRunner {
+    task: Arc<Tasks>,
+    /// Batch mode: leases waiting for their batch to fill.
+    waiting: Vec<Arc<Lease>>,
+    timer: Option<SpawnHandle>,
+}
+
+/// What every task of one pipeline shares.
+struct Tasks {
+    shared: Arc<Shared>,
+    /// ferry's I/O runtime (outcome timers).
+    io: tokio::runtime::Handle,
+    /// Where the jobs run.
+    rt: tokio::runtime::Handle,
+    permits: Arc<Semaphore>,
+    outbox: Arc<Outbox>,
+    /// Jobs running now.
+    running: AtomicUsize,
+}
+
+impl AsyncRunner {
+    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle) -> Self {
+        let rt = shared.runtime.clone().unwrap_or_else(|| io.clone());
+        let permits = Arc::new(Semaphore::new(shared.config.concurrency));
+        Self {
+            task: Arc::new(Tasks {
+                shared,
+                io,
+                rt,
+                permits,
+                outbox: Arc::default(),
+                running: AtomicUsize::new(0),
+            }),
+            waiting: Vec::new(),
+            timer: None,
+        }
+    }
+
+    fn accept(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        match &self.task.shared.processor {
+            ProcessorKind::Async(p) => {
+                for lease in leases {
+                    let (t, p) = (self.task.clone(), p.clone());
+                    self.task.rt.spawn(async move {
+                        let Ok(_permit) = t.permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        t.guarded(vec![lease.clone()], t.run_one(p, lease.clone()))
+                            .await;
+                    });
+                }
+            }
+            ProcessorKind::Batch(_, options) => {
+                let (max, wait) = (options.max_jobs, options.max_wait);
+                self.waiting.extend(leases);
+                while self.waiting.len() >= max {
+                    let batch: Vec<_> = self.waiting.drain(..max).collect();
+                    self.dispatch(batch);
+                }
+                if !self.waiting.is_empty() && self.timer.is_none() {
+                    self.timer = Some(ctx.run_later(wait, |act, _| {
+                        act.timer = None;
+                        let batch = std::mem::take(&mut act.waiting);
+                        act.dispatch(batch);
+                    }));
+                }
+            }
+            ProcessorKind::Sync(_) => unreachable!("sync processors run in the pool"),
+        }
+    }
+
+    fn dispatch(&self, batch: Vec<Arc<Lease>>) {
+        let ProcessorKind::Batch(p, _) = &self.task.shared.processor else {
+            return;
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (t, p) = (self.task.clone(), p.clone());
+        // A batch never asks for more permits than there are.
+        let want = batch.len().min(t.shared.config.concurrency) as u32;
+        self.task.rt.spawn(async move {
+            let Ok(_permits) = t.permits.clone().acquire_many_owned(want).await else {
+                return;
+            };
+            t.guarded(batch.clone(), t.run_batch(p, batch)).await;
+        });
+    }
+}
+
+impl Tasks {
+    /// Runs a task's work; a panic that escapes it retries the jobs it had
+    /// started, so none is left running for ever.
+    async fn guarded(&self, leases: Vec<Arc<Lease>>, work: impl std::future::Future<Output = ()>) {
+        if let Err(e) = AssertUnwindSafe(work).catch_unwind().await {
+            let message = panic_message(&*e);
+            let s = &self.shared;
+            tracing::error!(pipeline = %s.name, panic = %message,
+                "async task panicked outside the processor; its jobs will be retried");
+            let endings = leases
+                .into_iter()
+                .filter(|l| l.state() == LeaseState::Running)
+                .map(|l| {
+                    let reason = format!("task panicked: {message}");
+                    (
+                        l,
+                        Ending::Retry {
+                            reason,
+                            after: None,
+                        },
+                    )
+                })
+                .collect();
+            let done = s.begin_settle(endings);
+            self.outbox
+                .add(s, &self.io, true, |o| o.settle.extend(done));
+        }
+    }
+
+    /// Checks and reads a job's input: the job to process (the lease's
+    /// own, or with its large payload in place), or why it cannot run.
+    async fn input(&self, lease: &Lease) -> Result<Option<Job>, ProcessError> {
+        let s = &self.shared;
+        match prepare(s, &lease.job)? {
+            None => Ok(None),
+            Some((payloads, p)) => {
+                let bytes = payloads.fetch(&p, s.config.max_fetch_bytes).await?;
+                LargePayloads::with_payload(&lease.job, &p, bytes).map(Some)
+            }
+        }
+    }
+
+    async fn run_one(&self, p: Arc<dyn AsyncProcessor>, lease: Arc<Lease>) {
+        if !lease.try_start() {
+            return;
+        }
+        let s = &self.shared;
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let span = crate::trace::job_span(&s.name, &lease.job);
+        let began = Instant::now();
+        let ctx = TaskContext {
+            reader: s.reader.clone(),
+            cancels: Arc::from([lease.cancel_handle()]),
+        };
+        let work = async {
+            let resolved = match self.input(&lease).await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Done(Err(e)),
+            };
+            let job = resolved.as_ref().unwrap_or(&lease.job);
+            match AssertUnwindSafe(p.process(job, &ctx)).catch_unwind().await {
+                Ok(r) => Outcome::Done(r),
+                Err(e) => Outcome::Panicked(panic_message(&*e)),
+            }
+        }
+        .instrument(span.clone());
+        // A lost lease drops the job's future: nothing after this point
+        // happens for it.
+        let outcome = tokio::select! {
+            biased;
+            () = lease.cancelled() => None,
+            o = work => Some(o),
+        };
+        let left = self.running.fetch_sub(1, Ordering::AcqRel) - 1;
+        s.stats.processing.record(began.elapsed());
+        match outcome {
+            Some(o) => finish(s, &self.outbox, &self.io, lease, o, left == 0, &span),
+            None => {
+                span.record("outcome", "cancelled");
+                tracing::info!(parent: &span, "lease lost: job cancelled before any effect");
+                self.outbox.add(s, &self.io, left == 0, |o| o.started += 1);
+            }
+        }
+    }
+
+    async fn run_batch(&self, p: Arc<dyn BatchProcessor>, batch: Vec<Arc<Lease>>) {
+        let s = &self.shared;
+        let began = Instant::now();
+        let (mut leases, mut jobs) = (Vec::new(), Vec::new());
+        for lease in batch {
+            if !lease.try_start() {
+                continue;
+            }
+            match self.input(&lease).await {
+                Ok(job) => {
+                    jobs.push(job.unwrap_or_else(|| lease.job.clone()));
+                    leases.push(lease);
+                }
+                Err(e) => {
+                    let span = crate::trace::job_span(&s.name, &lease.job);
+                    finish(
+                        s,
+                        &self.outbox,
+                        &self.io,
+                        lease,
+                        Outcome::Done(Err(e)),
+                        false,
+                        &span,
+                    );
+                }
+            }
+        }
+        if leases.is_empty() {
+            return;
+        }
+        let n = leases.len();
+        self.running.fetch_add(n, Ordering::AcqRel);
+        let ctx = TaskContext {
+            reader: s.reader.clone(),
+            cancels: leases.iter().map(|l| l.cancel_handle()).collect(),
+        };
+        let span = tracing::info_span!("batch", pipeline = %s.name, jobs = n);
+        let answer = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
+            .catch_unwind()
+            .instrument(span)
+            .await;
+        let mut outcomes: Vec<Outcome> = match answer {
+            Ok(v) if v.len() == n => v.into_iter().map(Outcome::Done).collect(),
+            Ok(v) => {
+                let reason = format!(
+                    "the batch processor answered {} outcomes for {n} jobs",
+                    v.len()
+                );
+                (0..n)
+                    .map(|_| Outcome::Done(Err(ProcessError::retry(reason.clone()))))
+                    .collect()
+            }
+            Err(e) => {
+                let message = panic_message(&*e);
+                (0..n).map(|_| Outcome::Panicked(message.clone())).collect()
+            }
+        };
+        let left = self.running.fetch_sub(n, Ordering::AcqRel) - n;
+        let elapsed = began.elapsed();
+        for (i, (lease, outcome)) in leases.into_iter().zip(outcomes.drain(..)).enumerate() {
+            s.stats.processing.record(elapsed);
+            let span = crate::trace::job_span(&s.name, &lease.job);
+            // A lease lost meanwhile is over: its answer is discarded.
+            if lease.is_cancelled() {
+                span.record("outcome", "cancelled");
+                self.outbox.add(s, &self.io, false, |o| o.started += 1);
+                continue;
+            }
+            finish(
+                s,
+                &self.outbox,
+                &self.io,
+                lease,
+                outcome,
+                left == 0 && i + 1 == n,
+                &span,
+            );
+        }
+    }
+}
+
+impl Actor for AsyncRunner {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for AsyncRunner {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // A batch being filled died with the old context; a task already
+        // spawned lives on (and a lease queued twice starts once).
+        self.timer = None;
+        self.waiting.clear();
+        let pending = self.task.shared.leases.in_state(LeaseState::Pending);
+        self.accept(pending, ctx);
+    }
+}
+
+impl Handler<Restart> for AsyncRunner {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl super::supervisor::Child for AsyncRunner {
+    const NAME: &'static str = "pool";
+}
+
+impl Handler<Leased> for AsyncRunner {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leased, ctx: &mut Context<Self>) {
+        self.accept(msg.0, ctx);
+    }
+}
