@@ -17,9 +17,9 @@ use ferry::{JOB_ID_ATTRIBUTE, RESULT_JOB_TAG};
 
 const JOBS: usize = 5;
 
-async fn start(h: &Harness, p: &Counting) -> RuntimeHandle {
+async fn start(h: &Harness, p: &Counting, kind: Kind) -> RuntimeHandle {
     Runtime::builder()
-        .pipeline(h.pipeline(p.clone()))
+        .pipeline(h.pipeline_of(kind, p.clone()))
         .start()
         .await
         .unwrap()
@@ -39,8 +39,8 @@ fn notifications(h: &Harness) -> HashMap<String, Vec<String>> {
     out
 }
 
-async fn finish_with_fresh_worker(h: &Harness, p: &Counting) -> ferry::StatsSnapshot {
-    let rt = start(h, p).await;
+async fn finish_with_fresh_worker(h: &Harness, p: &Counting, kind: Kind) -> ferry::StatsSnapshot {
+    let rt = start(h, p, kind).await;
     eventually("every job deleted", || h.jobs.depth_now().total() == 0).await;
     let stats = rt.stats_of("stage").unwrap();
     let report = rt.shutdown().await;
@@ -48,13 +48,12 @@ async fn finish_with_fresh_worker(h: &Harness, p: &Counting) -> ferry::StatsSnap
     stats
 }
 
-#[tokio::test]
-async fn crash_before_the_result_is_stored_redoes_the_job() {
+async fn crash_before_the_result_is_stored_redoes_the_job(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(JOBS).await;
     let p = Counting::new();
     let gate = h.local.gate(Op::Put);
-    let rt = start(&h, &p).await;
+    let rt = start(&h, &p, kind).await;
     eventually("every job processed", || p.total_runs() as usize == JOBS).await;
     // Frozen before the upload: nothing stored, nothing deleted.
     assert!(h.results().await.is_empty());
@@ -66,7 +65,7 @@ async fn crash_before_the_result_is_stored_redoes_the_job() {
     rt.abort();
     gate.open();
 
-    finish_with_fresh_worker(&h, &p).await;
+    finish_with_fresh_worker(&h, &p, kind).await;
     assert_eq!(h.results().await.len(), JOBS);
     for i in 0..JOBS {
         assert_eq!(
@@ -83,13 +82,12 @@ async fn crash_before_the_result_is_stored_redoes_the_job() {
     );
 }
 
-#[tokio::test]
-async fn crash_after_the_result_is_stored_resumes_without_reprocessing() {
+async fn crash_after_the_result_is_stored_resumes_without_reprocessing(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(JOBS).await;
     let p = Counting::new();
     let gate = h.local.gate(Op::Publish);
-    let rt = start(&h, &p).await;
+    let rt = start(&h, &p, kind).await;
     eventually("every result stored", || {
         rt.stats_of("stage").unwrap().uploaded as usize == JOBS
     })
@@ -103,7 +101,7 @@ async fn crash_after_the_result_is_stored_resumes_without_reprocessing() {
     rt.abort();
     gate.open();
 
-    let stats = finish_with_fresh_worker(&h, &p).await;
+    let stats = finish_with_fresh_worker(&h, &p, kind).await;
     assert_eq!(
         stats.resumed as usize, JOBS,
         "the fresh worker found every stored result"
@@ -124,13 +122,12 @@ async fn crash_after_the_result_is_stored_resumes_without_reprocessing() {
     assert!(notifications(&h).values().all(|n| n.len() == 1));
 }
 
-#[tokio::test]
-async fn crash_after_publishing_republishes_the_same_job_and_deletes() {
+async fn crash_after_publishing_republishes_the_same_job_and_deletes(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(JOBS).await;
     let p = Counting::new();
     let gate = h.local.gate(Op::Delete);
-    let rt = start(&h, &p).await;
+    let rt = start(&h, &p, kind).await;
     eventually("every notification accepted", || {
         rt.stats_of("stage").unwrap().published as usize == JOBS
     })
@@ -140,7 +137,7 @@ async fn crash_after_publishing_republishes_the_same_job_and_deletes() {
     rt.abort();
     gate.open();
 
-    finish_with_fresh_worker(&h, &p).await;
+    finish_with_fresh_worker(&h, &p, kind).await;
     assert_eq!(p.total_runs() as usize, JOBS, "no job was processed twice");
     let after = notifications(&h);
     assert_eq!(after.len(), JOBS);
@@ -153,14 +150,13 @@ async fn crash_after_publishing_republishes_the_same_job_and_deletes() {
     }
 }
 
-#[tokio::test]
-async fn effects_are_keyed_by_job_id_not_by_message() {
+async fn effects_are_keyed_by_job_id_not_by_message(kind: Kind) {
     let h = Harness::new();
     // Two different messages for one job (a producer retry): one result key.
     h.send_named(&["same".to_string(), "same".to_string()])
         .await;
     let p = Counting::new();
-    let rt = start(&h, &p).await;
+    let rt = start(&h, &p, kind).await;
     eventually("both messages deleted", || h.jobs.depth_now().total() == 0).await;
     rt.shutdown().await;
     assert_eq!(h.results().await, vec!["out/same.txt".to_string()]);
@@ -170,3 +166,10 @@ async fn effects_are_keyed_by_job_id_not_by_message() {
         "the second copy was dropped by the seen-ID cache"
     );
 }
+
+for_each_kind!(
+    crash_before_the_result_is_stored_redoes_the_job,
+    crash_after_the_result_is_stored_resumes_without_reprocessing,
+    crash_after_publishing_republishes_the_same_job_and_deletes,
+    effects_are_keyed_by_job_id_not_by_message,
+);

@@ -4,53 +4,19 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use ferry::backend::local::Faults;
 use ferry::prelude::*;
 
-/// A processor that waits for the test to let it go.
-#[derive(Clone)]
-struct Held {
-    inner: Counting,
-    release: Arc<Mutex<bool>>,
-}
-
-impl Processor for Held {
-    fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
-        self.inner.started.lock().unwrap().push(job.id.to_string());
-        let deadline = std::time::Instant::now() + LIMIT;
-        while !*self.release.lock().unwrap() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut inner = self.inner.clone();
-        inner.started = Default::default();
-        inner.process(job, ctx)
-    }
-}
-
-#[tokio::test]
-async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
+async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(1).await;
     let counting = Counting::new();
-    let held = Held {
-        inner: counting.clone(),
-        release: Arc::new(Mutex::new(false)),
-    };
-    let release = held.release.clone();
+    counting.hold();
     let rt = Runtime::builder()
-        .pipeline(
-            Pipeline::new("stage")
-                .source(h.jobs.clone())
-                .dead_letter(h.dlq.clone())
-                .results(h.local.blobs(), "results", "out/", "txt")
-                .topic(h.topic.clone())
-                .processor(move || held.clone())
-                .configure(fast),
-        )
+        .pipeline(h.pipeline_of(kind, counting.clone()))
         .start()
         .await
         .unwrap();
@@ -65,7 +31,7 @@ async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
         .await;
     }
     assert_eq!(h.jobs.snapshot()[0].receive_count, 3);
-    *release.lock().unwrap() = true;
+    counting.release();
     eventually("the message deleted", || h.jobs.depth_now().total() == 0).await;
     let stats = rt.stats_of("stage").unwrap();
     rt.shutdown().await;
@@ -76,13 +42,12 @@ async fn copy_mid_flight_is_merged_and_the_newest_handle_deletes() {
     assert_eq!(h.downstream.snapshot().len(), 1, "one notification");
 }
 
-#[tokio::test]
-async fn copy_after_completion_is_deleted_unprocessed() {
+async fn copy_after_completion_is_deleted_unprocessed(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(3).await;
     let p = Counting::new();
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()))
+        .pipeline(h.pipeline_of(kind, p.clone()))
         .start()
         .await
         .unwrap();
@@ -98,8 +63,7 @@ async fn copy_after_completion_is_deleted_unprocessed() {
     assert_eq!(h.downstream.snapshot().len(), 3, "no second notification");
 }
 
-#[tokio::test]
-async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
+async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(60).await;
     h.local.set_faults(Faults {
@@ -112,7 +76,7 @@ async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
     // copies (queued behind the other messages) arrive while jobs are held.
     let p = Counting::new().with_delay(Duration::from_millis(3));
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| {
+        .pipeline(h.pipeline_of(kind, p.clone()).configure(|c| {
             c.receive_concurrency = 3;
             c.prefetch = Some(100);
         }))
@@ -136,3 +100,9 @@ async fn redelivery_after_delete_and_concurrent_copies_repeat_no_effect() {
         "one notification per job"
     );
 }
+
+for_each_kind!(
+    copy_mid_flight_is_merged_and_the_newest_handle_deletes,
+    copy_after_completion_is_deleted_unprocessed,
+    redelivery_after_delete_and_concurrent_copies_repeat_no_effect,
+);

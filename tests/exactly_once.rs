@@ -18,12 +18,12 @@ use ferry::idempotency::{
 };
 use ferry::prelude::*;
 
-use common::{eventually_async, Counting, Harness};
+use common::{eventually_async, Counting, Harness, Kind};
 
 const JOBS: usize = 150;
 
-fn worker(h: &Harness, p: &Counting, store: &Arc<dyn IdempotencyStore>) -> Pipeline {
-    h.pipeline(p.clone()).idempotency(store.clone())
+fn worker(h: &Harness, p: &Counting, store: &Arc<dyn IdempotencyStore>, kind: Kind) -> Pipeline {
+    h.pipeline_of(kind, p.clone()).idempotency(store.clone())
 }
 
 async fn start(p: Pipeline) -> RuntimeHandle {
@@ -45,8 +45,7 @@ async fn assert_once(store: &dyn IdempotencyStore, p: &Counting, ids: &[String])
     assert_eq!(p.total_runs() as usize, ids.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_with_concurrent_duplicates_run_each_job_once() {
+async fn two_workers_with_concurrent_duplicates_run_each_job_once(kind: Kind) {
     let h = Harness::new();
     h.local.set_faults(Faults {
         seed: 5,
@@ -59,8 +58,8 @@ async fn two_workers_with_concurrent_duplicates_run_each_job_once() {
     // One processor count shared by both workers: runs in total.
     let p = Counting::new().with_delay(Duration::from_millis(3));
     let (a, b) = (
-        start(worker(&h, &p, &store)).await,
-        start(worker(&h, &p, &store)).await,
+        start(worker(&h, &p, &store, kind)).await,
+        start(worker(&h, &p, &store, kind)).await,
     );
     eventually_async("every job done and the queue empty", || async {
         h.results().await.len() == JOBS && h.jobs.depth_now().total() == 0
@@ -107,8 +106,7 @@ impl Processor for Stuck {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_holders_claim_expires_and_another_worker_runs_the_job_once() {
+async fn a_dead_holders_claim_expires_and_another_worker_runs_the_job_once(kind: Kind) {
     let h = Harness::new();
     let ids = h.send_jobs(1).await;
     let key = job_key("stage", &JobId::new(ids[0].as_str()));
@@ -130,7 +128,7 @@ async fn a_dead_holders_claim_expires_and_another_worker_runs_the_job_once() {
     // The worker dies as under SIGKILL: nothing released, no claim given up.
     dying.abort();
     let p = Counting::new();
-    let other = start(worker(&h, &p, &store)).await;
+    let other = start(worker(&h, &p, &store, kind)).await;
     eventually_async("the other worker to finish the job", || async {
         h.results().await.len() == 1 && h.jobs.depth_now().total() == 0
     })
@@ -157,7 +155,7 @@ async fn resent_after_the_window_is_not_run_again(
 ) {
     let p = Counting::new();
     let ids = h.send_jobs(3).await;
-    let first = start(worker(h, &p, &store)).await;
+    let first = start(worker(h, &p, &store, Kind::Sync)).await;
     eventually_async("the first run", || async {
         h.results().await.len() == 3 && h.jobs.depth_now().total() == 0
     })
@@ -165,7 +163,7 @@ async fn resent_after_the_window_is_not_run_again(
     first.shutdown().await;
     clock.advance(ferry::backend::DEDUP_WINDOW + Duration::from_secs(60));
     h.send_named(&ids).await;
-    let again = start(worker(h, &p, &store)).await;
+    let again = start(worker(h, &p, &store, Kind::Sync)).await;
     eventually_async("the copies to be deleted", || async {
         h.jobs.depth_now().total() == 0
     })
@@ -185,6 +183,12 @@ async fn the_store_remembers_past_the_queues_deduplication_window() {
     let store = Arc::new(LocalIdempotencyStore::with_clock(clock.clock()));
     resent_after_the_window_is_not_run_again(&h, store, &clock).await;
 }
+
+for_each_kind!(
+    mt;
+    two_workers_with_concurrent_duplicates_run_each_job_once,
+    a_dead_holders_claim_expires_and_another_worker_runs_the_job_once,
+);
 
 #[cfg(feature = "aws")]
 mod aws {

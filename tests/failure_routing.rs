@@ -12,15 +12,14 @@ use ferry::backend::local::QueueOptions;
 use ferry::prelude::*;
 use ferry::{DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, JOB_ID_ATTRIBUTE};
 
-#[tokio::test]
-async fn retries_back_off_then_dead_letter_after_max_receives() {
+async fn retries_back_off_then_dead_letter_after_max_receives(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(2).await;
     let p = Counting::new();
     p.set(Behaviour::Retry);
     let started = tokio::time::Instant::now();
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| {
+        .pipeline(h.pipeline_of(kind, p.clone()).configure(|c| {
             c.max_receives = 4;
             c.retry_backoff_base = Duration::from_millis(40);
         }))
@@ -54,14 +53,13 @@ async fn retries_back_off_then_dead_letter_after_max_receives() {
     }
 }
 
-#[tokio::test]
-async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once() {
+async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(3).await;
     let p = Counting::new();
     p.set(Behaviour::BadInput);
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()))
+        .pipeline(h.pipeline_of(kind, p.clone()))
         .start()
         .await
         .unwrap();
@@ -91,8 +89,7 @@ async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once() {
     );
 }
 
-#[tokio::test]
-async fn a_message_received_too_often_is_dead_lettered_unprocessed() {
+async fn a_message_received_too_often_is_dead_lettered_unprocessed(kind: Kind) {
     // A poison message that killed earlier workers arrives with a receive
     // count over the limit (no redrive policy on this queue).
     let h = Harness::new();
@@ -108,7 +105,10 @@ async fn a_message_received_too_often_is_dead_lettered_unprocessed() {
     }
     let p = Counting::new();
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| c.max_receives = 3))
+        .pipeline(
+            h.pipeline_of(kind, p.clone())
+                .configure(|c| c.max_receives = 3),
+        )
         .start()
         .await
         .unwrap();
@@ -151,3 +151,9 @@ async fn the_queue_redrive_policy_is_a_backstop() {
     assert_eq!(dlq.snapshot().len(), 1);
     assert_eq!(q.depth_now().total(), 0);
 }
+
+for_each_kind!(
+    retries_back_off_then_dead_letter_after_max_receives,
+    bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once,
+    a_message_received_too_often_is_dead_lettered_unprocessed,
+);

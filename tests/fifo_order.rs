@@ -18,7 +18,7 @@ use ferry::JOB_ID_ATTRIBUTE;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::fast;
+use common::{fast, Kind};
 
 const GROUPS: usize = 20;
 const PER_GROUP: usize = 30;
@@ -65,18 +65,24 @@ fn parse(body: &str) -> (usize, usize) {
     (g.parse().unwrap(), s.parse().unwrap())
 }
 
-impl Processor for Ordered {
-    fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
+impl Ordered {
+    /// A run's start: group and sequence, the time.
+    fn begin(&self, job: &Job) -> (usize, usize, Instant) {
         let (g, s) = parse(&job.body);
-        let start = Instant::now();
-        {
-            let mut log = self.log.lock().unwrap();
-            if !log.running.insert(g) {
-                log.violations += 1;
-            }
-            log.max_running = log.max_running.max(log.running.len());
+        let mut log = self.log.lock().unwrap();
+        if !log.running.insert(g) {
+            log.violations += 1;
         }
-        std::thread::sleep(self.delay);
+        log.max_running = log.max_running.max(log.running.len());
+        (g, s, Instant::now())
+    }
+
+    /// A run's end: fails at random, records the completion.
+    fn end(
+        &self,
+        job: &Job,
+        (g, s, start): (usize, usize, Instant),
+    ) -> Result<Output, ProcessError> {
         let fail = self.rng.lock().unwrap().gen_bool(self.fail_rate);
         let mut log = self.log.lock().unwrap();
         log.running.remove(&g);
@@ -87,6 +93,36 @@ impl Processor for Ordered {
         }
         log.done.push((g, s, start, Instant::now()));
         Ok(Output::text(job.body.clone()))
+    }
+}
+
+impl Processor for Ordered {
+    fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
+        let run = self.begin(job);
+        std::thread::sleep(self.delay);
+        self.end(job, run)
+    }
+}
+
+#[ferry::async_trait]
+impl AsyncProcessor for Ordered {
+    async fn process(&self, job: &Job, _: &TaskContext) -> Result<Output, ProcessError> {
+        let run = self.begin(job);
+        tokio::time::sleep(self.delay).await;
+        self.end(job, run)
+    }
+}
+
+#[ferry::async_trait]
+impl BatchProcessor for Ordered {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        _: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        let runs: Vec<_> = jobs.iter().map(|j| self.begin(j)).collect();
+        tokio::time::sleep(self.delay).await;
+        jobs.iter().zip(runs).map(|(j, r)| self.end(j, r)).collect()
     }
 }
 
@@ -115,20 +151,30 @@ fn pipeline(
     p: Ordered,
     visibility: Duration,
     retry_after: Duration,
+    kind: Kind,
 ) -> Pipeline {
-    let mut pipeline = Pipeline::new("fifo")
-        .source(source)
-        .dead_letter(dlq)
-        .processor(move || p.clone())
-        .configure(|c| {
-            fast(c);
-            c.workers = 8;
-            c.visibility_timeout = visibility;
-            c.retry_backoff_base = retry_after;
-            c.retry_backoff_max = retry_after;
-            // Released messages count receives too: never dead-letter here.
-            c.max_receives = 1000;
-        });
+    let pipeline = Pipeline::new("fifo").source(source).dead_letter(dlq);
+    let pipeline = match kind {
+        Kind::Sync => pipeline.processor(move || p.clone()),
+        Kind::Async => pipeline.async_processor(p),
+        Kind::Batch => pipeline.batch_processor(
+            p,
+            BatchOptions {
+                max_jobs: 8,
+                max_wait: Duration::from_millis(2),
+            },
+        ),
+    };
+    let mut pipeline = pipeline.configure(|c| {
+        fast(c);
+        c.workers = 8;
+        c.concurrency = 8;
+        c.visibility_timeout = visibility;
+        c.retry_backoff_base = retry_after;
+        c.retry_backoff_max = retry_after;
+        // Released messages count receives too: never dead-letter here.
+        c.max_receives = 1000;
+    });
     if let Some(t) = topic {
         pipeline = pipeline.topic(t);
     }
@@ -168,8 +214,7 @@ fn check(p: &Ordered) -> (f64, usize) {
     (overlap, log.max_running)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_groups_complete_in_send_order_on_the_embedded_backend() {
+async fn fifo_groups_complete_in_send_order_on_the_embedded_backend(kind: Kind) {
     let local = LocalBackend::new();
     let fifo = QueueOptions {
         fifo: true,
@@ -188,6 +233,7 @@ async fn fifo_groups_complete_in_send_order_on_the_embedded_backend() {
             p.clone(),
             Duration::from_secs(2),
             Duration::from_millis(20),
+            kind,
         ))
         .start()
         .await
@@ -334,6 +380,7 @@ async fn fifo_groups_complete_in_send_order_on_sqs_and_the_fifo_topic_keeps_it()
             // clear its group's released messages first (SQS needs none
             // of this).
             Duration::from_secs(3),
+            Kind::Sync,
         ))
         .start()
         .await
@@ -394,3 +441,5 @@ async fn fifo_groups_complete_in_send_order_on_sqs_and_the_fifo_topic_keeps_it()
         assert_eq!(ids, expected, "notices of {group} out of order");
     }
 }
+
+for_each_kind!(mt; fifo_groups_complete_in_send_order_on_the_embedded_backend);

@@ -114,13 +114,20 @@ impl Harness {
 
     /// A pipeline over this harness with timings fit for tests.
     pub fn pipeline(&self, processor: Counting) -> Pipeline {
-        Pipeline::new("stage")
-            .source(self.jobs.clone())
-            .dead_letter(self.dlq.clone())
-            .results(self.local.blobs(), "results", "out/", "txt")
-            .topic(self.topic.clone())
-            .processor(move || processor.clone())
-            .configure(fast)
+        self.pipeline_of(Kind::Sync, processor)
+    }
+
+    /// The same, with this kind of processor.
+    pub fn pipeline_of(&self, kind: Kind, processor: Counting) -> Pipeline {
+        kind.register(
+            Pipeline::new("stage")
+                .source(self.jobs.clone())
+                .dead_letter(self.dlq.clone())
+                .results(self.local.blobs(), "results", "out/", "txt")
+                .topic(self.topic.clone()),
+            processor,
+        )
+        .configure(fast)
     }
 
     /// Keys of stored results.
@@ -181,6 +188,8 @@ pub struct Counting {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Processors built so far (the factory counts).
     pub built: Arc<Mutex<u32>>,
+    /// While set, a started job waits (at most [`LIMIT`]) before its outcome.
+    pub held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Counting {
@@ -191,6 +200,36 @@ impl Counting {
             delay: Duration::ZERO,
             behaviour: Arc::new(Mutex::new(Behaviour::Succeed)),
             built: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    /// Started jobs wait until [`Counting::release`].
+    pub fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits on this thread while held (sync processors).
+    fn wait_blocking(&self) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while self.is_held() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Awaits while held (async and batch processors).
+    async fn wait(&self) {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while self.is_held() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -216,16 +255,9 @@ impl Counting {
     }
 }
 
-impl Processor for Counting {
-    fn started(&mut self, _: &ferry::WorkerInfo) {
-        *self.built.lock().unwrap() += 1;
-    }
-
-    fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
-        self.started.lock().unwrap().push(job.id.to_string());
-        if !self.delay.is_zero() {
-            std::thread::sleep(self.delay);
-        }
+impl Counting {
+    /// One run's outcome, by the shared switch (the delay is the caller's).
+    pub fn outcome(&self, job: &Job) -> Result<Output, ProcessError> {
         let behaviour = *self.behaviour.lock().unwrap();
         match behaviour {
             Behaviour::Succeed => {
@@ -242,4 +274,116 @@ impl Processor for Counting {
             Behaviour::Panic => panic!("processor bug for {}", job.id),
         }
     }
+}
+
+impl Processor for Counting {
+    fn started(&mut self, _: &ferry::WorkerInfo) {
+        *self.built.lock().unwrap() += 1;
+    }
+
+    fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
+        self.started.lock().unwrap().push(job.id.to_string());
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        self.wait_blocking();
+        self.outcome(job)
+    }
+}
+
+/// The kinds of processor a pipeline can run; the invariant suite runs for
+/// each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sync,
+    Async,
+    Batch,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Sync, Kind::Async, Kind::Batch];
+
+    /// Registers `p` on `pipeline` as this kind of processor.
+    pub fn register(self, pipeline: Pipeline, p: Counting) -> Pipeline {
+        match self {
+            Kind::Sync => pipeline.processor(move || p.clone()),
+            Kind::Async => pipeline.async_processor(AsyncCounting(p)),
+            Kind::Batch => pipeline.batch_processor(
+                BatchCounting(p),
+                BatchOptions {
+                    max_jobs: 4,
+                    max_wait: Duration::from_millis(5),
+                },
+            ),
+        }
+    }
+}
+
+/// [`Counting`] as an async processor: the delay is awaited.
+pub struct AsyncCounting(pub Counting);
+
+#[ferry::async_trait]
+impl AsyncProcessor for AsyncCounting {
+    async fn process(&self, job: &Job, _: &TaskContext) -> Result<Output, ProcessError> {
+        let c = &self.0;
+        c.started.lock().unwrap().push(job.id.to_string());
+        if !c.delay.is_zero() {
+            tokio::time::sleep(c.delay).await;
+        }
+        c.wait().await;
+        c.outcome(job)
+    }
+}
+
+/// [`Counting`] as a batch processor: one delay per batch, an outcome per
+/// job (a panic fails the whole batch).
+pub struct BatchCounting(pub Counting);
+
+#[ferry::async_trait]
+impl BatchProcessor for BatchCounting {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        _: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        let c = &self.0;
+        for job in jobs {
+            c.started.lock().unwrap().push(job.id.to_string());
+        }
+        if !c.delay.is_zero() {
+            tokio::time::sleep(c.delay).await;
+        }
+        c.wait().await;
+        jobs.iter().map(|j| c.outcome(j)).collect()
+    }
+}
+
+/// Runs each named scenario (`async fn name(kind: Kind)`) once per kind of
+/// processor, as the tests `name::sync`, `name::async_` and `name::batch`.
+/// `mt;` first: on a multi-threaded runtime.
+#[macro_export]
+macro_rules! for_each_kind {
+    (mt; $($name:ident),* $(,)?) => {
+        $( $crate::for_each_kind!(@one [flavor = "multi_thread", worker_threads = 2] $name); )*
+    };
+    ($($name:ident),* $(,)?) => {
+        $( $crate::for_each_kind!(@one [] $name); )*
+    };
+    (@one [$($flavor:tt)*] $name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test($($flavor)*)]
+            async fn sync() {
+                super::$name(Kind::Sync).await
+            }
+            #[tokio::test($($flavor)*)]
+            async fn async_() {
+                super::$name(Kind::Async).await
+            }
+            #[tokio::test($($flavor)*)]
+            async fn batch() {
+                super::$name(Kind::Batch).await
+            }
+        }
+    };
 }
