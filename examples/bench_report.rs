@@ -203,6 +203,56 @@ async fn latency_throughput(n: usize) -> Result<f64> {
     .await
 }
 
+/// Waits 20 ms, as a job that awaits a database or an HTTP call does.
+struct Awaits20;
+
+#[ferry::async_trait]
+impl AsyncProcessor for Awaits20 {
+    async fn process(&self, _: &Job, _: &TaskContext) -> std::result::Result<Output, ProcessError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Output::empty())
+    }
+}
+
+/// The same wait, blocking its worker thread.
+struct Blocks20;
+
+impl Processor for Blocks20 {
+    fn process(&mut self, _: &Job, _: &Context) -> std::result::Result<Output, ProcessError> {
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(Output::empty())
+    }
+}
+
+/// Jobs per second through a pipeline whose jobs each wait 20 ms: an async
+/// processor with a concurrency of 512 (`async_n` jobs), and beside it a
+/// sync one with its default workers (`sync_n` jobs).
+async fn async_latency_throughput(async_n: usize, sync_n: usize) -> Result<(f64, f64, usize)> {
+    let mut rates = Vec::new();
+    for (n, sync) in [(async_n, false), (sync_n, true)] {
+        let local = LocalBackend::new();
+        let q = filled(&local, "wait", n).await?;
+        let dlq = local.create_queue("wait-dlq", QueueOptions::default());
+        let p = Pipeline::new("wait").source(q.clone()).dead_letter(dlq);
+        let p = if sync {
+            p.processor(|| Blocks20)
+        } else {
+            p.async_processor(Awaits20)
+                .configure(|c| c.concurrency = 512)
+        };
+        let start = Instant::now();
+        let rt = Runtime::builder()
+            .pipeline(p.configure(|c| c.seen_capacity = 1_000_000))
+            .start()
+            .await?;
+        wait_drained(&q, Duration::from_secs(300)).await?;
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
+        rt.shutdown().await;
+    }
+    let workers = PipelineConfig::default().workers;
+    Ok((rates[0], rates[1], workers))
+}
+
 /// Images per second: ferry's stage 1 on all cores, and a raw loop calling
 /// the same code on the same images with as many threads.
 async fn image_rates(n: usize, side: u32) -> Result<(f64, f64)> {
@@ -334,6 +384,11 @@ fn rss_mb_leases(n: usize) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     // `bench_report noop` runs only the no-op figure (for profiling).
+    if std::env::args().nth(1).as_deref() == Some("async") {
+        let (a, s, workers) = async_latency_throughput(50_000, 500).await?;
+        println!("async_latency_throughput {a:.0} jobs/s baseline={s:.0} jobs/s (sync, {workers} workers)");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("noop") {
         let rate = ferry_noop(100_000).await?;
         println!("noop_throughput {rate:.0} msg/s");
@@ -366,6 +421,12 @@ async fn main() -> Result<()> {
 
     let slow = latency_throughput(5000).await?;
     println!("latency_throughput {slow:.0} msg/s (20 ms per backend call)");
+
+    let (a, s, workers) = async_latency_throughput(50_000, 500).await?;
+    println!(
+        "async_latency_throughput {a:.0} jobs/s baseline={s:.0} jobs/s (sync, {workers} workers) ratio={:.1} (20 ms await per job, concurrency 512)",
+        a / s
+    );
 
     let (ferry_img, raw_img) = image_rates(120, 256).await?;
     println!(
