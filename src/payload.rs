@@ -158,7 +158,7 @@ impl LargePayloads {
             return Some(why);
         }
         let ours = p.bucket == self.bucket && p.key.starts_with(&self.prefix);
-        if ours || self.trusted.iter().any(|b| *b == p.bucket) {
+        if ours || self.trusted.contains(&p.bucket) {
             return None;
         }
         Some(format!(

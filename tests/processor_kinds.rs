@@ -176,7 +176,7 @@ impl BatchProcessor for Mixed {
             .map(|j| {
                 let n: usize = j.id.as_str().trim_start_matches("job-").parse().unwrap();
                 match n {
-                    _ if n % 2 == 0 => Ok(Output::text(format!("ok {n}"))),
+                    _ if n.is_multiple_of(2) => Ok(Output::text(format!("ok {n}"))),
                     1 if j.receive_count < 2 => Err(ProcessError::retry("try once more")),
                     1 => Ok(Output::text("ok 1 at last")),
                     _ => Err(ProcessError::bad_input(format!("odd job {n}"))),
@@ -215,7 +215,7 @@ async fn a_batch_with_mixed_outcomes_settles_each_job_on_its_own() {
     let mut results = h.local.blobs().list("results", "out/").await.unwrap();
     results.sort();
     let mut want: Vec<String> = (0..20)
-        .filter(|n| n % 2 == 0 || *n == 1)
+        .filter(|n: &usize| n.is_multiple_of(2) || *n == 1)
         .map(|n| format!("out/job-{n}.txt"))
         .collect();
     want.sort();

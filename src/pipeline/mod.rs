@@ -243,6 +243,16 @@ impl Shared {
     }
 }
 
+/// The other actors' addresses: the pool or the async runner, the gate
+/// when there is one.
+type Others = (
+    Addr<publisher::Publisher>,
+    Addr<uploader::Uploader>,
+    Option<Addr<pool::ProcessorPool>>,
+    Option<Addr<runner::AsyncRunner>>,
+    Option<Addr<gate::Gate>>,
+);
+
 /// A started pipeline's addresses.
 pub(crate) struct Running {
     pub(crate) shared: Arc<Shared>,
@@ -251,13 +261,7 @@ pub(crate) struct Running {
     /// Held so these actors live exactly as long as the runtime.
     _keeper: Addr<lease_keeper::LeaseKeeper>,
     _supervisor: Addr<supervisor::PipelineSupervisor>,
-    _others: (
-        Addr<publisher::Publisher>,
-        Addr<uploader::Uploader>,
-        Option<Addr<pool::ProcessorPool>>,
-        Option<Addr<runner::AsyncRunner>>,
-        Option<Addr<gate::Gate>>,
-    ),
+    _others: Others,
 }
 
 /// Starts one pipeline's actors, each under a restarting supervisor; must
