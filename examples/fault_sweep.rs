@@ -162,6 +162,16 @@ struct Plan {
     flush_interval: Duration,
     faults: Faults,
     processor: ProcessorFaults,
+    /// The kind of processor each stage runs.
+    kinds: [Kind; 2],
+}
+
+/// A kind of processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sync,
+    Async,
+    Batch,
 }
 
 /// A rate drawn from `[0, max)`, or 0 half of the time, so that seeds see
@@ -205,8 +215,17 @@ impl Plan {
             retry_rate: some_rate(&mut rng, 0.1),
             stall_rate: some_rate(&mut rng, 0.05),
         };
+        // Drawn apart, so that a seed's other choices stay as they were.
+        let mut kinds_rng = StdRng::seed_from_u64(seed ^ 0x6b69_6e64);
+        let mut kind = || match kinds_rng.gen_range(0..3) {
+            0 => Kind::Sync,
+            1 => Kind::Async,
+            _ => Kind::Batch,
+        };
+        let kinds = [kind(), kind()];
         let mut plan = Self {
             seed,
+            kinds,
             jobs: args.jobs.unwrap_or(jobs),
             fifo,
             groups,
@@ -245,7 +264,7 @@ impl Plan {
         let p = &self.processor;
         let bad: Vec<String> = self.bad.iter().map(|s| format!("stage {s}")).collect();
         format!(
-            "  options: {} jobs, {}, {} subscription, exactly-once {}, large payloads {}, bad inputs [{}]\n  \
+            "  options: {} jobs, {}, {} subscription, exactly-once {}, large payloads {}, bad inputs [{}], processors {:?}\n  \
              timings: visibility {} ms, flush {} ms\n  \
              backend faults: fail {:.3}, duplicate {:.3}, redeliver-after-delete {:.3}, panic {:.3}, \
              slow {:.3} (max {} ms), refuse {:.3}\n  \
@@ -265,6 +284,7 @@ impl Plan {
             self.large_payloads
                 .map_or("off".into(), |t| format!("over {t} bytes")),
             bad.join(", "),
+            self.kinds,
             self.visibility.as_millis(),
             self.flush_interval.as_millis(),
             f.fail_rate,
@@ -316,7 +336,44 @@ fn stage2_of(stage1: &str) -> String {
 }
 
 impl SweepProcessor {
-    fn work(&self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+    /// The seed's faults for one run: a panic on a first attempt, or how
+    /// long to stall and whether to ask for a retry.
+    fn faults_of(&self, job: &Job) -> (Duration, bool) {
+        let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
+        let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
+        if n == 1 && d(1) < f.panic_rate {
+            panic!("injected processor panic: stage {} job {id}", self.stage);
+        }
+        let stall = if d(2) < f.stall_rate {
+            self.visibility.mul_f64(1.0 + 2.0 * d(3))
+        } else {
+            Duration::ZERO
+        };
+        (stall, d(4) < f.retry_rate)
+    }
+
+    /// Where stage 2 reads its input: the stage-1 result its notice names.
+    fn input_of(&self, job: &Job) -> Result<Option<ResultNotice>, ProcessError> {
+        if self.stage == 1 {
+            return Ok(None);
+        }
+        job.notice().map(Some)
+    }
+
+    /// The work itself, given the stage-1 result stage 2 read; counts the
+    /// successful run.
+    fn work(&self, job: &Job, input: Option<bytes::Bytes>) -> Result<Output, ProcessError> {
+        let out = self.output(job, input)?;
+        *self
+            .runs
+            .lock()
+            .expect("runs lock")
+            .entry((self.stage, job.id.to_string()))
+            .or_default() += 1;
+        Ok(out)
+    }
+
+    fn output(&self, job: &Job, input: Option<bytes::Bytes>) -> Result<Output, ProcessError> {
         if self.stage == 1 {
             if job.body.starts_with(BAD_AT_1) {
                 return Err(ProcessError::bad_input(format!(
@@ -326,8 +383,7 @@ impl SweepProcessor {
             }
             return Ok(Output::text(job.body.to_uppercase()));
         }
-        let notice = job.notice()?;
-        let bytes = ctx.fetch(&notice.bucket, &notice.key)?;
+        let bytes = input.expect("stage 2 reads its input");
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| ProcessError::bad_input("stage-1 result is not UTF-8"))?;
         if text.contains(&BAD_AT_2.to_uppercase()) {
@@ -342,25 +398,70 @@ impl SweepProcessor {
 
 impl Processor for SweepProcessor {
     fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
-        let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
-        let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
-        if n == 1 && d(1) < f.panic_rate {
-            panic!("injected processor panic: stage {} job {id}", self.stage);
-        }
-        if d(2) < f.stall_rate {
-            std::thread::sleep(self.visibility.mul_f64(1.0 + 2.0 * d(3)));
-        }
-        if d(4) < f.retry_rate {
+        let (stall, retry) = self.faults_of(job);
+        std::thread::sleep(stall);
+        if retry {
             return Err(ProcessError::retry("injected retry"));
         }
-        let out = self.work(job, ctx)?;
-        *self
-            .runs
-            .lock()
-            .expect("runs lock")
-            .entry((self.stage, id.to_owned()))
-            .or_default() += 1;
-        Ok(out)
+        let input = match self.input_of(job)? {
+            Some(n) => Some(ctx.fetch(&n.bucket, &n.key)?),
+            None => None,
+        };
+        self.work(job, input)
+    }
+}
+
+#[ferry::async_trait]
+impl AsyncProcessor for SweepProcessor {
+    async fn process(&self, job: &Job, ctx: &TaskContext) -> Result<Output, ProcessError> {
+        let (stall, retry) = self.faults_of(job);
+        tokio::time::sleep(stall).await;
+        if retry {
+            return Err(ProcessError::retry("injected retry"));
+        }
+        let input = match self.input_of(job)? {
+            Some(n) => Some(ctx.fetch(&n.bucket, &n.key).await?),
+            None => None,
+        };
+        self.work(job, input)
+    }
+}
+
+#[ferry::async_trait]
+impl BatchProcessor for SweepProcessor {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        ctx: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        // A panic in any job's faults fails the whole batch; the longest
+        // stall holds the whole batch.
+        let faults: Vec<(Duration, bool)> = jobs.iter().map(|j| self.faults_of(j)).collect();
+        let stall = faults.iter().map(|f| f.0).max().unwrap_or_default();
+        tokio::time::sleep(stall).await;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (job, (_, retry)) in jobs.iter().zip(faults) {
+            if retry {
+                out.push(Err(ProcessError::retry("injected retry")));
+                continue;
+            }
+            let input = match self.input_of(job) {
+                Ok(Some(n)) => match ctx.fetch(&n.bucket, &n.key).await {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            out.push(self.work(job, input));
+        }
+        out
     }
 }
 
@@ -514,7 +615,18 @@ impl World {
         let store = plan
             .exactly_once
             .then(|| Arc::new(self.local.idempotency_store()));
-        let extras = |mut p: Pipeline| {
+        let extras = |p: Pipeline, kind: Kind, processor: SweepProcessor| {
+            let mut p = match kind {
+                Kind::Sync => p.processor(move || processor.clone()),
+                Kind::Async => p.async_processor(processor),
+                Kind::Batch => p.batch_processor(
+                    processor,
+                    BatchOptions {
+                        max_jobs: 4,
+                        max_wait: Duration::from_millis(5),
+                    },
+                ),
+            };
             if let Some(s) = &store {
                 p = p.idempotency(s.clone());
             }
@@ -529,15 +641,17 @@ impl World {
                     .source(self.stage1.clone())
                     .dead_letter(self.dlq1.clone())
                     .results(self.local.blobs(), BUCKET, "stage1/", "txt")
-                    .topic(topic)
-                    .processor(move || p1.clone()),
+                    .topic(topic),
+                plan.kinds[0],
+                p1,
             ),
             extras(
                 Pipeline::new("stage2")
                     .source(self.stage2.clone())
                     .dead_letter(self.dlq2.clone())
-                    .results(self.local.blobs(), BUCKET, "stage2/", "txt")
-                    .processor(move || p2.clone()),
+                    .results(self.local.blobs(), BUCKET, "stage2/", "txt"),
+                plan.kinds[1],
+                p2,
             ),
         ]
     }
