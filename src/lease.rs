@@ -19,7 +19,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -123,7 +123,7 @@ pub struct Lease {
     /// producer that sent the job twice): each one's newest handle and
     /// deadline, extended with the lease's own and deleted or given back
     /// when the lease ends.
-    others: Mutex<Vec<Delivery>>,
+    others: OnceLock<Box<Mutex<Vec<Delivery>>>>,
     state: AtomicU8,
     /// When the state last changed, in ms since the table's epoch, read
     /// from the table's coarse clock.
@@ -132,9 +132,6 @@ pub struct Lease {
     /// The table's count of leases not started yet, shared.
     pending: Arc<AtomicUsize>,
     cancelled: Arc<AtomicBool>,
-    /// The table's cancellation signal: woken whenever any lease is
-    /// cancelled, so an async job can stop at once.
-    signal: Arc<tokio::sync::Notify>,
     extending: AtomicBool,
     extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
@@ -208,7 +205,11 @@ impl Lease {
             *self.handle.lock().expect("lease lock") = (handle, visible_until);
             return;
         }
-        let mut others = self.others.lock().expect("lease lock");
+        let mut others = self
+            .others
+            .get_or_init(Box::default)
+            .lock()
+            .expect("lease lock");
         match others.iter_mut().find(|d| d.message_id == message_id) {
             Some(d) => {
                 d.handle = handle;
@@ -222,14 +223,18 @@ impl Lease {
         }
     }
 
+    /// The other messages merged in, if any ever were (no lock otherwise).
+    fn others(&self) -> Option<std::sync::MutexGuard<'_, Vec<Delivery>>> {
+        self.others.get().map(|o| o.lock().expect("lease lock"))
+    }
+
     /// The other messages' handles due for an extension by `due`; those
     /// whose deadline has passed are dropped (their messages are visible
     /// again and will be merged anew, or run as the same job elsewhere).
     pub(crate) fn others_due(&self, now: Instant, due: Instant) -> Vec<String> {
-        let mut others = self.others.lock().expect("lease lock");
-        if others.is_empty() {
+        let Some(mut others) = self.others() else {
             return Vec::new();
-        }
+        };
         others.retain(|d| d.until > now);
         others
             .iter()
@@ -240,31 +245,35 @@ impl Lease {
 
     /// Another message's visibility was extended for `handle`.
     pub(crate) fn other_extended(&self, handle: &str, visible_until: Instant) {
-        let mut others = self.others.lock().expect("lease lock");
-        if let Some(d) = others.iter_mut().find(|d| d.handle == handle) {
-            d.until = d.until.max(visible_until);
+        if let Some(mut others) = self.others() {
+            if let Some(d) = others.iter_mut().find(|d| d.handle == handle) {
+                d.until = d.until.max(visible_until);
+            }
         }
     }
 
     /// Another message's handle was refused: that message is not ours.
     pub(crate) fn drop_other(&self, handle: &str) {
-        self.others
-            .lock()
-            .expect("lease lock")
-            .retain(|d| d.handle != handle);
+        if let Some(mut others) = self.others() {
+            others.retain(|d| d.handle != handle);
+        }
     }
 
     /// Takes the other messages' handles, to delete or give back with the
     /// lease's own.
     pub(crate) fn take_others(&self) -> Vec<String> {
-        let mut others = self.others.lock().expect("lease lock");
-        if others.is_empty() {
-            return Vec::new();
+        match self.others() {
+            Some(mut others) if !others.is_empty() => std::mem::take(&mut *others)
+                .into_iter()
+                .map(|d| d.handle)
+                .collect(),
+            _ => Vec::new(),
         }
-        std::mem::take(&mut *others)
-            .into_iter()
-            .map(|d| d.handle)
-            .collect()
+    }
+
+    /// Whether other messages were ever merged in (a load, no lock).
+    pub(crate) fn had_others(&self) -> bool {
+        self.others.get().is_some()
     }
 
     /// Visibility was extended for `handle`; ignored if a newer one arrived.
@@ -328,22 +337,9 @@ impl Lease {
     }
 
     /// The lease is lost or given up: no further side effect may happen.
-    pub(crate) fn cancel(&self) {
+    /// Use [`LeaseTable::cancel`], which also wakes async jobs.
+    fn set_cancelled(&self) {
         self.cancelled.store(true, Ordering::Release);
-        self.signal.notify_waiters();
-    }
-
-    /// Completes once the lease is cancelled.
-    pub(crate) async fn cancelled(&self) {
-        cancelled(&self.cancelled, &self.signal).await
-    }
-
-    /// The cancel flag and its signal, for a job's context.
-    pub(crate) fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle {
-            flag: self.cancelled.clone(),
-            signal: self.signal.clone(),
-        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -486,13 +482,12 @@ impl LeaseTable {
             seen_key,
             received_at,
             handle: Mutex::new((handle, visible_until)),
-            others: Mutex::new(Vec::new()),
+            others: OnceLock::new(),
             state: AtomicU8::new(LeaseState::Pending as u8),
             changed_at: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
             clock: self.clock.clone(),
             pending: self.pending.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
-            signal: self.signal.clone(),
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
             claimed: AtomicBool::new(false),
@@ -504,6 +499,21 @@ impl LeaseTable {
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.map.insert(id, lease.clone());
         lease
+    }
+
+    /// Cancels a lease: no further side effect may happen for it, and an
+    /// async job running it is woken to drop its future.
+    pub(crate) fn cancel(&self, lease: &Lease) {
+        lease.set_cancelled();
+        self.signal.notify_waiters();
+    }
+
+    /// A lease's cancel flag with the table's signal, for a job's context.
+    pub(crate) fn cancel_handle(&self, lease: &Lease) -> CancelHandle {
+        CancelHandle {
+            flag: lease.cancel_arc(),
+            signal: self.signal.clone(),
+        }
     }
 
     /// Moves the coarse clock lease state times are read from to now.

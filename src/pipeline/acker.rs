@@ -148,7 +148,6 @@ impl Acker {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>, only_full: bool) {
-        self.with_other_messages(ctx);
         let min = if only_full { MAX_BATCH } else { 1 };
         while self.completing.len() >= min {
             let n = self.completing.len().min(MAX_BATCH);
@@ -192,20 +191,25 @@ impl Acker {
         }
     }
 
-    /// Other messages merged into a lease go with it: deleted with a
-    /// deleted job (as copies: one that fails comes back and is dropped as
-    /// a duplicate), given back with one given back (best effort: one that
-    /// fails comes back when its visibility lapses).
-    fn with_other_messages(&mut self, ctx: &mut Context<Self>) {
-        let mut copies = Vec::new();
-        for d in &self.deletes {
+    /// Other messages merged into these leases go with them: deleted with a
+    /// deleted job (as copies, in a later batch: one that fails comes back
+    /// and is dropped as a duplicate).
+    fn delete_others(&mut self, batch: &[Delete]) {
+        for d in batch {
             if let Delete::Job(lease) = d {
-                copies.extend(lease.take_others());
+                if lease.had_others() {
+                    let copies = lease.take_others();
+                    self.deletes.extend(copies.into_iter().map(Delete::Copy));
+                }
             }
         }
-        self.deletes.extend(copies.into_iter().map(Delete::Copy));
+    }
+
+    /// Given back with leases given back (best effort: one that fails comes
+    /// back when its visibility lapses).
+    fn give_back_others(&mut self, batch: &[Arc<Lease>], ctx: &mut Context<Self>) {
         let mut back = Vec::new();
-        for lease in &self.visibility {
+        for lease in batch.iter().filter(|l| l.had_others()) {
             let after = self.visibility_of(lease);
             back.extend(lease.take_others().into_iter().map(|h| (h, after)));
         }
@@ -314,6 +318,7 @@ impl Acker {
     }
 
     fn send_deletes(&mut self, batch: Vec<Delete>, ctx: &mut Context<Self>) {
+        self.delete_others(&batch);
         let handles: Vec<String> = batch
             .iter()
             .map(|d| match d {
@@ -422,6 +427,7 @@ impl Acker {
     }
 
     fn send_visibility(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        self.give_back_others(&batch, ctx);
         let entries: Vec<(String, Duration)> = batch
             .iter()
             .map(|l| (l.handle(), self.visibility_of(l)))

@@ -84,7 +84,7 @@ impl LeaseKeeper {
                 tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                     "lease reached its maximum age: job cancelled, message released");
                 Stats::inc(&s.stats.leases_lost);
-                lease.cancel();
+                s.leases.cancel(&lease);
                 settle.push((lease, Ending::Release));
             }
             s.settle(settle);
@@ -198,7 +198,7 @@ impl LeaseKeeper {
                                     "idempotency claim lost: job cancelled before its effects");
                         Stats::inc(&s.stats.claims_lost);
                         lease.take_claim();
-                        lease.cancel();
+                        s.leases.cancel(&lease);
                         lost.push((lease, Ending::Release));
                     }
                     Ok(false) => {}

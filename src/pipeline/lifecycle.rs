@@ -128,7 +128,7 @@ impl Shared {
             match how {
                 Ended::Deleted | Ended::DeadLettered => done_keys.push(lease.seen_key),
                 Ended::Lost => {
-                    lease.cancel();
+                    self.leases.cancel(lease);
                     Stats::inc(&self.stats.leases_lost);
                     self.seen.forget(lease);
                 }

@@ -405,7 +405,7 @@ pub(crate) fn release_leases(shared: &Shared, started_too: bool) -> usize {
         let state = lease.state();
         if state.unstarted() || (started_too && state != LeaseState::Settling) {
             if !state.unstarted() {
-                lease.cancel();
+                shared.leases.cancel(&lease);
             }
             out.push((lease, Ending::Release));
         }

@@ -166,9 +166,10 @@ impl Tasks {
         self.running.fetch_add(1, Ordering::AcqRel);
         let span = crate::trace::job_span(&s.name, &lease.job);
         let began = Instant::now();
+        let cancel = s.leases.cancel_handle(&lease);
         let ctx = TaskContext {
             reader: s.reader.clone(),
-            cancels: Arc::from([lease.cancel_handle()]),
+            cancels: Arc::from([cancel.clone()]),
         };
         let work = async {
             let resolved = match self.input(&lease).await {
@@ -186,7 +187,7 @@ impl Tasks {
         // happens for it.
         let outcome = tokio::select! {
             biased;
-            () = lease.cancelled() => None,
+            () = cancel.cancelled() => None,
             o = work => Some(o),
         };
         let left = self.running.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -235,7 +236,7 @@ impl Tasks {
         self.running.fetch_add(n, Ordering::AcqRel);
         let ctx = TaskContext {
             reader: s.reader.clone(),
-            cancels: leases.iter().map(|l| l.cancel_handle()).collect(),
+            cancels: leases.iter().map(|l| s.leases.cancel_handle(l)).collect(),
         };
         let span = tracing::info_span!("batch", pipeline = %s.name, jobs = n);
         let answer = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
