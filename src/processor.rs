@@ -1,10 +1,14 @@
 //! The extension API: what a user's processor implements, and what it gets.
 //!
-//! A processor runs on a thread of its own (never on the async I/O thread),
-//! one job at a time. It returns an [`Output`] — the result to store — or a
-//! [`ProcessError`] that says whether to retry later or dead-letter the input.
-//! A panic is caught: the processor is rebuilt from its factory, the job is
-//! retried with backoff, and restarts past the pipeline's limit escalate.
+//! Three kinds: a [`Processor`] runs on a worker thread of its own (never on
+//! the async I/O thread), one job at a time — for CPU-bound work; an
+//! [`AsyncProcessor`] runs each job as a task, many at once — for I/O-bound
+//! work; a [`BatchProcessor`] takes jobs in batches and answers for each.
+//! Each returns an [`Output`] — the result to store — or a [`ProcessError`]
+//! that says whether to retry later or dead-letter the input. A panic is
+//! caught and the job retried with backoff (a sync processor is rebuilt from
+//! its factory first; rebuilds past the pipeline's limit with no job
+//! succeeding escalate).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
