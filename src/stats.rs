@@ -130,6 +130,11 @@ counters! {
     /// Claims lost while the job ran (renewal or completion refused): the
     /// job was cancelled before its effects, or its record left alone.
     claims_lost,
+    /// S3 test events deleted on receipt, without work.
+    s3_test_events,
+    /// Messages split into parts sent back to the source queue, then
+    /// deleted (see `Pipeline::split`).
+    split_messages,
 }
 
 impl StatsSnapshot {

@@ -20,6 +20,7 @@ mod messages;
 mod poller;
 mod pool;
 mod publisher;
+mod split;
 mod supervisor;
 mod uploader;
 
@@ -75,6 +76,10 @@ pub(crate) struct Shared {
     /// The idempotency store, when the pipeline has one.
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) factory: ProcessorFactory,
+    /// Derives a received job's id from its content (`Pipeline::job_id`).
+    pub(crate) job_id: Option<builder::JobIdFn>,
+    /// Splits a message into parts (`Pipeline::split`).
+    pub(crate) split: Option<builder::SplitFn>,
     pub(crate) config: PipelineConfig,
     pub(crate) stats: Arc<Stats>,
     // The lease lifecycle (see `lifecycle`).
@@ -118,6 +123,8 @@ impl Shared {
             results,
             blobs: p.blobs.map(|b| g.blobs(b)),
             factory: p.factory.expect("checked"),
+            job_id: p.job_id,
+            split: p.split,
             payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
             leases: LeaseTable::default(),
             seen: SeenCache::new(config.seen_ttl, config.seen_capacity),

@@ -18,6 +18,7 @@ use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Processed, Restart, Settle};
+use super::split::Split;
 use super::{panic_message, Shared};
 use crate::error::ProcessError;
 use crate::lease::{Ending, Lease, LeaseState};
@@ -240,6 +241,13 @@ impl Worker {
             Some(payloads) => payloads.resolve(job, &ctx),
             None => Ok(None),
         };
+        if let Ok(r) = &resolved {
+            let whole = r.as_ref().unwrap_or(job);
+            match s.split_job(&lease, whole, &self.io) {
+                Split::Whole => {}
+                split => return self.split_done(lease, split, &span),
+            }
+        }
         let outcome = match (resolved, processor.as_mut()) {
             (Err(e), _) => Ok(Err(e)),
             (Ok(r), Some(p)) => {
@@ -318,6 +326,55 @@ impl Worker {
                 o.settle.extend(done);
             });
         panicked
+    }
+
+    /// A job split (or not, for a failure): the original settles.
+    fn split_done(&self, lease: Arc<Lease>, split: Split, span: &tracing::Span) -> Option<String> {
+        let s = &self.shared;
+        let idle = self.rx.is_empty();
+        let ending = match split {
+            Split::Whole => unreachable!("a whole job is processed"),
+            Split::Sent(parts) => {
+                span.record("outcome", "split");
+                tracing::debug!(parts, "split: parts sent, original to be deleted");
+                Stats::inc(&s.stats.split_messages);
+                s.health.success();
+                Some(Ending::Delete {
+                    dead_lettered: false,
+                })
+            }
+            Split::Cancelled => None,
+            Split::Panicked(message) => {
+                Stats::inc(&s.stats.panics);
+                span.record("outcome", "panicked");
+                tracing::warn!(panic = %message, "split function panicked");
+                Some(Ending::Retry {
+                    reason: format!("split function panicked: {message}"),
+                    after: None,
+                })
+            }
+            Split::Failed(ending) => {
+                span.record(
+                    "outcome",
+                    if matches!(ending, Ending::DeadLetter { .. }) {
+                        "bad_input"
+                    } else {
+                        "retry"
+                    },
+                );
+                tracing::warn!(?ending, "split: the parts could not be sent");
+                Some(ending)
+            }
+        };
+        let done = match ending {
+            Some(ending) => s.begin_settle(vec![(lease, ending)]),
+            None => Vec::new(),
+        };
+        self.outbox.add(s, &self.io, idle, |o| {
+            o.started += 1;
+            o.settle.extend(done);
+        });
+        None
     }
 
     /// Serves jobs until the pool is gone. `current` names the job in hand,
