@@ -83,7 +83,8 @@ counters! {
     received,
     /// Copies that arrived while the job was in flight and joined its lease.
     duplicates_merged,
-    /// Copies that arrived after the job completed and were deleted unprocessed.
+    /// Copies deleted unprocessed: deliveries of a job that completed, and
+    /// other messages of a job in flight.
     duplicates_dropped,
     /// Successful processor runs.
     processed,

@@ -214,16 +214,35 @@ impl Poller {
             }
             let id = job.id.clone();
             let k = crate::seen::key(&id);
+            // The job moves into the new lease, or stays here for a copy.
+            let mut job = Some(job);
             let claim = s.seen.claim_key(k, || {
                 let h = handle.take().expect("taken once");
+                let job = job.take().expect("taken once");
                 s.leases.insert_at(job, h, visible_until, now, k)
             });
             match claim {
-                Claim::InFlight(lease) => {
-                    // The newest handle is the one SQS honours.
+                Claim::InFlight(lease)
+                    if job
+                        .as_ref()
+                        .is_some_and(|j| j.message_id == lease.job.message_id) =>
+                {
+                    // The same message again: the newest handle is the one
+                    // SQS honours.
                     lease.merge(handle.expect("not taken for a copy"), visible_until);
                     Stats::inc(&s.stats.duplicates_merged);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate merged into lease");
+                }
+                Claim::InFlight(_) => {
+                    // Another message of a job in flight (a producer's or
+                    // S3's duplicate): the lease's own message is deleted
+                    // after the effects or comes back, so this one is
+                    // redundant. Keeping its handle instead would leave the
+                    // lease's message to linger until its visibility lapses.
+                    Stats::inc(&s.stats.duplicates_dropped);
+                    tracing::debug!(pipeline = %s.name, job_id = %id,
+                        "another message of a job in flight dropped");
+                    copies.push(handle.expect("not taken for a copy"));
                 }
                 Claim::Done => {
                     Stats::inc(&s.stats.duplicates_dropped);
