@@ -110,6 +110,12 @@ pub struct PipelineConfig {
     /// How long a completed job is remembered by the idempotency store:
     /// copies arriving within it are deleted unprocessed.
     pub completed_ttl: Duration,
+    /// Deletes S3's test event (`"Event":"s3:TestEvent"`, sent to the queue
+    /// when a bucket notification is configured) as it is received, without
+    /// running the processor, storing or publishing anything; counted in
+    /// `s3_test_events` (and `acked`). Off: the processor sees it like any
+    /// other message.
+    pub drop_s3_test_events: bool,
 }
 
 impl Default for PipelineConfig {
@@ -137,6 +143,7 @@ impl Default for PipelineConfig {
             settle_attempts: 10,
             claim_ttl: None,
             completed_ttl: Duration::from_secs(7 * 24 * 3600),
+            drop_s3_test_events: true,
         }
     }
 }

@@ -159,12 +159,35 @@ impl Job {
         })
     }
 
+    /// Whether the body is the test event S3 sends to a queue when a bucket
+    /// notification is configured (see [`is_s3_test_event`]).
+    pub fn is_s3_test_event(&self) -> bool {
+        is_s3_test_event(&self.body)
+    }
+
     /// Parses the body as a [`ResultNotice`] (what an upstream ferry stage
     /// published); a body that is not one is bad input.
     pub fn notice(&self) -> Result<ResultNotice, ProcessError> {
         serde_json::from_str(&self.body)
             .map_err(|e| ProcessError::bad_input(format!("not a ferry result notice: {e}")))
     }
+}
+
+/// Whether `body` is S3's test event — what S3 sends to a queue when a
+/// bucket notification is configured: a JSON object with
+/// `"Service":"Amazon S3"` and `"Event":"s3:TestEvent"` (and no `Records`).
+/// Only a body that contains `s3:TestEvent` is parsed, so the check costs a
+/// substring search for every other body.
+pub fn is_s3_test_event(body: &str) -> bool {
+    if !body.contains("s3:TestEvent") || !body.trim_start().starts_with('{') {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(body) else {
+        return false;
+    };
+    v.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent")
+        && v.get("Service").and_then(|e| e.as_str()) == Some("Amazon S3")
+        && !v.contains_key("Records")
 }
 
 /// If `body` is an SNS notification envelope, its message and attributes.
@@ -244,6 +267,32 @@ mod tests {
         assert_eq!(job.body, "{\"a\":1}");
         assert_eq!(job.id.as_str(), "j9");
         assert_eq!(job.original_body(), body);
+    }
+
+    #[test]
+    fn s3_test_events_are_recognised_strictly() {
+        // What S3 sends, and what moto sends (`json.dumps`: spaces after colons).
+        let aws = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2014-10-13T15:57:02.089Z","Bucket":"b","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw"}"#;
+        let moto = r#"{"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2024-01-01T00:00:00.000Z", "Bucket": "b"}"#;
+        assert!(is_s3_test_event(aws));
+        assert!(is_s3_test_event(moto));
+        assert!(is_s3_test_event(&format!("  {moto}\n")));
+        for body in [
+            // Ordinary job bodies that merely mention it.
+            "s3:TestEvent",
+            r#"{"bucket":"b","key":"s3:TestEvent"}"#,
+            r#"{"Event":"s3:TestEvent"}"#,
+            r#"{"Service":"Amazon SQS","Event":"s3:TestEvent"}"#,
+            r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Records":[]}"#,
+            r#"["Service","Amazon S3","Event","s3:TestEvent"]"#,
+            r#"{"Service":"Amazon S3","Event":"s3:TestEvent""#,
+            r#"{"Service":"Amazon S3","Event":"s3:ObjectCreated:Put"}"#,
+        ] {
+            assert!(!is_s3_test_event(body), "{body}");
+        }
+        let mut m = msg(aws, &[]);
+        m.message_id = "m-9".into();
+        assert!(Job::from_message(m).is_s3_test_event());
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub use backend::{BlobStore, Queue, Topic};
 pub use config::{PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
 pub use job::{
-    Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE,
-    DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
+    is_s3_test_event, Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE,
+    DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
 };
 pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
 pub use processor::{

@@ -178,17 +178,26 @@ impl Reader {
     }
 }
 
-/// Runs `fut` on the I/O runtime and waits for it on this (worker) thread.
-pub(crate) fn blocking<T: Send + 'static>(
+/// Runs `fut` on the I/O runtime and waits for it on this (worker) thread;
+/// `None` when the runtime stopped first.
+pub(crate) fn run_blocking<T: Send + 'static>(
     io: &tokio::runtime::Handle,
-    fut: impl std::future::Future<Output = Result<T, ProcessError>> + Send + 'static,
-) -> Result<T, ProcessError> {
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     io.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.blocking_recv()
-        .map_err(|_| ProcessError::retry("the runtime stopped during a fetch"))?
+    rx.blocking_recv().ok()
+}
+
+/// [`run_blocking`] for a fetch: a stopped runtime is a retry.
+pub(crate) fn blocking<T: Send + 'static>(
+    io: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = Result<T, ProcessError>> + Send + 'static,
+) -> Result<T, ProcessError> {
+    run_blocking(io, fut)
+        .unwrap_or_else(|| Err(ProcessError::retry("the runtime stopped during a fetch")))
 }
 
 /// Reads at most `limit` bytes of an object: bad input when it is missing

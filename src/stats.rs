@@ -83,7 +83,8 @@ counters! {
     received,
     /// Copies that arrived while the job was in flight and joined its lease.
     duplicates_merged,
-    /// Copies that arrived after the job completed and were deleted unprocessed.
+    /// Copies deleted unprocessed: deliveries of a job that completed, and
+    /// other messages of a job in flight.
     duplicates_dropped,
     /// Successful processor runs.
     processed,
@@ -130,6 +131,11 @@ counters! {
     /// Claims lost while the job ran (renewal or completion refused): the
     /// job was cancelled before its effects, or its record left alone.
     claims_lost,
+    /// S3 test events deleted on receipt, without work.
+    s3_test_events,
+    /// Messages split into parts sent back to the source queue, then
+    /// deleted (see `Pipeline::split`).
+    split_messages,
 }
 
 impl StatsSnapshot {

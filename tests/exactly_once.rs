@@ -248,14 +248,21 @@ mod aws {
         let store: Arc<dyn IdempotencyStore> = Arc::new(table("once").await);
         let n = 40;
         let ids: Vec<String> = (0..n).map(|i| format!("job-{i}")).collect();
-        // A producer that retried every send: two messages per job.
-        h.send_named(&ids).await;
+        // A producer that retried every send: two messages per job, the
+        // second batch sent once the workers are under way, so copies reach
+        // the worker that did not run their job (a worker that receives
+        // both copies of a job drops one itself, without the store).
         h.send_named(&ids).await;
         let p = Counting::new().with_delay(Duration::from_millis(20));
         let worker = |p: &Counting| h.pipeline(p.clone()).idempotency(store.clone());
         let a = start(worker(&p)).await;
         let b = start(worker(&p)).await;
         let deadline = Instant::now() + Duration::from_secs(90);
+        while h.results().await.len() < n / 4 {
+            assert!(Instant::now() < deadline, "timed out before the copies");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h.send_named(&ids).await;
         while h.results().await.len() < n || h.depth(&h.jobs).await.total() > 0 {
             assert!(
                 Instant::now() < deadline,

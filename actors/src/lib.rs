@@ -3,7 +3,10 @@
 //! - [`Stage1`]: reads a source image named by an S3 event notification or a
 //!   `{"bucket","key"}` message, resizes it, runs a blur that costs real CPU,
 //!   and returns a PNG. Decoding has limits, so a decompression bomb is
-//!   refused as bad input.
+//!   refused as bad input. [`stage1_job_id`] derives an S3 event's job id
+//!   from the object and its version (duplicate deliveries are one job) and
+//!   [`stage1_split`] splits an event with several records into one message
+//!   per record; register both on the stage-1 pipeline ([`Stage1::pipeline`]).
 //! - [`Stage2`]: reads the stage-1 result a [`ferry::ResultNotice`] points
 //!   to and computes a grey-level histogram, mean, standard deviation and
 //!   entropy, returned as a JSON document that holds the job id.
@@ -15,7 +18,9 @@ pub mod samples;
 mod stage1;
 mod stage2;
 
-pub use input::{parse_source, SourceRef};
+pub use input::{
+    parse_source, s3_event_job_id, split_s3_event, stage1_job_id, stage1_split, SourceRef,
+};
 pub use stage1::{Stage1, Stage1Config};
 pub use stage2::{ImageStats, Stage2};
 

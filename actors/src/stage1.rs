@@ -30,6 +30,11 @@ impl Default for Stage1Config {
 }
 
 /// The stage-1 processor.
+///
+/// Register [`crate::stage1_job_id`] and [`crate::stage1_split`] on its
+/// pipeline (see [`Stage1::pipeline`]): duplicate deliveries of one S3
+/// event are then one job, and an event with several records is split into
+/// one job per record.
 #[derive(Debug, Clone, Default)]
 pub struct Stage1 {
     config: Stage1Config,
@@ -39,6 +44,14 @@ impl Stage1 {
     /// With these settings.
     pub fn new(config: Stage1Config) -> Self {
         Self { config }
+    }
+
+    /// Registers stage 1's job-id and split functions on a pipeline (its
+    /// processor, queues and sinks are the caller's to set).
+    pub fn pipeline(pipeline: ferry::Pipeline) -> ferry::Pipeline {
+        pipeline
+            .job_id(crate::stage1_job_id)
+            .split(crate::stage1_split)
     }
 
     /// The image work alone, on encoded bytes: decode, resize, blur, encode
@@ -64,9 +77,9 @@ impl Stage1 {
 
 impl Processor for Stage1 {
     fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
-        let Some(source) = parse_source(&job.body)? else {
-            return Ok(Output::empty());
-        };
+        // S3's test event is bad input here: ferry deletes it on receipt
+        // (unless told not to), and an empty result would only mislead stage 2.
+        let source = parse_source(&job.body)?;
         let bytes = ctx.fetch(&source.bucket, &source.key)?;
         let png = self.transform(&bytes).map_err(|e| match e {
             ProcessError::BadInput { reason } => {

@@ -7,8 +7,10 @@
 //!     --backend aws --provision --jobs 50 --json
 //! ```
 //!
-//! Stage 1 reads a job (an S3 event notification or `{"bucket","key"}`),
-//! resizes and blurs the image, stores `stage1/<job-id>.png` and publishes a
+//! Stage 1 reads a job (an S3 event notification or `{"bucket","key"}`;
+//! an S3 event's job id names the object and its version, and an event with
+//! several records is split into one job per record), resizes and blurs the
+//! image, stores `stage1/<job-id>.png` and publishes a
 //! notice to a topic that routes to the stage-2 queue; stage 2 stores
 //! `stage2/<job-id>.json` with the image's statistics. The report is computed
 //! by reading the stores and queues; the exit status is non-zero if any job
@@ -78,7 +80,9 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
     let mut out = Vec::new();
     if args.stage != Stage::Two {
         out.push(claims(
-            Pipeline::new("stage1")
+            // S3 events: one job per object version however often S3
+            // delivers the event, and one job per record.
+            Stage1::pipeline(Pipeline::new("stage1"))
                 .source(r.stage1.clone())
                 .dead_letter(r.stage1_dlq.clone())
                 .results(r.blobs.clone(), r.result_bucket.clone(), "stage1/", "png")

@@ -29,12 +29,17 @@ fn fifo(m: OutgoingMessage, args: &Args, i: usize, kind: &str) -> OutgoingMessag
 
 fn job_message(i: usize, bucket: &str, key: &str) -> OutgoingMessage {
     if i.is_multiple_of(2) {
-        // What S3 itself sends: no attributes, so the job id is the message id.
+        // What S3 itself sends: no attributes; stage 1 derives the job id
+        // from the object and its sequencer.
         OutgoingMessage::new(
             serde_json::json!({"Records": [{
+                "eventVersion": "2.1",
                 "eventSource": "aws:s3",
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": bucket}, "object": {"key": key}}
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {"key": key, "sequencer": format!("0066{i:012X}")}
+                }
             }]})
             .to_string(),
         )
@@ -65,12 +70,13 @@ async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<Jo
     for chunk in messages.chunks(MAX_BATCH) {
         let named: Vec<Option<String>> = chunk
             .iter()
-            // The job id: the attribute, else (FIFO) the deduplication id,
-            // else the message id.
+            // The job id: derived from an S3 event's body as stage 1 will
+            // receive it, else the attribute, else (FIFO) the deduplication
+            // id, else the message id.
             .map(|m| {
-                m.attributes
-                    .get(JOB_ID_ATTRIBUTE)
-                    .cloned()
+                ferry_actors::s3_event_job_id(&m.body)
+                    .map(|id| id.to_string())
+                    .or_else(|| m.attributes.get(JOB_ID_ATTRIBUTE).cloned())
                     .or_else(|| m.dedup_id.clone())
             })
             .collect();

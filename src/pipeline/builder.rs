@@ -2,13 +2,19 @@
 
 use std::sync::Arc;
 
-use crate::backend::{BlobStore, Queue, Topic};
+use crate::backend::{BlobStore, OutgoingMessage, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
 use crate::idempotency::IdempotencyStore;
+use crate::job::{Job, JobId};
 use crate::processor::{
     AsyncProcessor, BatchOptions, BatchProcessor, Processor, ProcessorFactory, ProcessorKind,
 };
+
+/// A pipeline's job-id function (see [`Pipeline::job_id`]).
+pub(crate) type JobIdFn = Arc<dyn Fn(&Job) -> Option<JobId> + Send + Sync>;
+/// A pipeline's split function (see [`Pipeline::split`]).
+pub(crate) type SplitFn = Arc<dyn Fn(&Job) -> Option<Vec<OutgoingMessage>> + Send + Sync>;
 
 /// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
 /// `Arc<dyn …>` into the shared trait object a pipeline holds.
@@ -75,6 +81,8 @@ pub struct Pipeline {
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) payloads: Option<crate::payload::LargePayloads>,
     pub(crate) reads: Vec<String>,
+    pub(crate) job_id: Option<JobIdFn>,
+    pub(crate) split: Option<SplitFn>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -86,6 +94,8 @@ impl std::fmt::Debug for Pipeline {
             .field("results", &self.results)
             .field("config", &self.config)
             .field("idempotency", &self.store)
+            .field("job_id", &self.job_id.is_some())
+            .field("split", &self.split.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +116,8 @@ impl Pipeline {
             store: None,
             payloads: None,
             reads: Vec::new(),
+            job_id: None,
+            split: None,
         }
     }
 
@@ -219,6 +231,60 @@ impl Pipeline {
     /// after the message is.
     pub fn large_payloads(mut self, payloads: crate::payload::LargePayloads) -> Self {
         self.payloads = Some(payloads);
+        self
+    }
+
+    /// Derives a job's id from its content. `f` runs once per received
+    /// message, on the I/O thread (keep it cheap), before anything else
+    /// looks at the job: `Some(id)` replaces the default id (the
+    /// `ferry-job-id` attribute, else the FIFO deduplication id, else the
+    /// message id), `None` (or an empty id) keeps it. The seen-ID cache, the
+    /// result key, deduplication ids, idempotency claims, notices and trace
+    /// spans all use the id it gives, so two messages with the same content
+    /// (a producer's duplicate, S3 delivering an event twice) are one job. `f`
+    /// sees the body after SNS unwrapping, before a large-payload pointer is
+    /// resolved. A panic in `f` is caught and logged; the job keeps its
+    /// default id.
+    ///
+    /// ```
+    /// # use ferry::prelude::*;
+    /// // Jobs named by an `"order"` field: a re-sent order is the same job.
+    /// let p = Pipeline::new("orders").job_id(|job: &Job| {
+    ///     let v: serde_json::Value = serde_json::from_str(&job.body).ok()?;
+    ///     Some(JobId::new(format!("order-{}", v.get("order")?.as_u64()?)))
+    /// });
+    /// # let _ = p;
+    /// ```
+    pub fn job_id<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Job) -> Option<JobId> + Send + Sync + 'static,
+    {
+        self.job_id = Some(Arc::new(f));
+        self
+    }
+
+    /// Splits a message that holds several jobs. `f` runs on a worker
+    /// thread before the processor; when it returns more than one part,
+    /// ferry sends the parts to this pipeline's source queue (in batches of
+    /// ten) and only then deletes the original, which is not processed. Each
+    /// part carries its own job id in `ferry-job-id`: what
+    /// [`Pipeline::job_id`] derives from the part, else a `ferry-job-id`
+    /// the part already has, else `<original id>#<index>` — so a crash
+    /// between the send and the delete only leaves duplicate parts, which
+    /// their ids deduplicate. Parts carry the original delivery's
+    /// `traceparent` (unless they set one); on a FIFO source they keep the
+    /// original's message group (unless they set one) and get a
+    /// deduplication id derived from their job id, and they join the end of
+    /// their group. A failed send retries the original later (a refused
+    /// part dead-letters it); it is never deleted before every part is
+    /// sent. `None`, no part or one part: the job is processed as it is. A
+    /// panic in `f` counts as a processor panic (the job is retried).
+    /// Counted in `split_messages`.
+    pub fn split<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Job) -> Option<Vec<OutgoingMessage>> + Send + Sync + 'static,
+    {
+        self.split = Some(Arc::new(f));
         self
     }
 

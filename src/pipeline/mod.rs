@@ -22,6 +22,7 @@ mod poller;
 mod pool;
 mod publisher;
 mod runner;
+mod split;
 mod supervisor;
 mod uploader;
 
@@ -80,6 +81,10 @@ pub(crate) struct Shared {
     pub(crate) processor: ProcessorKind,
     /// Where async and batch jobs run, when not on the I/O runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Derives a received job's id from its content (`Pipeline::job_id`).
+    pub(crate) job_id: Option<builder::JobIdFn>,
+    /// Splits a message into parts (`Pipeline::split`).
+    pub(crate) split: Option<builder::SplitFn>,
     pub(crate) config: PipelineConfig,
     pub(crate) stats: Arc<Stats>,
     // The lease lifecycle (see `lifecycle`).
@@ -129,6 +134,8 @@ impl Shared {
             results,
             processor: p.processor.expect("checked"),
             runtime: p.runtime,
+            job_id: p.job_id,
+            split: p.split,
             payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
             reader: Arc::new(crate::processor::Reader {
                 pipeline: Arc::from(p.name.as_str()),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::messages::{Processed, Settle};
+use super::split::Split;
 use super::Shared;
 use crate::backend::MAX_MESSAGE_BYTES;
 use crate::error::ProcessError;
@@ -51,6 +52,58 @@ pub(crate) fn prepare(
     Ok(payloads
         .pointer(job, s.config.max_fetch_bytes)?
         .map(|p| (payloads.clone(), p)))
+}
+
+/// A job offered to the split function ends by what became of its parts:
+/// sent, the original is deleted; otherwise a retry or the dead-letter
+/// queue (nothing at all for a lease lost meanwhile).
+pub(crate) fn finish_split(
+    s: &Arc<Shared>,
+    outbox: &Arc<Outbox>,
+    io: &tokio::runtime::Handle,
+    lease: Arc<Lease>,
+    split: Split,
+    now: bool,
+    span: &tracing::Span,
+) {
+    let ending = match split {
+        Split::Sent(parts) => {
+            span.record("outcome", "split");
+            tracing::debug!(parent: span, parts, "split: parts sent, original to be deleted");
+            Stats::inc(&s.stats.split_messages);
+            s.health.success();
+            Some(Ending::Delete {
+                dead_lettered: false,
+            })
+        }
+        Split::Cancelled => None,
+        Split::Panicked(message) => {
+            Stats::inc(&s.stats.panics);
+            span.record("outcome", "panicked");
+            tracing::warn!(parent: span, panic = %message, "split function panicked");
+            Some(Ending::Retry {
+                reason: format!("split function panicked: {message}"),
+                after: None,
+            })
+        }
+        Split::Failed(ending) => {
+            let outcome = match ending {
+                Ending::DeadLetter { .. } => "bad_input",
+                _ => "retry",
+            };
+            span.record("outcome", outcome);
+            tracing::warn!(parent: span, ?ending, "split: the parts could not be sent");
+            Some(ending)
+        }
+    };
+    let done = match ending {
+        Some(ending) => s.begin_settle(vec![(lease, ending)]),
+        None => Vec::new(),
+    };
+    outbox.add(s, io, now, |o| {
+        o.started += 1;
+        o.settle.extend(done);
+    });
 }
 
 /// Moves a lease on by its run's outcome: a result to the uploader (or the

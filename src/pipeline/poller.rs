@@ -1,5 +1,7 @@
 //! The poller: keeps receives in flight while leases are below the limit,
-//! classifies each delivery with the seen-ID cache, and hands new jobs on.
+//! derives each delivery's job id (the pipeline's job-id function, if any),
+//! classifies it with the seen-ID cache, deletes S3 test events, and hands
+//! new jobs on.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -204,9 +206,16 @@ impl Poller {
         for mut m in messages {
             // The handle moves into the new lease, or stays here for a copy.
             let mut handle = Some(std::mem::take(&mut m.receipt_handle));
-            let mut job = Some(Job::from_message(m));
-            let id = job.as_ref().expect("set").id.clone();
+            let mut job = Job::from_message(m);
+            // A content-derived id replaces the default before anything
+            // (seen cache, lease, claims, keys) looks at it.
+            if let Some(id) = s.derived_id(&job) {
+                job.id = id;
+            }
+            let id = job.id.clone();
             let k = crate::seen::key(&id);
+            // The job moves into the new lease, or stays here for a copy.
+            let mut job = Some(job);
             let claim = s.seen.claim_key(k, || {
                 let h = handle.take().expect("taken once");
                 let job = job.take().expect("taken once");
@@ -240,6 +249,19 @@ impl Poller {
                             lease,
                             Ending::Delete {
                                 dead_lettered: true,
+                            },
+                        ));
+                    } else if s.config.drop_s3_test_events && lease.job.is_s3_test_event() {
+                        // Nothing to do: deleted through the acker like a
+                        // finished job, never gated, so a FIFO group it
+                        // shares is not held behind it.
+                        Stats::inc(&s.stats.s3_test_events);
+                        tracing::info!(pipeline = %s.name, job_id = %id,
+                            "S3 test event: deleted without processing");
+                        settle.push((
+                            lease,
+                            Ending::Delete {
+                                dead_lettered: false,
                             },
                         ));
                     } else if count > s.config.max_receives {

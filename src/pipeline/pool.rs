@@ -18,11 +18,14 @@ use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Restart};
-use super::outcome::{finish, prepare, Outbox, Outcome};
+use super::outcome::{finish, finish_split, prepare, Outbox, Outcome};
+use super::split::Split;
 use super::{panic_message, Shared};
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::payload::LargePayloads;
-use crate::processor::{blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
+use crate::processor::{
+    blocking, run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo,
+};
 use crate::stats::Stats;
 
 pub(crate) struct ProcessorPool {
@@ -169,6 +172,23 @@ impl Worker {
                 LargePayloads::with_payload(job, &p, bytes).map(Some)
             }
         });
+        if let Ok(r) = &prepared {
+            if let Some(parts) = s.parts_of(r.as_ref().unwrap_or(job)) {
+                let split = match parts {
+                    Err(message) => Split::Panicked(message),
+                    Ok(parts) => {
+                        run_blocking(&self.io, s.clone().send_split(parts, lease.cancel_arc()))
+                            .unwrap_or(Split::Failed(Ending::Retry {
+                                reason: "the runtime stopped while the parts were sent".into(),
+                                after: None,
+                            }))
+                    }
+                };
+                let now = self.rx.is_empty();
+                finish_split(s, &self.outbox, &self.io, lease, split, now, &span);
+                return None;
+            }
+        }
         let outcome = match (prepared, processor.as_mut()) {
             (Err(e), _) => Outcome::Done(Err(e)),
             (Ok(r), Some(p)) => {

@@ -18,7 +18,8 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::messages::{Leased, Restart};
-use super::outcome::{finish, prepare, Outbox, Outcome};
+use super::outcome::{finish, finish_split, prepare, Outbox, Outcome};
+use super::split::Split;
 use super::{panic_message, Shared};
 use crate::error::ProcessError;
 use crate::job::Job;
@@ -116,6 +117,14 @@ impl AsyncRunner {
     }
 }
 
+/// What a task's run came to.
+enum Ran {
+    /// The processor ran (or the job could not).
+    Outcome(Outcome),
+    /// The job was split into parts instead.
+    Split(Split),
+}
+
 impl Tasks {
     /// Runs a task's work; a panic that escapes it retries the jobs it had
     /// started, so none is left running for ever.
@@ -174,12 +183,18 @@ impl Tasks {
         let work = async {
             let resolved = match self.input(&lease).await {
                 Ok(r) => r,
-                Err(e) => return Outcome::Done(Err(e)),
+                Err(e) => return Ran::Outcome(Outcome::Done(Err(e))),
             };
             let job = resolved.as_ref().unwrap_or(&lease.job);
+            if let Some(parts) = s.parts_of(job) {
+                return Ran::Split(match parts {
+                    Err(message) => Split::Panicked(message),
+                    Ok(parts) => s.clone().send_split(parts, lease.cancel_arc()).await,
+                });
+            }
             match AssertUnwindSafe(p.process(job, &ctx)).catch_unwind().await {
-                Ok(r) => Outcome::Done(r),
-                Err(e) => Outcome::Panicked(panic_message(&*e)),
+                Ok(r) => Ran::Outcome(Outcome::Done(r)),
+                Err(e) => Ran::Outcome(Outcome::Panicked(panic_message(&*e))),
             }
         }
         .instrument(span.clone());
@@ -193,7 +208,10 @@ impl Tasks {
         let left = self.running.fetch_sub(1, Ordering::AcqRel) - 1;
         s.stats.processing.record(began.elapsed());
         match outcome {
-            Some(o) => finish(s, &self.outbox, &self.io, lease, o, left == 0, &span),
+            Some(Ran::Outcome(o)) => finish(s, &self.outbox, &self.io, lease, o, left == 0, &span),
+            Some(Ran::Split(split)) => {
+                finish_split(s, &self.outbox, &self.io, lease, split, left == 0, &span)
+            }
             None => {
                 span.record("outcome", "cancelled");
                 tracing::info!(parent: &span, "lease lost: job cancelled before any effect");
@@ -212,7 +230,18 @@ impl Tasks {
             }
             match self.input(&lease).await {
                 Ok(job) => {
-                    jobs.push(job.unwrap_or_else(|| lease.job.clone()));
+                    let job = job.unwrap_or_else(|| lease.job.clone());
+                    if let Some(parts) = s.parts_of(&job) {
+                        // A message that splits is not processed: its parts are.
+                        let split = match parts {
+                            Err(message) => Split::Panicked(message),
+                            Ok(parts) => s.clone().send_split(parts, lease.cancel_arc()).await,
+                        };
+                        let span = crate::trace::job_span(&s.name, &lease.job);
+                        finish_split(s, &self.outbox, &self.io, lease, split, false, &span);
+                        continue;
+                    }
+                    jobs.push(job);
                     leases.push(lease);
                 }
                 Err(e) => {

@@ -355,6 +355,57 @@ impl AwsBackend {
         Ok(())
     }
 
+    /// Has S3 send a bucket's event notifications of these types (say
+    /// `s3:ObjectCreated:*`) to a queue, and lets S3 send to it: the queue's
+    /// access policy is replaced by one that allows the bucket. S3 then
+    /// sends the queue an `s3:TestEvent` (which pipelines delete on receipt,
+    /// see `PipelineConfig::drop_s3_test_events`). Replaces the bucket's
+    /// notification configuration.
+    pub async fn notify_queue(
+        &self,
+        bucket: &str,
+        queue: &SqsQueue,
+        events: &[&str],
+    ) -> Result<(), BackendError> {
+        use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue.arn(),
+                "Condition": {"ArnLike": {"aws:SourceArn": format!("arn:aws:s3:::{bucket}")}}
+            }]
+        });
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(queue.url())
+            .attributes(Qa::Policy, policy.to_string())
+            .send()
+            .await
+            .map_err(|e| classify(e, &format!("queue {}", queue.name)))?;
+        let target = QueueConfiguration::builder()
+            .queue_arn(queue.arn())
+            .set_events(Some(events.iter().map(|e| Event::from(*e)).collect()))
+            .build()
+            .map_err(|e| BackendError::Invalid {
+                message: e.to_string(),
+            })?;
+        self.s3
+            .put_bucket_notification_configuration()
+            .bucket(bucket)
+            .notification_configuration(
+                NotificationConfiguration::builder()
+                    .queue_configurations(target)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, &format!("bucket {bucket}")))?;
+        Ok(())
+    }
+
     /// Creates a bucket in the client's region (an existing one of ours is fine).
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), BackendError> {
         use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
