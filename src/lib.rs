@@ -3,6 +3,7 @@
 
 pub mod backend;
 mod config;
+pub mod dlq;
 mod error;
 pub mod idempotency;
 mod job;

@@ -126,17 +126,10 @@ impl Stages {
         }
     }
 
-    fn worker(&self, stage: &str, n: usize, extra: &[&str]) -> Child {
-        let log = std::fs::File::create(self.logs.join(format!("worker-{stage}-{n}.log"))).unwrap();
-        Command::new(example_binary())
-            .args([
-                "--backend",
-                "aws",
-                "--worker",
-                "--s3-path-style",
-                "--stage",
-                stage,
-            ])
+    /// The main job's binary with this run's resources on its command line.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(example_binary());
+        cmd.args(["--backend", "aws", "--s3-path-style"])
             .args([
                 "--input-bucket",
                 &self.input,
@@ -155,13 +148,31 @@ impl Stages {
                 "--stage2-dlq",
                 self.stage2_dlq.url(),
             ])
-            .args(["--topic", &self.topic_arn, "--workers", "1"])
+            .args(["--topic", &self.topic_arn])
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    fn worker(&self, stage: &str, n: usize, extra: &[&str]) -> Child {
+        let log = std::fs::File::create(self.logs.join(format!("worker-{stage}-{n}.log"))).unwrap();
+        self.command()
+            .args(["--worker", "--stage", stage, "--workers", "1"])
             .args(extra)
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap()
+    }
+
+    /// Runs an operator command to its end; its standard output.
+    fn operator(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     async fn depth_total(&self, q: &SqsQueue) -> usize {
@@ -647,4 +658,97 @@ async fn a_sigkilled_holders_claim_expires_and_another_worker_runs_the_job_once(
     assert_eq!(r.status, ferry::idempotency::RecordStatus::Completed);
     assert_eq!(r.claims, 2, "the killed worker's claim, then the other's");
     assert_eq!(total.processed, 1, "the job ran to completion once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_fix_and_redrive_through_the_command_runs_the_job_once() {
+    let Some(_) = endpoint() else { return };
+    let _serial = SERIAL.lock().await;
+    let s = Stages::new("redrive").await;
+    // A job whose source object is missing: bad input.
+    let body = serde_json::json!({"bucket": s.input, "key": "late/photo.png"}).to_string();
+    s.stage1
+        .send_batch(vec![
+            OutgoingMessage::new(body).attribute(JOB_ID_ATTRIBUTE, "late-photo")
+        ])
+        .await
+        .unwrap();
+    let rt = ferry::Runtime::builder()
+        .pipeline(
+            ferry_actors::Stage1::pipeline(ferry::Pipeline::new("stage1"))
+                .source(s.stage1.clone())
+                .dead_letter(s.stage1_dlq.clone())
+                .results(s.aws.blobs(), s.results.clone(), "stage1/", "png")
+                .reads_from(s.input.clone())
+                .processor(ferry_actors::Stage1::default)
+                .configure(|c| {
+                    common::fast(c);
+                    c.visibility_timeout = Duration::from_secs(5);
+                    c.receive_wait = Duration::from_secs(1);
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    common::eventually_async("the job dead-lettered", || async {
+        rt.stats_of("stage1").unwrap().dead_lettered == 1
+    })
+    .await;
+
+    let listed = s.operator(&["--dlq", "list", "--stage", "1"]);
+    eprintln!("{listed}");
+    assert!(listed.contains("stage1: 1 in"), "{listed}");
+    assert!(listed.contains("late-photo"), "{listed}");
+    assert!(listed.contains("missing object"), "{listed}");
+    // A wrong filter moves nothing.
+    let none = s.operator(&[
+        "--dlq",
+        "redrive",
+        "--stage",
+        "1",
+        "--reason-contains",
+        "not an image",
+    ]);
+    assert!(none.contains("moved 0, skipped 1"), "{none}");
+
+    // The fix: the object appears. Then the redrive.
+    s.aws
+        .blobs()
+        .put(
+            &s.input,
+            "late/photo.png",
+            ferry_actors::samples::synthetic_png(7, 32).into(),
+            ObjectMeta::default(),
+        )
+        .await
+        .unwrap();
+    let redriven = s.operator(&[
+        "--dlq",
+        "redrive",
+        "--stage",
+        "1",
+        "--reason-contains",
+        "missing object",
+    ]);
+    eprintln!("{redriven}");
+    assert!(redriven.contains("moved 1"), "{redriven}");
+
+    // The same worker, well within its seen-ID cache's memory, runs it.
+    let blobs = s.aws.blobs();
+    common::eventually_async("the redriven job's result", || async {
+        blobs.list(&s.results, "stage1/").await.unwrap()
+            == vec!["stage1/late-photo.png".to_string()]
+    })
+    .await;
+    common::eventually_async("both queues empty", || async {
+        s.depth_total(&s.stage1).await == 0 && s.depth_total(&s.stage1_dlq).await == 0
+    })
+    .await;
+    let stats = rt.stats_of("stage1").unwrap();
+    rt.shutdown().await;
+    assert_eq!(stats.processed, 1, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(stats.duplicates_dropped, 0, "{stats:?}");
+    let listed = s.operator(&["--dlq", "list", "--stage", "1"]);
+    assert!(listed.contains("stage1: 0 in"), "{listed}");
 }

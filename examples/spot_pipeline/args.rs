@@ -14,6 +14,16 @@ pub(crate) enum Backend {
     Aws,
 }
 
+/// An operator command on the dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DlqOp {
+    /// Print each entry's job id, reason and receive count.
+    List,
+    /// Move entries back to their source queue (then delete them from the
+    /// dead-letter queue); a redriven job runs again.
+    Redrive,
+}
+
 /// Which stages this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Stage {
@@ -94,6 +104,14 @@ pub(crate) struct Args {
     /// at most this many seconds.
     #[arg(long, default_value_t = 0)]
     pub(crate) metrics_linger_secs: u64,
+
+    /// Operator command on the dead-letter queues of --stage, instead of a
+    /// run: `list` or `redrive`.
+    #[arg(long, value_enum)]
+    pub(crate) dlq: Option<DlqOp>,
+    /// With `--dlq redrive`: only entries whose reason contains this text.
+    #[arg(long)]
+    pub(crate) reason_contains: Option<String>,
 
     /// Run as a worker only: no producing, no report; stop on SIGTERM or
     /// ctrl-c with a graceful drain.

@@ -182,6 +182,50 @@ async fn settled(r: &Resources, produced: &produce::Produced) -> Result<(usize, 
     ))
 }
 
+/// `--dlq list|redrive`: the dead-letter queues of the stages asked for.
+async fn dead_letters(args: &Args, r: &Resources, op: args::DlqOp) -> Result<()> {
+    let stages = [
+        (Stage::One, "stage1", &r.stage1_dlq, &r.stage1),
+        (Stage::Two, "stage2", &r.stage2_dlq, &r.stage2),
+    ];
+    for (stage, name, dlq, source) in stages {
+        if args.stage != Stage::Both && args.stage != stage {
+            continue;
+        }
+        match op {
+            args::DlqOp::List => {
+                let entries = ferry::dlq::list(dlq.as_ref(), 1000).await?;
+                println!("{name}: {} in {}", entries.len(), dlq.name());
+                for e in entries {
+                    println!(
+                        "  {}  receives {}  {}",
+                        e.job_id.as_deref().unwrap_or(&e.message_id),
+                        e.receive_count.map_or("?".into(), |n| n.to_string()),
+                        e.reason.as_deref().unwrap_or("(no reason)")
+                    );
+                }
+            }
+            args::DlqOp::Redrive => {
+                let options = ferry::dlq::RedriveOptions {
+                    reason_contains: args.reason_contains.clone(),
+                    ..Default::default()
+                };
+                let report = ferry::dlq::redrive(dlq.as_ref(), source.as_ref(), &options).await?;
+                println!(
+                    "{name}: redrive from {} to {}: scanned {}, moved {}, skipped {}, failed {}",
+                    dlq.name(),
+                    source.name(),
+                    report.scanned,
+                    report.moved,
+                    report.skipped,
+                    report.failed
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -213,6 +257,9 @@ async fn main() -> Result<()> {
         None => None,
     };
     let r = resources::open(&args).await?;
+    if let Some(op) = args.dlq {
+        return dead_letters(&args, &r, op).await;
+    }
     if args.worker {
         return worker(&args, &r, stop).await;
     }

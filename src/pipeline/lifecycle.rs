@@ -102,10 +102,11 @@ impl Shared {
     }
 
     /// Ends leases: the one place a lease leaves the table. Deleted and
-    /// dead-lettered jobs let their FIFO group go on and are remembered by
-    /// the seen cache (a copy of either is deleted unprocessed); the rest are
-    /// forgotten so their next delivery runs afresh. A claim still held is
-    /// given up.
+    /// dead-lettered jobs let their FIFO group go on; a deleted job is
+    /// remembered by the seen cache (a copy is deleted unprocessed), every
+    /// other is forgotten so its next delivery — a retry, a fixed re-send,
+    /// a redrive — runs afresh. A claim still held is given up (a
+    /// dead-lettered job's claim is never marked completed).
     pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) {
         let mut done_keys = Vec::new();
         let mut removed = false;
@@ -126,7 +127,11 @@ impl Shared {
                 lease.set_output(None);
             }
             match how {
-                Ended::Deleted | Ended::DeadLettered => done_keys.push(lease.seen_key),
+                Ended::Deleted => done_keys.push(lease.seen_key),
+                // Not remembered as done: a fixed re-send or a redrive of
+                // the job runs it. (The message itself is remembered by its
+                // id, so its own return is deleted without a second entry.)
+                Ended::DeadLettered => self.seen.forget(lease),
                 Ended::Lost => {
                     self.leases.cancel(lease);
                     Stats::inc(&self.stats.leases_lost);
