@@ -131,8 +131,13 @@ async fn aws_env(tag: &str) -> Option<Env> {
 /// How a case must end.
 #[derive(Debug, Clone)]
 enum Expect {
-    /// A stage-1 result for the case's job id.
+    /// A stage-1 result for the case's job id (the id stage 1 derives from
+    /// an S3 event, else the case's name).
     Result,
+    /// One stage-1 result for each of these job ids.
+    Results(Vec<JobId>),
+    /// No result and no dead letter (acknowledged without work).
+    Nothing,
     /// A dead-letter entry whose reason contains this.
     Dead(&'static str),
 }
@@ -141,6 +146,29 @@ struct Case {
     name: &'static str,
     message: OutgoingMessage,
     expect: Expect,
+    /// Sent as this many messages (an S3 event delivered twice).
+    copies: usize,
+}
+
+impl Case {
+    fn new(name: &'static str, message: OutgoingMessage, expect: Expect) -> Self {
+        Self {
+            name,
+            message,
+            expect,
+            copies: 1,
+        }
+    }
+
+    /// The job ids the case's results are stored under.
+    fn result_ids(&self) -> Vec<JobId> {
+        match &self.expect {
+            Expect::Result => vec![ferry_actors::s3_event_job_id(&self.message.body)
+                .unwrap_or_else(|| JobId::new(self.name))],
+            Expect::Results(ids) => ids.clone(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 const LIMIT_BYTES: usize = 200_000;
@@ -157,6 +185,15 @@ fn s3_event(bucket: &str, encoded_key: &str) -> String {
         "eventSource": "aws:s3",
         "eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": bucket}, "object": {"key": encoded_key, "size": 1}}
+    }]})
+    .to_string()
+}
+
+fn s3_event_versioned(bucket: &str, key: &str, sequencer: &str) -> String {
+    serde_json::json!({"Records": [{
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1, "sequencer": sequencer}}
     }]})
     .to_string()
 }
@@ -204,6 +241,12 @@ async fn corpus(env: &Env) -> Vec<Case> {
         OutgoingMessage::new(body).attribute(PAYLOAD_SIZE_ATTRIBUTE, size.to_owned())
     };
     let modern = ferry::payload::POINTER_CLASS;
+    let many = serde_json::json!({"Records": (0..5).map(|i| serde_json::json!({
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": env.input}, "object": {"key": "ok.png", "sequencer": format!("00{i:016X}")}}
+    })).collect::<Vec<_>>()})
+    .to_string();
     let mut ten = OutgoingMessage::new(plain(&env.input, "missing.png"));
     for i in 0..9 {
         ten = ten.attribute(format!("user-{i}"), format!("value {i}"));
@@ -213,129 +256,166 @@ async fn corpus(env: &Env) -> Vec<Case> {
         junk_with_ten = junk_with_ten.attribute(format!("user-{i}"), "v".repeat(100));
     }
     vec![
-        Case {
-            name: "plain-good",
-            message: OutgoingMessage::new(plain(&env.input, "ok.png")),
-            expect: Expect::Result,
-        },
-        Case {
-            name: "event-percent-encoded-key",
-            message: OutgoingMessage::new(s3_event(&env.input, "caf%C3%A9+%E2%9C%93.png")),
-            expect: Expect::Result,
-        },
-        Case {
-            name: "plain-non-ascii-key",
-            message: OutgoingMessage::new(plain(&env.input, "日本/画像.png")),
-            expect: Expect::Result,
-        },
-        Case {
-            name: "legacy-pointer-class",
-            message: offloaded(
+        Case::new(
+            "plain-good",
+            OutgoingMessage::new(plain(&env.input, "ok.png")),
+            Expect::Result,
+        ),
+        Case::new(
+            "event-percent-encoded-key",
+            OutgoingMessage::new(s3_event(&env.input, "caf%C3%A9+%E2%9C%93.png")),
+            Expect::Result,
+        ),
+        Case::new(
+            "plain-non-ascii-key",
+            OutgoingMessage::new(plain(&env.input, "日本/画像.png")),
+            Expect::Result,
+        ),
+        Case::new(
+            "legacy-pointer-class",
+            offloaded(
                 pointer(LEGACY_POINTER_CLASS, &env.payloads, "payloads/legacy"),
                 "40",
             ),
-            expect: Expect::Result,
-        },
-        Case {
-            name: "pointer-to-foreign-bucket",
-            message: offloaded(pointer(modern, &env.secrets, "db-password"), "7"),
-            expect: Expect::Dead("not followed"),
-        },
-        Case {
-            name: "legacy-pointer-to-foreign-bucket",
-            message: offloaded(
+            Expect::Result,
+        ),
+        Case::new(
+            "pointer-to-foreign-bucket",
+            offloaded(pointer(modern, &env.secrets, "db-password"), "7"),
+            Expect::Dead("not followed"),
+        ),
+        Case::new(
+            "legacy-pointer-to-foreign-bucket",
+            offloaded(
                 pointer(LEGACY_POINTER_CLASS, &env.secrets, "db-password"),
                 "7",
             ),
-            expect: Expect::Dead("not followed"),
-        },
-        Case {
-            name: "pointer-outside-the-payload-prefix",
-            message: offloaded(pointer(modern, &env.payloads, "elsewhere/body"), "40"),
-            expect: Expect::Dead("not followed"),
-        },
-        Case {
-            name: "pointer-dotdot-bucket",
-            message: offloaded(pointer(modern, "..", "payloads/x"), "7"),
-            expect: Expect::Dead("not a valid bucket name"),
-        },
-        Case {
-            name: "pointer-dotdot-key",
-            message: offloaded(
+            Expect::Dead("not followed"),
+        ),
+        Case::new(
+            "pointer-outside-the-payload-prefix",
+            offloaded(pointer(modern, &env.payloads, "elsewhere/body"), "40"),
+            Expect::Dead("not followed"),
+        ),
+        Case::new(
+            "pointer-dotdot-bucket",
+            offloaded(pointer(modern, "..", "payloads/x"), "7"),
+            Expect::Dead("not a valid bucket name"),
+        ),
+        Case::new(
+            "pointer-dotdot-key",
+            offloaded(
                 pointer(modern, &env.payloads, "payloads/../../secrets/db-password"),
                 "7",
             ),
-            expect: Expect::Dead("segment"),
-        },
-        Case {
-            name: "pointer-declared-size-over-limit",
-            message: offloaded(
+            Expect::Dead("segment"),
+        ),
+        Case::new(
+            "pointer-declared-size-over-limit",
+            offloaded(
                 pointer(modern, &env.payloads, "payloads/huge"),
                 "1000000000000",
             ),
-            expect: Expect::Dead("declared size"),
-        },
+            Expect::Dead("declared size"),
+        ),
+        Case::new(
+            "pointer-object-over-limit",
+            offloaded(pointer(modern, &env.payloads, "payloads/huge"), "10"),
+            Expect::Dead("over the limit"),
+        ),
+        Case::new(
+            "input-in-foreign-bucket",
+            OutgoingMessage::new(plain(&env.secrets, "db-password")),
+            Expect::Dead("outside the buckets"),
+        ),
+        Case::new(
+            "input-dotdot-bucket",
+            OutgoingMessage::new(plain("..", "db-password")),
+            Expect::Dead("not a valid bucket name"),
+        ),
+        Case::new(
+            "input-absolute-bucket",
+            OutgoingMessage::new(plain("/etc", "passwd")),
+            Expect::Dead("not a valid bucket name"),
+        ),
+        Case::new(
+            "input-dotdot-key",
+            OutgoingMessage::new(plain(&env.input, "../secrets/db-password")),
+            Expect::Dead("segment"),
+        ),
+        Case::new(
+            "input-object-over-limit",
+            OutgoingMessage::new(plain(&env.input, "huge.png")),
+            Expect::Dead("over the limit"),
+        ),
+        Case::new(
+            "ten-attributes-already",
+            ten,
+            Expect::Dead("missing object"),
+        ),
+        Case::new(
+            "deeply-nested-json",
+            OutgoingMessage::new("[".repeat(100_000)),
+            Expect::Dead("malformed"),
+        ),
+        Case::new(
+            "nested-pointer-lookalike",
+            offloaded(format!("{}\"{modern}\"", "[".repeat(1000)), "7"),
+            Expect::Dead("malformed"),
+        ),
+        Case::new(
+            "junk-at-the-size-limit",
+            OutgoingMessage::new("y".repeat(AT_LIMIT)),
+            Expect::Dead("malformed"),
+        ),
+        Case::new(
+            "junk-near-the-size-limit-with-ten-attributes",
+            junk_with_ten,
+            Expect::Dead("malformed"),
+        ),
+        Case::new(
+            "s3-test-event",
+            OutgoingMessage::new(format!(
+                r#"{{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "{}"}}"#,
+                env.input
+            )),
+            Expect::Nothing,
+        ),
+        Case::new(
+            "s3-event-many-records",
+            OutgoingMessage::new(many.clone()),
+            Expect::Results(
+                ferry_actors::split_s3_event(&many)
+                    .expect("several records")
+                    .iter()
+                    .map(|part| ferry_actors::s3_event_job_id(part).expect("one record"))
+                    .collect(),
+            ),
+        ),
         Case {
-            name: "pointer-object-over-limit",
-            message: offloaded(pointer(modern, &env.payloads, "payloads/huge"), "10"),
-            expect: Expect::Dead("over the limit"),
+            copies: 2,
+            ..Case::new(
+                "s3-event-duplicated",
+                OutgoingMessage::new(s3_event_versioned(
+                    &env.input,
+                    "ok.png",
+                    "0055AED6DCD90281E5",
+                )),
+                Expect::Result,
+            )
         },
-        Case {
-            name: "input-in-foreign-bucket",
-            message: OutgoingMessage::new(plain(&env.secrets, "db-password")),
-            expect: Expect::Dead("outside the buckets"),
-        },
-        Case {
-            name: "input-dotdot-bucket",
-            message: OutgoingMessage::new(plain("..", "db-password")),
-            expect: Expect::Dead("not a valid bucket name"),
-        },
-        Case {
-            name: "input-absolute-bucket",
-            message: OutgoingMessage::new(plain("/etc", "passwd")),
-            expect: Expect::Dead("not a valid bucket name"),
-        },
-        Case {
-            name: "input-dotdot-key",
-            message: OutgoingMessage::new(plain(&env.input, "../secrets/db-password")),
-            expect: Expect::Dead("segment"),
-        },
-        Case {
-            name: "input-object-over-limit",
-            message: OutgoingMessage::new(plain(&env.input, "huge.png")),
-            expect: Expect::Dead("over the limit"),
-        },
-        Case {
-            name: "ten-attributes-already",
-            message: ten,
-            expect: Expect::Dead("missing object"),
-        },
-        Case {
-            name: "deeply-nested-json",
-            message: OutgoingMessage::new("[".repeat(100_000)),
-            expect: Expect::Dead("malformed"),
-        },
-        Case {
-            name: "nested-pointer-lookalike",
-            message: offloaded(format!("{}\"{modern}\"", "[".repeat(1000)), "7"),
-            expect: Expect::Dead("malformed"),
-        },
-        Case {
-            name: "junk-at-the-size-limit",
-            message: OutgoingMessage::new("y".repeat(AT_LIMIT)),
-            expect: Expect::Dead("malformed"),
-        },
-        Case {
-            name: "junk-near-the-size-limit-with-ten-attributes",
-            message: junk_with_ten,
-            expect: Expect::Dead("malformed"),
-        },
+        Case::new(
+            "fixed-later",
+            OutgoingMessage::new(plain(&env.input, "later.png")),
+            Expect::Dead("missing object"),
+        ),
     ]
 }
 
 /// Reads every dead-letter entry: job id → (reason, attribute count, body length).
 async fn dead_letters(dlq: &dyn Queue, want: usize) -> BTreeMap<String, (String, usize, usize)> {
     let mut out = BTreeMap::new();
+    let mut handles = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while out.len() < want && tokio::time::Instant::now() < deadline {
         let got: Vec<ReceivedMessage> = dlq
@@ -354,19 +434,33 @@ async fn dead_letters(dlq: &dyn Queue, want: usize) -> BTreeMap<String, (String,
                 .cloned()
                 .unwrap_or_default();
             out.insert(id, (reason, m.attributes.len(), m.body.len()));
+            handles.push(m.receipt_handle);
         }
+    }
+    // Read, not consumed: visible again for the redrive that follows.
+    for chunk in handles.chunks(10) {
+        let back: Vec<(String, Duration)> =
+            chunk.iter().map(|h| (h.clone(), Duration::ZERO)).collect();
+        dlq.change_visibility_batch(&back).await.unwrap();
     }
     out
 }
 
 async fn hostile_corpus(env: Env) {
     let cases = corpus(&env).await;
-    for chunk in cases.chunks(10) {
-        let batch = chunk
-            .iter()
-            .map(|c| c.message.clone().attribute(JOB_ID_ATTRIBUTE, c.name))
-            .collect();
-        for r in env.jobs.send_batch(batch).await.unwrap() {
+    let messages: Vec<OutgoingMessage> = cases
+        .iter()
+        .flat_map(|c| {
+            let m = if c.name.starts_with("s3-") {
+                c.message.clone()
+            } else {
+                c.message.clone().attribute(JOB_ID_ATTRIBUTE, c.name)
+            };
+            std::iter::repeat_n(m, c.copies)
+        })
+        .collect();
+    for chunk in messages.chunks(10) {
+        for r in env.jobs.send_batch(chunk.to_vec()).await.unwrap() {
             r.unwrap();
         }
     }
@@ -377,7 +471,7 @@ async fn hostile_corpus(env: Env) {
     let timing = env.timing;
     let rt = Runtime::builder()
         .pipeline(
-            Pipeline::new("stage1")
+            Stage1::pipeline(Pipeline::new("stage1"))
                 .source(env.jobs.clone())
                 .dead_letter(env.dlq.clone())
                 .results(recording.clone(), env.results.clone(), "stage1/", "png")
@@ -400,18 +494,16 @@ async fn hostile_corpus(env: Env) {
         .filter(|c| matches!(c.expect, Expect::Dead(_)))
         .count();
     let dead = dead_letters(env.dlq.as_ref(), want_dead).await;
-    let good: Vec<&Case> = cases
+    let want_results: Vec<String> = cases
         .iter()
-        .filter(|c| matches!(c.expect, Expect::Result))
+        .flat_map(|c| c.result_ids())
+        .map(|id| format!("stage1/{}.png", id.key_safe()))
         .collect();
     let results = &env.results;
     let blobs = env.blobs.clone();
     eventually_async("every good case's result", || {
         let blobs = blobs.clone();
-        let keys: Vec<String> = good
-            .iter()
-            .map(|c| format!("stage1/{}.png", JobId::new(c.name).key_safe()))
-            .collect();
+        let keys = want_results.clone();
         async move {
             let have = blobs.list(results, "stage1/").await.unwrap();
             keys.iter().all(|k| have.contains(k))
@@ -445,14 +537,69 @@ async fn hostile_corpus(env: Env) {
         }
     })
     .await;
+
+    // A redrive after a fix: the object appears, the entry goes back, and
+    // the same worker runs the job.
+    env.blobs
+        .put(
+            &env.input,
+            "later.png",
+            samples::synthetic_png(4, 32).into(),
+            ObjectMeta::default(),
+        )
+        .await
+        .unwrap();
+    let report = ferry::dlq::redrive(
+        env.dlq.as_ref(),
+        env.jobs.as_ref(),
+        &ferry::dlq::RedriveOptions {
+            reason_contains: Some("later.png".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.moved, 1, "[{}] {report:?}", env.tag);
+    let blobs = env.blobs.clone();
+    eventually_async("the redriven job's result", || {
+        let blobs = blobs.clone();
+        async move {
+            blobs
+                .list(results, "stage1/fixed-later")
+                .await
+                .unwrap()
+                .len()
+                == 1
+        }
+    })
+    .await;
     let stats = rt.stats_of("stage1").unwrap();
     rt.shutdown().await;
 
+    // Exactly the results the corpus calls for: none for the test event,
+    // one for the duplicated event, one per record of the split one.
+    let mut have = env.blobs.list(results, "stage1/").await.unwrap();
+    have.sort();
+    let mut want = want_results.clone();
+    want.extend([
+        "stage1/after-the-corpus.png".to_string(),
+        "stage1/fixed-later.png".to_string(),
+    ]);
+    want.sort();
+    want.dedup();
+    assert_eq!(have, want, "[{}]", env.tag);
+    assert_eq!(stats.s3_test_events, 1, "[{}] {stats:?}", env.tag);
+    assert_eq!(stats.split_messages, 1, "[{}] {stats:?}", env.tag);
+
     let mut wrong = Vec::new();
     for c in &cases {
-        match (&c.expect, dead.get(c.name)) {
-            (Expect::Result, None) => {}
-            (Expect::Result, Some((reason, ..))) => {
+        let id = c
+            .result_ids()
+            .first()
+            .map_or(c.name.to_string(), |i| i.to_string());
+        match (&c.expect, dead.get(&id)) {
+            (Expect::Result | Expect::Results(_) | Expect::Nothing, None) => {}
+            (Expect::Result | Expect::Results(_) | Expect::Nothing, Some((reason, ..))) => {
                 wrong.push(format!("{}: dead-lettered ({reason})", c.name))
             }
             (Expect::Dead(want), Some((reason, attrs, _))) => {
