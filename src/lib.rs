@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod payload;
 mod pipeline;
 mod processor;
+pub mod producer;
 mod runtime;
 mod seen;
 #[cfg(feature = "aws")]

@@ -1,8 +1,9 @@
 //! The producer side: source images in the input bucket and one job message
 //! each, half as S3 event notifications, half as `{"bucket","key"}`.
 
-use ferry::backend::{ObjectMeta, OutgoingMessage, MAX_BATCH};
+use ferry::backend::{ObjectMeta, OutgoingMessage};
 use ferry::prelude::*;
+use ferry::producer::{NewJob, Producer};
 use ferry::JOB_ID_ATTRIBUTE;
 use ferry_actors::samples;
 
@@ -61,31 +62,35 @@ fn pad(mut m: OutgoingMessage, n: usize) -> OutgoingMessage {
     m
 }
 
+/// Sends the jobs through ferry's producer: ten per call, each failing
+/// entry retried, large bodies offloaded; the ids it returns are the ones
+/// stage 1 will see (it derives S3 events' ids as stage 1 does).
 async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<JobId>> {
-    let mut ids = Vec::with_capacity(messages.len());
-    let messages = match &r.payloads {
-        Some(p) => p.offload_all(messages).await?,
-        None => messages,
-    };
-    for chunk in messages.chunks(MAX_BATCH) {
-        let named: Vec<Option<String>> = chunk
-            .iter()
-            // The job id: derived from an S3 event's body as stage 1 will
-            // receive it, else the attribute, else (FIFO) the deduplication
-            // id, else the message id.
-            .map(|m| {
-                ferry_actors::s3_event_job_id(&m.body)
-                    .map(|id| id.to_string())
-                    .or_else(|| m.attributes.get(JOB_ID_ATTRIBUTE).cloned())
-                    .or_else(|| m.dedup_id.clone())
-            })
-            .collect();
-        let sent = r.stage1.send_batch(chunk.to_vec()).await?;
-        for (name, sent) in named.into_iter().zip(sent) {
-            ids.push(JobId::new(name.unwrap_or(sent?)));
-        }
+    let mut producer = Producer::new(r.stage1.clone()).job_id(ferry_actors::stage1_job_id);
+    if let Some(p) = &r.payloads {
+        producer = producer.large_payloads(p.clone());
     }
-    Ok(ids)
+    let jobs = messages
+        .into_iter()
+        .map(|m| {
+            let mut job = NewJob::new(m.body);
+            for (k, v) in m.attributes {
+                job = match k.as_str() {
+                    JOB_ID_ATTRIBUTE => job.id(v),
+                    _ => job.attribute(k, v),
+                };
+            }
+            if let Some(g) = m.group_id {
+                job = job.group(g);
+            }
+            if let Some(d) = m.dedup_id {
+                job = job.dedup(d);
+            }
+            job
+        })
+        .collect();
+    let (sent, _) = producer.send_all(jobs).await;
+    sent.into_iter().map(|s| Ok(s?.job_id)).collect()
 }
 
 async fn put(r: &Resources, key: &str, body: Vec<u8>) -> Result<()> {

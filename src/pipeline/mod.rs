@@ -34,6 +34,7 @@ use std::time::Duration;
 use actix::{Addr, AsyncContext, Recipient};
 use tokio::sync::Notify;
 
+pub(crate) use builder::JobIdFn;
 pub use builder::{IntoShared, Pipeline, ResultStore};
 
 use crate::backend::{Queue, Topic};
