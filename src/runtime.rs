@@ -170,7 +170,7 @@ fn pipeline_stats(shared: &[Arc<Shared>]) -> Vec<PipelineStats> {
         .map(|s| PipelineStats {
             name: s.name.to_string(),
             stats: s.stats.snapshot(),
-            in_flight: s.leases.len(),
+            in_flight: s.life.leases.len(),
             escalated: s.is_escalated(),
         })
         .collect()
@@ -207,7 +207,7 @@ impl RuntimeHandle {
 
     /// Leases held now, over all pipelines.
     pub fn in_flight(&self) -> usize {
-        self.shared.iter().map(|s| s.leases.len()).sum()
+        self.shared.iter().map(|s| s.life.leases.len()).sum()
     }
 
     /// Every pipeline's health: running, escalated (with the reason) or
@@ -220,10 +220,10 @@ impl RuntimeHandle {
     fn escalation(&self) -> Option<FerryError> {
         self.shared
             .iter()
-            .find(|s| s.health.escalations() > 0)
+            .find(|s| s.care.health.escalations() > 0)
             .map(|s| FerryError::Escalated {
                 pipeline: s.name.to_string(),
-                reason: s.health.reason().unwrap_or_default(),
+                reason: s.care.health.reason().unwrap_or_default(),
             })
     }
 
@@ -353,7 +353,8 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
     }
     let busy = || {
         running.iter().any(|r| {
-            !r.shared.leases.is_empty() || r.shared.receives_in_flight.load(Ordering::Acquire) > 0
+            !r.shared.life.leases.is_empty()
+                || r.shared.flow.receives_in_flight.load(Ordering::Acquire) > 0
         })
     };
     wait_until(started + grace, || !busy()).await;
@@ -367,10 +368,10 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     wait_until(tokio::time::Instant::now() + Duration::from_secs(5), || {
-        running.iter().all(|r| r.shared.leases.is_empty())
+        running.iter().all(|r| r.shared.life.leases.is_empty())
     })
     .await;
-    report.held_at_exit = running.iter().map(|r| r.shared.leases.len()).sum();
+    report.held_at_exit = running.iter().map(|r| r.shared.life.leases.len()).sum();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(?report, "ferry stopped");
     report

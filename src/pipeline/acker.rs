@@ -215,7 +215,7 @@ impl Acker {
         }
         while !back.is_empty() {
             let chunk: Vec<(String, Duration)> = back.drain(..back.len().min(MAX_BATCH)).collect();
-            let queue = self.shared.source.clone();
+            let queue = self.shared.sinks.source.clone();
             self.call(
                 ctx,
                 async move { queue.change_visibility_batch(&chunk).await },
@@ -326,7 +326,7 @@ impl Acker {
                 Delete::Copy(h) => h.clone(),
             })
             .collect();
-        let queue = self.shared.source.clone();
+        let queue = self.shared.sinks.source.clone();
         self.call(
             ctx,
             async move {
@@ -376,9 +376,14 @@ impl Acker {
                     self.succeeded();
                     if !dead_lettered {
                         s.stats.end_to_end.record(lease.received_at.elapsed());
-                        s.health.success();
+                        s.care.health.success();
                         // The message is gone: its payload object may go too.
-                        if let Some(p) = s.payloads.as_ref().and_then(|p| p.deletable(&lease.job)) {
+                        if let Some(p) = s
+                            .sinks
+                            .payloads
+                            .as_ref()
+                            .and_then(|p| p.deletable(&lease.job))
+                        {
                             payloads.push(p);
                         }
                     }
@@ -417,7 +422,7 @@ impl Acker {
         s.stats.add(&s.stats.acked, deleted.len() as u64);
         s.end(&deleted, Ended::Deleted);
         s.end(&dead, Ended::DeadLettered);
-        if let (Some(store), false) = (s.payloads.clone(), payloads.is_empty()) {
+        if let (Some(store), false) = (s.sinks.payloads.clone(), payloads.is_empty()) {
             self.call(
                 ctx,
                 async move { store.delete_objects(payloads).await },
@@ -432,7 +437,7 @@ impl Acker {
             .iter()
             .map(|l| (l.handle(), self.visibility_of(l)))
             .collect();
-        let queue = self.shared.source.clone();
+        let queue = self.shared.sinks.source.clone();
         self.call(
             ctx,
             async move {
@@ -496,7 +501,10 @@ impl Acker {
         let ours = [
             (JOB_ID_ATTRIBUTE, job.id.to_string()),
             (DLQ_REASON_ATTRIBUTE, reason),
-            (DLQ_SOURCE_ATTRIBUTE, self.shared.source.name().to_owned()),
+            (
+                DLQ_SOURCE_ATTRIBUTE,
+                self.shared.sinks.source.name().to_owned(),
+            ),
             (DLQ_RECEIVES_ATTRIBUTE, job.receive_count.to_string()),
         ];
         let mut body = job.original_body().to_owned();
@@ -539,7 +547,7 @@ impl Acker {
             size += k.len() + v.len();
             attributes.insert(k.clone(), v.clone());
         }
-        let fifo = self.shared.dead_letter.is_fifo();
+        let fifo = self.shared.sinks.dead_letter.is_fifo();
         OutgoingMessage {
             body,
             attributes,
@@ -552,7 +560,7 @@ impl Acker {
     fn send_dead(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let messages: Vec<OutgoingMessage> =
             batch.iter().map(|l| self.dead_letter_entry(l)).collect();
-        let queue = self.shared.dead_letter.clone();
+        let queue = self.shared.sinks.dead_letter.clone();
         self.call(
             ctx,
             async move { queue.send_batch(messages).await },
@@ -579,7 +587,7 @@ impl Acker {
                     lease.set_ending(Ending::Delete {
                         dead_lettered: true,
                     });
-                    s.seen.dead_lettered(&lease.job.message_id);
+                    s.life.seen.dead_lettered(&lease.job.message_id);
                     self.deletes.push(Delete::Job(lease.clone()));
                     Stats::inc(&s.stats.dead_lettered);
                     if let Some(Ending::DeadLetter { reason }) = ending {
@@ -622,7 +630,12 @@ impl actix::Supervised for Acker {
         self.completing.clear();
         self.timer = None;
         self.outstanding = 0;
-        for lease in self.shared.leases.restart_owner(&[LeaseState::Settling]) {
+        for lease in self
+            .shared
+            .life
+            .leases
+            .restart_owner(&[LeaseState::Settling])
+        {
             self.accept(lease);
         }
         self.schedule(ctx);

@@ -95,7 +95,7 @@ impl Groups {
             let map = self.map.lock().expect("groups lock");
             map.iter()
                 .filter_map(|(k, g)| g.running.map(|id| (k.clone(), id)))
-                .filter(|(_, id)| !shared.leases.contains(*id))
+                .filter(|(_, id)| !shared.life.leases.contains(*id))
                 .collect()
         };
         for (group, id) in gone {
@@ -180,7 +180,7 @@ impl Gate {
         let s = &self.shared;
         let (mut probes, mut fresh) = (Vec::new(), Vec::new());
         for l in leases {
-            if l.job.receive_count > 1 && s.results.is_some() {
+            if l.job.receive_count > 1 && s.sinks.results.is_some() {
                 if l.transition(&[LeaseState::Gated], LeaseState::Probing)
                     .is_some()
                 {
@@ -203,7 +203,7 @@ impl Gate {
 
     /// Claims each lease's job, then routes, skips or defers it.
     fn claim_then_route(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
-        if self.shared.store.is_none() {
+        if self.shared.sinks.store.is_none() {
             self.route(leases);
             return;
         }
@@ -285,7 +285,7 @@ impl Gate {
             .into_iter()
             .filter(|l| l.state() == LeaseState::Gated && l.take_in())
             .collect();
-        match &self.shared.groups {
+        match &self.shared.life.groups {
             Some(groups) => groups.admit(leases),
             None => leases,
         }
@@ -304,8 +304,8 @@ impl actix::Supervised for Gate {
         let s = self.shared.clone();
         let mut again = Vec::new();
         let mut fresh = Vec::new();
-        for l in s.leases.restart_owner(&[LeaseState::Gated]) {
-            match &s.groups {
+        for l in s.life.leases.restart_owner(&[LeaseState::Gated]) {
+            match &s.life.groups {
                 Some(g) if g.is_waiting(&l) => {
                     l.take_in();
                 }

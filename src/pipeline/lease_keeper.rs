@@ -47,7 +47,7 @@ impl LeaseKeeper {
         let margin = visibility / 2;
         let mut due = Vec::new();
         let mut expired = Vec::new();
-        for lease in s.leases.all() {
+        for lease in s.life.leases.all() {
             let state = lease.state();
             // An extension landing after a give-back would hide the
             // message again: a lease being given back is not extended.
@@ -84,7 +84,7 @@ impl LeaseKeeper {
                 tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                     "lease reached its maximum age: job cancelled, message released");
                 Stats::inc(&s.stats.leases_lost);
-                s.leases.cancel(&lease);
+                s.life.leases.cancel(&lease);
                 settle.push((lease, Ending::Release));
             }
             s.settle(settle);
@@ -97,7 +97,7 @@ impl LeaseKeeper {
                 .iter()
                 .map(|(_, h, _)| (h.clone(), visibility))
                 .collect();
-            let queue = s.source.clone();
+            let queue = s.sinks.source.clone();
             let sent = Instant::now();
             ctx.spawn(
                 async move {
@@ -198,7 +198,7 @@ impl LeaseKeeper {
                                     "idempotency claim lost: job cancelled before its effects");
                         Stats::inc(&s.stats.claims_lost);
                         lease.take_claim();
-                        s.leases.cancel(&lease);
+                        s.life.leases.cancel(&lease);
                         lost.push((lease, Ending::Release));
                     }
                     Ok(false) => {}
@@ -224,7 +224,7 @@ impl Actor for LeaseKeeper {
 impl actix::Supervised for LeaseKeeper {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Extensions in flight were dropped: none is under way any more.
-        for lease in self.shared.leases.all() {
+        for lease in self.shared.life.leases.all() {
             lease.end_extend();
         }
     }
@@ -279,11 +279,11 @@ mod tests {
         while out.len() < n {
             for m in q.receive(10, Duration::ZERO, vis).await.unwrap() {
                 let handle = m.receipt_handle.clone();
-                out.push(
-                    shared
-                        .leases
-                        .insert(Job::from_message(m), handle, Instant::now() + vis),
-                );
+                out.push(shared.life.leases.insert(
+                    Job::from_message(m),
+                    handle,
+                    Instant::now() + vis,
+                ));
             }
         }
         out
@@ -342,7 +342,7 @@ mod tests {
             // Past the maximum age the jobs are cancelled and the messages released.
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert_eq!(q.depth_now().visible, 12);
-            assert_eq!(shared.leases.len(), 0);
+            assert_eq!(shared.life.leases.len(), 0);
             assert_eq!(shared.stats.snapshot().leases_lost, 12);
         });
     }
@@ -362,7 +362,7 @@ mod tests {
             assert_eq!(theirs.len(), 1);
             tokio::time::sleep(Duration::from_secs(30)).await;
             assert!(lease.is_cancelled(), "the job must stop before its effects");
-            assert_eq!(shared.leases.len(), 0);
+            assert_eq!(shared.life.leases.len(), 0);
             assert_eq!(shared.stats.snapshot().leases_lost, 1);
             // The other reader's lease is untouched.
             assert_eq!(q.depth_now().in_flight, 1);

@@ -64,7 +64,7 @@ impl Shared {
         let mut out = Vec::with_capacity(endings.len());
         for (lease, ending) in endings {
             if lease.begin_settling(SETTLEABLE, ending) {
-                self.settling.fetch_add(1, Ordering::AcqRel);
+                self.life.settling.fetch_add(1, Ordering::AcqRel);
                 out.push(lease);
             }
         }
@@ -82,7 +82,7 @@ impl Shared {
         if leases.is_empty() {
             return;
         }
-        if self.topic.is_some() {
+        if self.sinks.topic.is_some() {
             self.addrs().publish.do_send(Uploaded(leases));
         } else {
             self.settle(
@@ -117,12 +117,12 @@ impl Shared {
                 continue;
             };
             if was == LeaseState::Settling {
-                self.settling.fetch_sub(1, Ordering::AcqRel);
+                self.life.settling.fetch_sub(1, Ordering::AcqRel);
             }
             if matches!(
                 was,
                 LeaseState::Processed | LeaseState::Stored | LeaseState::Settling
-            ) && (self.results.is_some() || self.topic.is_some())
+            ) && (self.sinks.results.is_some() || self.sinks.topic.is_some())
             {
                 lease.set_output(None);
             }
@@ -131,21 +131,21 @@ impl Shared {
                 // Not remembered as done: a fixed re-send or a redrive of
                 // the job runs it. (The message itself is remembered by its
                 // id, so its own return is deleted without a second entry.)
-                Ended::DeadLettered => self.seen.forget(lease),
+                Ended::DeadLettered => self.life.seen.forget(lease),
                 Ended::Lost => {
-                    self.leases.cancel(lease);
+                    self.life.leases.cancel(lease);
                     Stats::inc(&self.stats.leases_lost);
-                    self.seen.forget(lease);
+                    self.life.seen.forget(lease);
                 }
-                Ended::Released => self.seen.forget(lease),
+                Ended::Released => self.life.seen.forget(lease),
             }
             self.release_claim(lease);
-            removed |= self.leases.remove(lease);
+            removed |= self.life.leases.remove(lease);
             self.group_settled(lease, matches!(how, Ended::Deleted | Ended::DeadLettered));
         }
-        self.seen.complete_keys(&done_keys);
+        self.life.seen.complete_keys(&done_keys);
         if removed {
-            self.capacity.notify_one();
+            self.flow.capacity.notify_one();
         }
         self.leases_changed();
     }
@@ -162,7 +162,7 @@ impl Shared {
 
     /// Gives up a lease's claim, if it holds one, without waiting.
     pub(crate) fn release_claim(&self, lease: &Lease) {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = self.sinks.store.clone() else {
             return;
         };
         if !lease.take_claim() {
@@ -181,7 +181,7 @@ impl Shared {
     /// A lease ended: move its FIFO group on (or give its waiting leases
     /// back).
     fn group_settled(&self, lease: &Lease, finished: bool) {
-        let Some(groups) = &self.groups else {
+        let Some(groups) = &self.life.groups else {
             return;
         };
         let next = groups.settled(lease, finished);

@@ -64,21 +64,12 @@ pub(crate) struct Addrs {
     pub(crate) drop_copies: Recipient<DropCopies>,
 }
 
-/// What every actor of one pipeline shares: its sinks and settings, the
-/// lease lifecycle (table, seen cache, FIFO groups, claims), flow control
-/// and supervision state. Nothing an actor must not lose lives in the actor.
+/// What every actor of one pipeline shares, in four rooms: its sinks, the
+/// lease lifecycle, flow control and supervision; beside them its name,
+/// settings and processor. Nothing an actor must not lose lives in the
+/// actor.
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
-    // Sinks (every call to them is guarded: see `guard`).
-    pub(crate) source: Arc<dyn Queue>,
-    pub(crate) dead_letter: Arc<dyn Queue>,
-    pub(crate) topic: Option<Arc<dyn Topic>>,
-    pub(crate) results: Option<ResultStore>,
-    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
-    /// What the processor may read (see `Pipeline::reads_from`).
-    pub(crate) reader: Arc<crate::processor::Reader>,
-    /// The idempotency store, when the pipeline has one.
-    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     pub(crate) processor: ProcessorKind,
     /// Where async and batch jobs run, when not on the I/O runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
@@ -88,7 +79,28 @@ pub(crate) struct Shared {
     pub(crate) split: Option<builder::SplitFn>,
     pub(crate) config: PipelineConfig,
     pub(crate) stats: Arc<Stats>,
-    // The lease lifecycle (see `lifecycle`).
+    pub(crate) sinks: Sinks,
+    pub(crate) life: Life,
+    pub(crate) flow: Flow,
+    pub(crate) care: Care,
+}
+
+/// Where a pipeline's effects go; every call to them is guarded (see
+/// `guard`).
+pub(crate) struct Sinks {
+    pub(crate) source: Arc<dyn Queue>,
+    pub(crate) dead_letter: Arc<dyn Queue>,
+    pub(crate) topic: Option<Arc<dyn Topic>>,
+    pub(crate) results: Option<ResultStore>,
+    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
+    /// What the processor may read (see `Pipeline::reads_from`).
+    pub(crate) reader: Arc<crate::processor::Reader>,
+    /// The idempotency store, when the pipeline has one.
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
+}
+
+/// The lease lifecycle's state (changed through `lifecycle`).
+pub(crate) struct Life {
     pub(crate) leases: LeaseTable,
     pub(crate) seen: SeenCache,
     /// FIFO sources: each message group's running and waiting leases.
@@ -97,7 +109,10 @@ pub(crate) struct Shared {
     pub(crate) settling: AtomicUsize,
     /// This process's claim owner prefix (host, pid, random).
     owner: String,
-    // Flow control.
+}
+
+/// Flow control between the poller and the processors.
+pub(crate) struct Flow {
     /// Signalled whenever leases are removed, so a full poller resumes.
     pub(crate) capacity: Notify,
     pub(crate) receives_in_flight: AtomicUsize,
@@ -105,7 +120,11 @@ pub(crate) struct Shared {
     pub(crate) started: std::sync::atomic::AtomicU64,
     /// The poller's prefetch limit now; workers wake it when a batch fits.
     pub(crate) prefetch_now: AtomicUsize,
-    // Supervision.
+}
+
+/// Supervision: the pipeline's health, its supervisor and the actors'
+/// addresses.
+pub(crate) struct Care {
     pub(crate) health: supervisor::HealthState,
     pub(crate) supervisor: OnceLock<Addr<supervisor::PipelineSupervisor>>,
     /// Set when the runtime drains: restarts and resumes stop.
@@ -128,41 +147,50 @@ impl Shared {
             blobs: g.blobs(r.blobs),
             ..r
         });
+        let groups = p
+            .source
+            .as_ref()
+            .is_some_and(|q| q.is_fifo())
+            .then(gate::Groups::default);
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
-            dead_letter: g.queue(p.dead_letter.expect("checked")),
-            topic: p.topic.map(|t| g.topic(t)),
-            results,
             processor: p.processor.expect("checked"),
             runtime: p.runtime,
             job_id: p.job_id,
             split: p.split,
-            payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
-            reader: Arc::new(crate::processor::Reader {
-                pipeline: Arc::from(p.name.as_str()),
-                blobs,
-                max_fetch_bytes: config.max_fetch_bytes,
-                readable: readable.into(),
-            }),
-            leases: LeaseTable::default(),
-            seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
-            capacity: Notify::new(),
-            receives_in_flight: AtomicUsize::new(0),
-            started: std::sync::atomic::AtomicU64::new(0),
-            prefetch_now: AtomicUsize::new(0),
-            settling: AtomicUsize::new(0),
-            health: supervisor::HealthState::default(),
-            supervisor: OnceLock::new(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-            groups: p
-                .source
-                .as_ref()
-                .is_some_and(|q| q.is_fifo())
-                .then(gate::Groups::default),
-            store: p.store.map(|s| g.store(s)),
-            owner: owner_prefix(),
-            addrs: OnceLock::new(),
-            source: g.queue(p.source.expect("checked")),
+            sinks: Sinks {
+                source: g.queue(p.source.expect("checked")),
+                dead_letter: g.queue(p.dead_letter.expect("checked")),
+                topic: p.topic.map(|t| g.topic(t)),
+                results,
+                payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
+                reader: Arc::new(crate::processor::Reader {
+                    pipeline: Arc::from(p.name.as_str()),
+                    blobs,
+                    max_fetch_bytes: config.max_fetch_bytes,
+                    readable: readable.into(),
+                }),
+                store: p.store.map(|s| g.store(s)),
+            },
+            life: Life {
+                leases: LeaseTable::default(),
+                seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
+                groups,
+                settling: AtomicUsize::new(0),
+                owner: owner_prefix(),
+            },
+            flow: Flow {
+                capacity: Notify::new(),
+                receives_in_flight: AtomicUsize::new(0),
+                started: std::sync::atomic::AtomicU64::new(0),
+                prefetch_now: AtomicUsize::new(0),
+            },
+            care: Care {
+                health: supervisor::HealthState::default(),
+                supervisor: OnceLock::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                addrs: OnceLock::new(),
+            },
             stats,
             config,
         })
@@ -170,20 +198,23 @@ impl Shared {
 
     /// The actors' addresses (set when the pipeline starts).
     pub(crate) fn addrs(&self) -> &Addrs {
-        self.addrs.get().expect("the pipeline's actors are started")
+        self.care
+            .addrs
+            .get()
+            .expect("the pipeline's actors are started")
     }
 
     /// Whether new leases pass the gate (FIFO order or claims) before running.
     pub(crate) fn gated(&self) -> bool {
-        self.groups.is_some() || self.store.is_some()
+        self.life.groups.is_some() || self.sinks.store.is_some()
     }
 
     /// Leases received but not able to start yet: pending, less those
     /// waiting behind their FIFO group's running job (they wait on the
     /// group, not on a processor, so they do not fill the prefetch window).
     pub(crate) fn ready_pending(&self) -> usize {
-        let waiting = self.groups.as_ref().map_or(0, |g| g.waiting());
-        self.leases.pending().saturating_sub(waiting)
+        let waiting = self.life.groups.as_ref().map_or(0, |g| g.waiting());
+        self.life.leases.pending().saturating_sub(waiting)
     }
 
     /// The store key of a lease's job.
@@ -193,7 +224,7 @@ impl Shared {
 
     /// The claim owner of one attempt: this process and the lease.
     pub(crate) fn owner(&self, lease: &Lease) -> String {
-        format!("{}/{}", self.owner, lease.id)
+        format!("{}/{}", self.life.owner, lease.id)
     }
 
     /// One idempotency-store call per lease, `call(store, key, owner)`, run
@@ -207,7 +238,7 @@ impl Shared {
         F: Fn(Arc<dyn IdempotencyStore>, String, String) -> Fut,
         Fut: Future,
     {
-        let store = self.store.clone().expect("claims only with a store");
+        let store = self.sinks.store.clone().expect("claims only with a store");
         futures_util::future::join_all(
             leases
                 .iter()
@@ -217,16 +248,16 @@ impl Shared {
 
     /// Sets the in-flight gauge to the leases held now.
     pub(crate) fn leases_changed(&self) {
-        self.stats.in_flight.set(self.leases.len() as f64);
+        self.stats.in_flight.set(self.life.leases.len() as f64);
     }
 
     /// `n` jobs left the prefetch window (started, or resumed without
     /// processing): wake the poller if a full batch fits again.
     pub(crate) fn jobs_started(&self, n: u64) {
-        self.started.fetch_add(n, Ordering::Relaxed);
-        let limit = self.prefetch_now.load(Ordering::Relaxed);
+        self.flow.started.fetch_add(n, Ordering::Relaxed);
+        let limit = self.flow.prefetch_now.load(Ordering::Relaxed);
         if self.ready_pending() + crate::backend::MAX_BATCH <= limit {
-            self.capacity.notify_one();
+            self.flow.capacity.notify_one();
         }
     }
 
@@ -234,20 +265,20 @@ impl Shared {
     /// more: then no other job can join a batch, and waiting for one only
     /// adds latency.
     pub(crate) fn nothing_else_in_flight(&self, waiting: usize) -> bool {
-        self.leases.len() <= self.settling.load(Ordering::Acquire) + waiting
+        self.life.leases.len() <= self.life.settling.load(Ordering::Acquire) + waiting
     }
 
     pub(crate) fn is_escalated(&self) -> bool {
-        self.health.is_escalated()
+        self.care.health.is_escalated()
     }
 
     /// The runtime is draining this pipeline.
     pub(crate) fn shutting_down(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.care.stopping.load(Ordering::Acquire)
     }
 
     pub(crate) fn begin_shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.care.stopping.store(true, Ordering::Release);
     }
 }
 
@@ -292,7 +323,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
         gate_ctx.address(),
     );
     let sync = matches!(shared.processor, ProcessorKind::Sync(_));
-    let _ = shared.addrs.set(Addrs {
+    let _ = shared.care.addrs.set(Addrs {
         settle: acker.clone().recipient(),
         publish: publisher.clone().recipient(),
         admit: gate.clone().recipient(),
@@ -354,7 +385,7 @@ pub(crate) fn start_keeper_only(shared: Arc<Shared>) {
         actix::Context::<pool::ProcessorPool>::new(),
         actix::Context::<gate::Gate>::new(),
     );
-    let _ = shared.addrs.set(Addrs {
+    let _ = shared.care.addrs.set(Addrs {
         settle: acker.clone().recipient(),
         publish: p.address().recipient(),
         admit: g.address().recipient(),
@@ -409,11 +440,11 @@ where
 /// acker). Returns how many were released.
 pub(crate) fn release_leases(shared: &Shared, started_too: bool) -> usize {
     let mut out = Vec::new();
-    for lease in shared.leases.all() {
+    for lease in shared.life.leases.all() {
         let state = lease.state();
         if state.unstarted() || (started_too && state != LeaseState::Settling) {
             if !state.unstarted() {
-                shared.leases.cancel(&lease);
+                shared.life.leases.cancel(&lease);
             }
             out.push((lease, Ending::Release));
         }

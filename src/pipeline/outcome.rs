@@ -46,7 +46,7 @@ pub(crate) fn prepare(
             job.body.len()
         )));
     }
-    let Some(payloads) = &s.payloads else {
+    let Some(payloads) = &s.sinks.payloads else {
         return Ok(None);
     };
     Ok(payloads
@@ -71,7 +71,7 @@ pub(crate) fn finish_split(
             span.record("outcome", "split");
             tracing::debug!(parent: span, parts, "split: parts sent, original to be deleted");
             Stats::inc(&s.stats.split_messages);
-            s.health.success();
+            s.care.health.success();
             Some(Ending::Delete {
                 dead_lettered: false,
             })
@@ -123,10 +123,10 @@ pub(crate) fn finish(
         Outcome::Done(Ok(output)) => {
             span.record("outcome", "processed");
             tracing::debug!(parent: span, "processed");
-            s.health.success();
-            let to = if s.results.is_some() {
+            s.care.health.success();
+            let to = if s.sinks.results.is_some() {
                 LeaseState::Processed
-            } else if s.topic.is_some() {
+            } else if s.sinks.topic.is_some() {
                 LeaseState::Stored
             } else {
                 LeaseState::Settling

@@ -63,7 +63,7 @@ impl Poller {
         let (at, count) = self.rate_mark;
         let dt = now.duration_since(at).as_secs_f64();
         if dt >= 0.02 {
-            let started = self.shared.started.load(Ordering::Relaxed);
+            let started = self.shared.flow.started.load(Ordering::Relaxed);
             let sample = (started - count) as f64 / dt;
             self.rate = if self.rate == 0.0 {
                 sample
@@ -73,7 +73,10 @@ impl Poller {
             self.rate_mark = (now, started);
         }
         let limit = self.shared.config.prefetch_limit(self.rate);
-        self.shared.prefetch_now.store(limit, Ordering::Relaxed);
+        self.shared
+            .flow
+            .prefetch_now
+            .store(limit, Ordering::Relaxed);
         limit
     }
 
@@ -82,7 +85,7 @@ impl Poller {
     /// message groups atomically across concurrent receives (moto, for one)
     /// cannot hand two of a group's messages to two receives at once.
     fn max_receives(&self) -> usize {
-        if self.shared.groups.is_some() {
+        if self.shared.life.groups.is_some() {
             1
         } else {
             self.shared.config.receive_concurrency
@@ -95,7 +98,7 @@ impl Poller {
         let prefetch = self.prefetch_limit();
         let cfg = &self.shared.config;
         let coming = self.active.len() * MAX_BATCH;
-        let leases = &self.shared.leases;
+        let leases = &self.shared.life.leases;
         cfg.max_in_flight
             .saturating_sub(leases.len() + coming)
             .min(prefetch.saturating_sub(self.shared.ready_pending() + coming))
@@ -116,9 +119,10 @@ impl Poller {
                 return;
             }
             let max = room.min(MAX_BATCH);
-            let queue = self.shared.source.clone();
+            let queue = self.shared.sinks.source.clone();
             let (wait, visibility) = (cfg.receive_wait, cfg.visibility_timeout);
             self.shared
+                .flow
                 .receives_in_flight
                 .fetch_add(1, Ordering::AcqRel);
             let slot = self.next_slot;
@@ -142,7 +146,7 @@ impl Poller {
         self.waiting_capacity = true;
         let shared = self.shared.clone();
         ctx.spawn(
-            async move { shared.capacity.notified().await }
+            async move { shared.flow.capacity.notified().await }
                 .into_actor(self)
                 .map(|_, act, ctx| {
                     act.waiting_capacity = false;
@@ -161,6 +165,7 @@ impl Poller {
     ) {
         self.active.retain(|(s, _)| *s != slot);
         self.shared
+            .flow
             .receives_in_flight
             .fetch_sub(1, Ordering::AcqRel);
         match res {
@@ -185,7 +190,7 @@ impl Poller {
             Err(e) => {
                 self.error_streak += 1;
                 let delay = Duration::from_millis(50 * (1 << self.error_streak.min(6)));
-                tracing::warn!(pipeline = %self.shared.name, queue = self.shared.source.name(),
+                tracing::warn!(pipeline = %self.shared.name, queue = self.shared.sinks.source.name(),
                     error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
                 self.retrying = true;
                 ctx.run_later(delay, |act, ctx| {
@@ -216,10 +221,10 @@ impl Poller {
             let k = crate::seen::key(&id);
             // The job moves into the new lease, or stays here for a copy.
             let mut job = Some(job);
-            let claim = s.seen.claim_key(k, || {
+            let claim = s.life.seen.claim_key(k, || {
                 let h = handle.take().expect("taken once");
                 let job = job.take().expect("taken once");
-                s.leases.insert_at(job, h, visible_until, now, k)
+                s.life.leases.insert_at(job, h, visible_until, now, k)
             });
             match claim {
                 Claim::InFlight(lease) => {
@@ -243,7 +248,7 @@ impl Poller {
                     let count = lease.job.receive_count;
                     if self.stopped || s.is_escalated() {
                         settle.push((lease, Ending::Release));
-                    } else if s.seen.was_dead_lettered(&lease.job.message_id) {
+                    } else if s.life.seen.was_dead_lettered(&lease.job.message_id) {
                         // Its entry is in the dead-letter queue already.
                         settle.push((
                             lease,
@@ -278,7 +283,7 @@ impl Poller {
                         {
                             gated.push(lease);
                         }
-                    } else if count > 1 && s.results.is_some() {
+                    } else if count > 1 && s.sinks.results.is_some() {
                         if lease
                             .transition(&[LeaseState::Pending], LeaseState::Probing)
                             .is_some()
@@ -323,6 +328,7 @@ impl actix::Supervised for Poller {
         let dropped = self.active.len();
         self.active.clear();
         self.shared
+            .flow
             .receives_in_flight
             .fetch_sub(dropped, Ordering::AcqRel);
         self.waiting_capacity = false;
@@ -359,10 +365,11 @@ impl Handler<StopPolling> for Poller {
 
     fn handle(&mut self, _: StopPolling, ctx: &mut Context<Self>) {
         self.stopped = true;
-        if self.shared.source.receive_is_cancel_safe() {
+        if self.shared.sinks.source.receive_is_cancel_safe() {
             for (_, h) in self.active.drain(..) {
                 if ctx.cancel_future(h) {
                     self.shared
+                        .flow
                         .receives_in_flight
                         .fetch_sub(1, Ordering::AcqRel);
                 }

@@ -81,7 +81,7 @@ impl actix::Supervised for ProcessorPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // A handler that died mid-batch may not have queued every lease:
         // queue every pending one again (a worker skips one already taken).
-        for lease in self.shared.leases.in_state(LeaseState::Pending) {
+        for lease in self.shared.life.leases.in_state(LeaseState::Pending) {
             let _ = self.tx.send(lease);
         }
     }
@@ -160,7 +160,7 @@ impl Worker {
         let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
         let ctx = JobContext {
-            reader: s.reader.clone(),
+            reader: s.sinks.reader.clone(),
             io: self.io.clone(),
             cancelled: lease.cancel_arc(),
         };

@@ -37,7 +37,7 @@ impl Publisher {
     /// Publishes full batches now (or everything, when `all`); schedules
     /// the rest after the flush interval.
     fn flush(&mut self, all: bool, ctx: &mut Context<Self>) {
-        let Some(topic) = self.shared.topic.clone() else {
+        let Some(topic) = self.shared.sinks.topic.clone() else {
             return;
         };
         let fifo = topic.is_fifo();
@@ -64,7 +64,7 @@ impl Publisher {
             let topic = topic.clone();
             let flags: Vec<_> = leases.iter().map(|l| l.cancel_arc()).collect();
             let attempts = self.shared.config.effect_attempts;
-            let payloads = self.shared.payloads.clone();
+            let payloads = self.shared.sinks.payloads.clone();
             ctx.spawn(
                 async move {
                     let batch = match payloads {
@@ -103,7 +103,7 @@ impl Publisher {
     /// output itself when the pipeline stores no results.
     fn notification(&self, lease: &Lease, fifo: bool) -> Option<Notification> {
         let job = &lease.job;
-        let body = match &self.shared.results {
+        let body = match &self.shared.sinks.results {
             Some(store) => serde_json::to_string(&ResultNotice {
                 job_id: job.id.clone(),
                 pipeline: self.shared.name.to_string(),
@@ -168,7 +168,7 @@ impl actix::Supervised for Publisher {
         // Batches in flight were dropped: announce every Stored lease again.
         self.timer = None;
         self.waiting.clear();
-        let stored = self.shared.leases.restart_owner(&[LeaseState::Stored]);
+        let stored = self.shared.life.leases.restart_owner(&[LeaseState::Stored]);
         self.waiting
             .extend(stored.into_iter().filter(|l| l.take_in()));
         self.flush(false, ctx);

@@ -175,9 +175,9 @@ impl Tasks {
         self.running.fetch_add(1, Ordering::AcqRel);
         let span = crate::trace::job_span(&s.name, &lease.job);
         let began = Instant::now();
-        let cancel = s.leases.cancel_handle(&lease);
+        let cancel = s.life.leases.cancel_handle(&lease);
         let ctx = TaskContext {
-            reader: s.reader.clone(),
+            reader: s.sinks.reader.clone(),
             cancels: Arc::from([cancel.clone()]),
         };
         let work = async {
@@ -264,8 +264,11 @@ impl Tasks {
         let n = leases.len();
         self.running.fetch_add(n, Ordering::AcqRel);
         let ctx = TaskContext {
-            reader: s.reader.clone(),
-            cancels: leases.iter().map(|l| s.leases.cancel_handle(l)).collect(),
+            reader: s.sinks.reader.clone(),
+            cancels: leases
+                .iter()
+                .map(|l| s.life.leases.cancel_handle(l))
+                .collect(),
         };
         let span = tracing::info_span!("batch", pipeline = %s.name, jobs = n);
         let answer = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
@@ -322,7 +325,7 @@ impl actix::Supervised for AsyncRunner {
         // spawned lives on (and a lease queued twice starts once).
         self.timer = None;
         self.waiting.clear();
-        let pending = self.task.shared.leases.in_state(LeaseState::Pending);
+        let pending = self.task.shared.life.leases.in_state(LeaseState::Pending);
         self.accept(pending, ctx);
     }
 }

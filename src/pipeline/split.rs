@@ -97,7 +97,7 @@ impl Shared {
     /// Each part with its job id, trace context and (FIFO) group and
     /// deduplication id.
     fn prepare_parts(&self, job: &Job, parts: Vec<OutgoingMessage>) -> Vec<OutgoingMessage> {
-        let fifo = self.source.is_fifo();
+        let fifo = self.sinks.source.is_fifo();
         parts
             .into_iter()
             .enumerate()
@@ -152,7 +152,7 @@ impl Shared {
         cancelled: impl Fn() -> bool,
     ) -> Result<(), BackendError> {
         let attempts = self.config.effect_attempts.max(1);
-        let parts = match &self.payloads {
+        let parts = match &self.sinks.payloads {
             Some(p) => with_retries(attempts, || p.offload_all(parts.clone())).await?,
             None => parts,
         };
@@ -165,7 +165,7 @@ impl Shared {
                     return Err(lost());
                 }
                 let results = with_retries(attempts, || {
-                    let (queue, batch) = (self.source.clone(), pending.clone());
+                    let (queue, batch) = (self.sinks.source.clone(), pending.clone());
                     async move { queue.send_batch(batch).await }
                 })
                 .await?;

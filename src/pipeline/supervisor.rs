@@ -103,7 +103,7 @@ impl Shared {
     /// Counts a restart (a processor rebuilt, an actor restarted, a worker
     /// thread respawned) and escalates when the worker looks broken.
     pub(crate) fn restarted(&self, what: &str) {
-        if self.health.restarted(self.config.restart.max_restarts) {
+        if self.care.health.restarted(self.config.restart.max_restarts) {
             self.escalate(format!(
                 "more than {} restarts in a row with no job succeeding; last: {what}",
                 self.config.restart.max_restarts
@@ -114,15 +114,15 @@ impl Shared {
     /// Escalates: stops polling, gives back every lease, records why. The
     /// supervisor resumes polling after a pause.
     pub(crate) fn escalate(&self, reason: String) {
-        if self.health.escalated.swap(true, Ordering::AcqRel) {
+        if self.care.health.escalated.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.health.escalations.fetch_add(1, Ordering::AcqRel);
-        *self.health.reason.lock().expect("health lock") = Some(reason.clone());
+        self.care.health.escalations.fetch_add(1, Ordering::AcqRel);
+        *self.care.health.reason.lock().expect("health lock") = Some(reason.clone());
         Stats::inc(&self.stats.escalations);
         tracing::error!(pipeline = %self.name, reason = %reason,
             "pipeline escalated: polling paused, every lease given back");
-        if let Some(sup) = self.supervisor.get() {
+        if let Some(sup) = self.care.supervisor.get() {
             sup.do_send(Escalated);
         }
     }
@@ -130,12 +130,12 @@ impl Shared {
     /// The pipeline's health now.
     pub(crate) fn health_report(&self) -> PipelineHealth {
         let mut counts: HashMap<LeaseState, usize> = HashMap::new();
-        for l in self.leases.all() {
+        for l in self.life.leases.all() {
             *counts.entry(l.state()).or_default() += 1;
         }
         let mut states: Vec<_> = counts.into_iter().collect();
         states.sort();
-        let stalled = self.health.stalled.load(Ordering::Acquire) as usize;
+        let stalled = self.care.health.stalled.load(Ordering::Acquire) as usize;
         let escalated = self.is_escalated();
         PipelineHealth {
             name: self.name.to_string(),
@@ -146,9 +146,9 @@ impl Shared {
             } else {
                 "running"
             },
-            reason: self.health.reason(),
-            escalations: self.health.escalations(),
-            leases: self.leases.len(),
+            reason: self.care.health.reason(),
+            escalations: self.care.health.escalations(),
+            leases: self.life.leases.len(),
             stalled_leases: stalled,
             states: states.into_iter().map(|(s, n)| (s.name(), n)).collect(),
         }
@@ -239,7 +239,7 @@ impl<A: Child> Future for Supervised<A> {
                 }
             };
             let s = &this.shared;
-            this.crashes = if s.health.failing.load(Ordering::Relaxed) == 0 {
+            this.crashes = if s.care.health.failing.load(Ordering::Relaxed) == 0 {
                 1
             } else {
                 this.crashes + 1
@@ -289,19 +289,21 @@ impl PipelineSupervisor {
     /// Looks for leases an actor lost track of, and restarts that actor.
     fn watch(&mut self) {
         let s = &self.shared;
-        s.leases.tick();
+        s.life.leases.tick();
         if s.shutting_down() {
             return;
         }
         let limit = s.config.stall_timeout;
         let mut stalled: HashMap<&'static str, usize> = HashMap::new();
         let mut n = 0;
-        for lease in s.leases.all() {
+        for lease in s.life.leases.all() {
             let owner = match lease.state() {
                 // Received but never queued for a processor (a poller that
                 // died mid-batch): the pool queues every pending one again.
                 LeaseState::Pending => "pool",
-                LeaseState::Gated if !s.groups.as_ref().is_some_and(|g| g.is_waiting(&lease)) => {
+                LeaseState::Gated
+                    if !s.life.groups.as_ref().is_some_and(|g| g.is_waiting(&lease)) =>
+                {
                     "gate"
                 }
                 LeaseState::Probing | LeaseState::Processed => "uploader",
@@ -314,7 +316,7 @@ impl PipelineSupervisor {
                 *stalled.entry(owner).or_default() += 1;
             }
         }
-        s.health.stalled.store(n as u64, Ordering::Release);
+        s.care.health.stalled.store(n as u64, Ordering::Release);
         for (owner, count) in stalled {
             tracing::error!(pipeline = %s.name, actor = owner, leases = count,
                 "leases stalled in an actor's care: restarting it");
@@ -322,7 +324,7 @@ impl PipelineSupervisor {
                 r.do_send(Restart);
             }
         }
-        if let Some(groups) = &s.groups {
+        if let Some(groups) = &s.life.groups {
             groups.repair(s);
         }
     }
@@ -332,7 +334,7 @@ impl Actor for PipelineSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let _ = self.shared.supervisor.set(ctx.address());
+        let _ = self.shared.care.supervisor.set(ctx.address());
         let every = (self.shared.config.stall_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.watch());
@@ -387,8 +389,8 @@ impl PipelineSupervisor {
                 return;
             }
             tracing::warn!(pipeline = %s.name, "resuming after an escalation's pause");
-            s.health.failing.store(0, Ordering::Release);
-            s.health.escalated.store(false, Ordering::Release);
+            s.care.health.failing.store(0, Ordering::Release);
+            s.care.health.escalated.store(false, Ordering::Release);
             act.poller.do_send(ResumePolling);
         });
     }
@@ -450,7 +452,7 @@ mod tests {
             .remove(0);
         let running = crate::pipeline::start(shared.clone());
         let handle = m.receipt_handle.clone();
-        let lease = shared.leases.insert(
+        let lease = shared.life.leases.insert(
             Job::from_message(m),
             handle,
             tokio::time::Instant::now() + Duration::from_secs(30),
@@ -463,7 +465,7 @@ mod tests {
             assert!(lease.transition(&[from], to).is_some());
         }
         let done = crate::testkit::wait_until(Duration::from_secs(10), || {
-            q.depth_now().total() == 0 && shared.leases.is_empty()
+            q.depth_now().total() == 0 && shared.life.leases.is_empty()
         })
         .await;
         let stats = shared.stats.snapshot();

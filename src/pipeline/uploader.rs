@@ -28,7 +28,7 @@ impl Uploader {
     fn upload(&mut self, lease: Arc<Lease>, ctx: &mut Context<Self>) {
         let s = &self.shared;
         let (Some(store), Some(output), LeaseState::Processed) =
-            (s.results.clone(), lease.output(), lease.state())
+            (s.sinks.results.clone(), lease.output(), lease.state())
         else {
             return;
         };
@@ -88,7 +88,7 @@ impl Uploader {
     }
 
     fn probe(&mut self, lease: Arc<Lease>, ctx: &mut Context<Self>) {
-        let Some(store) = self.shared.results.clone() else {
+        let Some(store) = self.shared.sinks.results.clone() else {
             return;
         };
         if lease.state() != LeaseState::Probing || !lease.take_in() {
@@ -138,10 +138,10 @@ impl actix::Supervised for Uploader {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // The calls in flight were dropped: do them again.
         let s = self.shared.clone();
-        for lease in s.leases.restart_owner(&[LeaseState::Processed]) {
+        for lease in s.life.leases.restart_owner(&[LeaseState::Processed]) {
             self.upload(lease, ctx);
         }
-        for lease in s.leases.restart_owner(&[LeaseState::Probing]) {
+        for lease in s.life.leases.restart_owner(&[LeaseState::Probing]) {
             self.probe(lease, ctx);
         }
     }
