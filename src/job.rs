@@ -140,6 +140,20 @@ impl Job {
         }
     }
 
+    /// The job a message about to be sent will be when received (before the
+    /// queue gives it a message id): for deriving its id ahead of time.
+    pub(crate) fn as_received(m: &crate::backend::OutgoingMessage) -> Self {
+        Self::from_message(ReceivedMessage {
+            message_id: String::new(),
+            receipt_handle: String::new(),
+            body: m.body.clone(),
+            attributes: m.attributes.clone(),
+            receive_count: 1,
+            group_id: m.group_id.clone(),
+            dedup_id: m.dedup_id.clone(),
+        })
+    }
+
     /// The body as the queue delivered it (what a dead-letter entry keeps).
     pub fn original_body(&self) -> &str {
         self.raw_body.as_deref().unwrap_or(&self.body)

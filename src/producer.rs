@@ -347,18 +347,10 @@ impl Producer {
         }
         // What the pipeline derives from the message as it will receive it
         // comes first.
-        let derived = self.job_id.as_ref().and_then(|f| {
-            let as_received = crate::Job::from_message(crate::backend::ReceivedMessage {
-                message_id: String::new(),
-                receipt_handle: String::new(),
-                body: m.body.clone(),
-                attributes: m.attributes.clone(),
-                receive_count: 1,
-                group_id: m.group_id.clone(),
-                dedup_id: m.dedup_id.clone(),
-            });
-            f(&as_received)
-        });
+        let derived = self
+            .job_id
+            .as_ref()
+            .and_then(|f| f(&crate::Job::as_received(&m)));
         Ok((m, derived.or(id), offloaded))
     }
 }

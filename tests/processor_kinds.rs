@@ -160,6 +160,31 @@ async fn a_lost_lease_drops_the_async_jobs_future_before_any_effect() {
     assert_eq!(&stored[..], b"run 2");
 }
 
+/// Starts a pipeline over `h` with a batch processor.
+async fn start_batch(
+    h: &Harness,
+    p: impl BatchProcessor,
+    max_jobs: usize,
+    max_wait_ms: u64,
+) -> RuntimeHandle {
+    let options = BatchOptions {
+        max_jobs,
+        max_wait: Duration::from_millis(max_wait_ms),
+    };
+    Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .batch_processor(p, options)
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Succeeds on even-numbered jobs, fails the odd ones: a retry for `job-1`,
 /// bad input for the rest.
 struct Mixed(Arc<Mutex<Vec<usize>>>);
@@ -191,24 +216,7 @@ async fn a_batch_with_mixed_outcomes_settles_each_job_on_its_own() {
     let h = Harness::new();
     h.send_jobs(20).await;
     let sizes = Arc::new(Mutex::new(Vec::new()));
-    let rt = Runtime::builder()
-        .pipeline(
-            Pipeline::new("stage")
-                .source(h.jobs.clone())
-                .dead_letter(h.dlq.clone())
-                .results(h.local.blobs(), "results", "out/", "txt")
-                .batch_processor(
-                    Mixed(sizes.clone()),
-                    BatchOptions {
-                        max_jobs: 8,
-                        max_wait: Duration::from_millis(30),
-                    },
-                )
-                .configure(fast),
-        )
-        .start()
-        .await
-        .unwrap();
+    let rt = start_batch(&h, Mixed(sizes.clone()), 8, 30).await;
     eventually("every job settled", || h.jobs.depth_now().total() == 0).await;
     let stats = rt.stats_of("stage").unwrap();
     rt.shutdown().await;
@@ -268,24 +276,7 @@ async fn a_wrong_length_answer_or_a_panic_retries_the_whole_batch() {
     let h = Harness::new();
     h.send_jobs(6).await;
     let calls = Arc::new(AtomicUsize::new(0));
-    let rt = Runtime::builder()
-        .pipeline(
-            Pipeline::new("stage")
-                .source(h.jobs.clone())
-                .dead_letter(h.dlq.clone())
-                .results(h.local.blobs(), "results", "out/", "txt")
-                .batch_processor(
-                    Unruly(calls.clone()),
-                    BatchOptions {
-                        max_jobs: 10,
-                        max_wait: Duration::from_millis(50),
-                    },
-                )
-                .configure(fast),
-        )
-        .start()
-        .await
-        .unwrap();
+    let rt = start_batch(&h, Unruly(calls.clone()), 10, 50).await;
     eventually("every job done", || h.jobs.depth_now().total() == 0).await;
     let stats = rt.stats_of("stage").unwrap();
     rt.shutdown().await;

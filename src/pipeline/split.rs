@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{panic_message, with_retries, Shared};
-use crate::backend::{OutgoingMessage, ReceivedMessage, MAX_BATCH};
+use crate::backend::{OutgoingMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::{Job, JobId, JOB_ID_ATTRIBUTE};
 use crate::lease::Ending;
@@ -124,16 +124,7 @@ impl Shared {
     /// and the part's index. Each is the same every time the original is
     /// split.
     fn part_id(&self, job: &Job, index: usize, m: &OutgoingMessage) -> JobId {
-        let as_received = Job::from_message(ReceivedMessage {
-            message_id: String::new(),
-            receipt_handle: String::new(),
-            body: m.body.clone(),
-            attributes: m.attributes.clone(),
-            receive_count: 1,
-            group_id: m.group_id.clone(),
-            dedup_id: None,
-        });
-        self.derived_id(&as_received)
+        self.derived_id(&Job::as_received(m))
             .or_else(|| {
                 m.attributes
                     .get(JOB_ID_ATTRIBUTE)
