@@ -460,3 +460,54 @@ async fn an_async_pipeline_on_sqs_sns_and_s3() {
     let notices = h.drain_view(&h.downstream).await;
     assert_eq!(notices.len(), ids.len());
 }
+
+/// Records batch sizes and jobs running at once.
+struct Sizes(Arc<Mutex<Vec<usize>>>, Gauge);
+
+#[ferry::async_trait]
+impl BatchProcessor for Sizes {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        _: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        self.0.lock().unwrap().push(jobs.len());
+        jobs.iter().for_each(|_| self.1.enter());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        jobs.iter().for_each(|_| self.1.leave());
+        jobs.iter().map(|_| Ok(Output::empty())).collect()
+    }
+}
+
+#[tokio::test]
+async fn batches_are_cut_to_the_concurrency_limit() {
+    let h = Harness::new();
+    h.send_jobs(60).await;
+    let (sizes, gauge) = (Arc::new(Mutex::new(Vec::new())), Gauge::default());
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .batch_processor(
+                    Sizes(sizes.clone(), gauge.clone()),
+                    BatchOptions {
+                        max_jobs: 50,
+                        max_wait: Duration::from_millis(20),
+                    },
+                )
+                .configure(|c| {
+                    fast(c);
+                    c.concurrency = 6;
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("every job done", || h.jobs.depth_now().total() == 0).await;
+    rt.shutdown().await;
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 60);
+    assert!(sizes.iter().all(|n| *n <= 6), "{sizes:?}");
+    assert!(gauge.most.load(Ordering::Acquire) <= 6);
+}

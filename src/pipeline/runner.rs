@@ -80,7 +80,12 @@ impl AsyncRunner {
                 }
             }
             ProcessorKind::Batch(_, options) => {
-                let (max, wait) = (options.max_jobs, options.max_wait);
+                // A batch never holds more jobs than may run at once.
+                let max = options
+                    .max_jobs
+                    .min(self.task.shared.config.concurrency)
+                    .max(1);
+                let wait = options.max_wait;
                 self.waiting.extend(leases);
                 while self.waiting.len() >= max {
                     let batch: Vec<_> = self.waiting.drain(..max).collect();
@@ -106,7 +111,7 @@ impl AsyncRunner {
             return;
         }
         let (t, p) = (self.task.clone(), p.clone());
-        // A batch never asks for more permits than there are.
+        // One permit per job (batches are cut to the concurrency).
         let want = batch.len().min(t.shared.config.concurrency) as u32;
         self.task.rt.spawn(async move {
             let Ok(_permits) = t.permits.clone().acquire_many_owned(want).await else {
