@@ -263,17 +263,21 @@ pub async fn redrive(
             if chosen.is_empty() {
                 return Ok(keep);
             }
-            let sent = to
-                .send_batch(chosen.iter().map(|m| redriven(m, fifo, &nonce)).collect())
-                .await;
-            let results: Vec<Result<String, BackendError>> = match sent {
-                Ok(r) if r.len() == chosen.len() => r,
-                Ok(r) => {
-                    let e = BackendError::transient(format!("{} answers for {}", r.len(), chosen.len()));
-                    chosen.iter().map(|_| Err(e.clone())).collect()
+            let outgoing: Vec<OutgoingMessage> =
+                chosen.iter().map(|m| redriven(m, fifo, &nonce)).collect();
+            let mut results: Vec<Result<String, BackendError>> = Vec::with_capacity(chosen.len());
+            // Entries can be as large as a message: cut to the request's limit.
+            for range in crate::backend::batches(&outgoing) {
+                let n = range.len();
+                match to.send_batch(outgoing[range].to_vec()).await {
+                    Ok(r) if r.len() == n => results.extend(r),
+                    Ok(r) => {
+                        let e = BackendError::transient(format!("{} answers for {n}", r.len()));
+                        results.extend((0..n).map(|_| Err(e.clone())));
+                    }
+                    Err(e) => results.extend((0..n).map(|_| Err(e.clone()))),
                 }
-                Err(e) => chosen.iter().map(|_| Err(e.clone())).collect(),
-            };
+            }
             let mut delete = Vec::new();
             for (m, r) in chosen.into_iter().zip(results) {
                 match r {

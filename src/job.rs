@@ -25,6 +25,28 @@ pub const DLQ_TRUNCATED_ATTRIBUTE: &str = "ferry-dlq-truncated";
 /// The metadata key of a result object that names the job that wrote it.
 pub const RESULT_JOB_TAG: &str = "ferry-job-id";
 
+/// The longest job id ferry runs (bytes): its key-safe form, at most three
+/// times as long, still fits in an S3 key with a prefix. A longer one is bad
+/// input, as is one with a character SQS does not allow in an attribute.
+pub const MAX_JOB_ID_BYTES: usize = 256;
+
+/// Why ferry will not run a job under `id`, if it will not: longer than
+/// [`MAX_JOB_ID_BYTES`], or with a character SQS does not allow in an
+/// attribute (the id travels in one to every stage).
+pub(crate) fn job_id_problem(id: &JobId) -> Option<String> {
+    let id = id.as_str();
+    if id.len() > MAX_JOB_ID_BYTES {
+        return Some(format!(
+            "a job id of {} bytes, over the limit of {MAX_JOB_ID_BYTES}",
+            id.len()
+        ));
+    }
+    if !id.chars().all(crate::backend::sqs_allows) {
+        return Some("a job id with a character SQS does not allow in an attribute".to_owned());
+    }
+    None
+}
+
 /// A job's identity: the producer's `ferry-job-id` attribute when present,
 /// else the FIFO deduplication id, else the message id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

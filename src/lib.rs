@@ -28,7 +28,8 @@ pub use config::{PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
 pub use job::{
     is_s3_test_event, Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE,
-    DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, RESULT_JOB_TAG,
+    DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
+    RESULT_JOB_TAG,
 };
 pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
 pub use processor::{

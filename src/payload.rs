@@ -20,12 +20,21 @@
 //! is over `max_fetch_bytes`, and one to a missing or oversized object are
 //! bad input, dead-lettered with the reason. The object's size is learnt
 //! before its body is read. Producers offload with
-//! [`LargePayloads::offload`]. After a job's message is deleted its
-//! pointer's object is deleted too — only for a pointer that was resolved
-//! (so only inside trusted buckets), never before, never for a
-//! dead-lettered message (its entry still points there), and by default not
-//! for a message that came through an SNS envelope, since other
-//! subscribers of the same notification may still need the object.
+//! [`LargePayloads::offload`].
+//!
+//! After a job's message is deleted its pointer's object is deleted too, but
+//! only an object ferry's offload wrote *for that job*: the offload tags the
+//! object with a digest of the message's job id ([`PAYLOAD_JOB_METADATA`]),
+//! and the delete goes ahead only when the tag matches the finished job's
+//! id. A message that copies another job's pointer under its own id can
+//! read that payload (it could read the message too) but never delete it.
+//! Objects without the tag — written by another client, or for a message
+//! without a job id — are left to the bucket's lifecycle rules unless
+//! [`LargePayloads::delete_untagged`] says otherwise. Never deleted: before
+//! the message is, for a dead-lettered message (its entry still points
+//! there), and by default for a message that came through an SNS envelope,
+//! since other subscribers of the same notification may still need the
+//! object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +56,20 @@ pub const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Po
 pub const PAYLOAD_SIZE_ATTRIBUTE: &str = "ExtendedPayloadSize";
 /// The older extended clients' name for [`PAYLOAD_SIZE_ATTRIBUTE`], also recognised.
 pub const LEGACY_PAYLOAD_SIZE_ATTRIBUTE: &str = "SQSLargePayloadSize";
+
+/// The object metadata (S3 `x-amz-meta-ferry-payload-job`) in which
+/// [`LargePayloads::offload`] records the SHA-256 (hex) of the job id the
+/// payload was written for.
+pub const PAYLOAD_JOB_METADATA: &str = "ferry-payload-job";
+
+/// The tag of a payload written for `job_id`.
+fn payload_tag(job_id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(job_id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Where an offloaded payload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +131,7 @@ pub struct LargePayloads {
     threshold: usize,
     delete_after_ack: bool,
     delete_fanned_out: bool,
+    delete_untagged: bool,
     trusted: Vec<String>,
 }
 
@@ -119,6 +143,7 @@ impl std::fmt::Debug for LargePayloads {
             .field("threshold", &self.threshold)
             .field("delete_after_ack", &self.delete_after_ack)
             .field("delete_fanned_out", &self.delete_fanned_out)
+            .field("delete_untagged", &self.delete_untagged)
             .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
@@ -137,14 +162,16 @@ impl LargePayloads {
             threshold: MAX_MESSAGE_BYTES,
             delete_after_ack: true,
             delete_fanned_out: false,
+            delete_untagged: false,
             trusted: Vec::new(),
         }
     }
 
     /// Also resolves pointers to any key of `bucket` (for producers that
-    /// offload to a bucket of their own), and deletes their objects after
-    /// the message as for the payload bucket's. Pointers to any other
-    /// bucket are bad input.
+    /// offload to a bucket of their own). Their objects are deleted after
+    /// the message by the same rule as the payload bucket's (only an object
+    /// tagged for the finished job). Pointers to any other bucket are bad
+    /// input.
     pub fn trust(mut self, bucket: impl Into<String>) -> Self {
         self.trusted.push(bucket.into());
         self
@@ -192,6 +219,17 @@ impl LargePayloads {
         self
     }
 
+    /// Whether a resolved pointer's object *without* ferry's job tag (one
+    /// another extended client wrote, or one offloaded for a message with
+    /// no job id) is deleted after its message too (default false: it is
+    /// left to the bucket's lifecycle rules). Only safe when everyone who
+    /// can send to the queue is trusted: any such message can then delete
+    /// any untagged object it can point at.
+    pub fn delete_untagged(mut self, yes: bool) -> Self {
+        self.delete_untagged = yes;
+        self
+    }
+
     /// Whether that also applies to messages that came through an SNS
     /// envelope — only safe when this pipeline is the notification's only
     /// subscriber (default false). A raw SNS subscription cannot be told
@@ -207,13 +245,10 @@ impl LargePayloads {
         &self.bucket
     }
 
-    /// A message's size as SQS counts it: body, attribute names and values.
+    /// A message's size as SQS counts it: body, attribute names, data types
+    /// and values.
     pub fn message_size(m: &OutgoingMessage) -> usize {
-        m.body.len()
-            + m.attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        crate::backend::message_size(&m.body, &m.attributes)
     }
 
     /// Stores the body and returns the pointer message, when the message is
@@ -235,10 +270,16 @@ impl LargePayloads {
         );
         let size = m.body.len();
         let body = Bytes::from(std::mem::take(&mut m.body));
+        let metadata: HashMap<String, String> = m
+            .attributes
+            .get(crate::job::JOB_ID_ATTRIBUTE)
+            .map(|id| (PAYLOAD_JOB_METADATA.to_owned(), payload_tag(id)))
+            .into_iter()
+            .collect();
         let meta = ObjectMeta {
             size: size as u64,
             content_type: Some("text/plain; charset=utf-8".into()),
-            metadata: HashMap::new(),
+            metadata,
         };
         self.blobs.put(&self.bucket, &key, body, meta).await?;
         m.body = PayloadPointer {
@@ -269,20 +310,48 @@ impl LargePayloads {
         self
     }
 
-    /// The pointer whose object may be deleted now that `job`'s message is:
-    /// only a trusted one (the job ran, so it was resolved).
-    pub(crate) fn deletable(&self, job: &Job) -> Option<PayloadPointer> {
+    /// The pointer whose object may be deleted now that `job`'s message is,
+    /// with the job's id: only a trusted one (the job ran, so it was
+    /// resolved); [`LargePayloads::delete_objects`] checks the tag.
+    pub(crate) fn deletable(&self, job: &Job) -> Option<(PayloadPointer, String)> {
         let fanned_out = job.raw_body.is_some();
         if !self.delete_after_ack || (fanned_out && !self.delete_fanned_out) {
             return None;
         }
-        PayloadPointer::of_job(job).filter(|p| self.untrusted(p).is_none())
+        PayloadPointer::of_job(job)
+            .filter(|p| self.untrusted(p).is_none())
+            .map(|p| (p, job.id.to_string()))
     }
 
-    /// Deletes payload objects whose messages are gone; failures are logged
-    /// (an object left behind costs storage, not correctness).
-    pub(crate) async fn delete_objects(&self, pointers: Vec<PayloadPointer>) {
-        for p in pointers {
+    /// Deletes the payload objects of finished jobs whose messages are gone
+    /// — each only if its tag names that job (or, with
+    /// [`LargePayloads::delete_untagged`], if it has no tag). Failures are
+    /// logged: an object left behind costs storage, not correctness.
+    pub(crate) async fn delete_objects(&self, pointers: Vec<(PayloadPointer, String)>) {
+        for (p, job_id) in pointers {
+            let tag = match self.blobs.head(&p.bucket, &p.key).await {
+                Ok(Some(meta)) => meta.metadata.get(PAYLOAD_JOB_METADATA).cloned(),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(bucket = %p.bucket, key = %p.key, error = %e,
+                        "could not read a payload object's tag: left in place");
+                    continue;
+                }
+            };
+            match tag {
+                Some(tag) if tag == payload_tag(&job_id) => {}
+                None if self.delete_untagged => {}
+                Some(_) => {
+                    tracing::warn!(bucket = %p.bucket, key = %p.key, job_id = %job_id,
+                        "payload object written for another job: left in place");
+                    continue;
+                }
+                None => {
+                    tracing::debug!(bucket = %p.bucket, key = %p.key,
+                        "payload object without ferry's job tag: left in place");
+                    continue;
+                }
+            }
             match self.blobs.delete(&p.bucket, &p.key).await {
                 Ok(()) => {
                     tracing::debug!(bucket = %p.bucket, key = %p.key, "payload object deleted")

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{OutgoingMessage, Queue, MAX_BATCH, MAX_MESSAGE_ATTRIBUTES};
+use crate::backend::{OutgoingMessage, Queue, MAX_MESSAGE_ATTRIBUTES};
 use crate::error::BackendError;
 use crate::job::{JobId, JOB_ID_ATTRIBUTE};
 use crate::payload::LargePayloads;
@@ -216,8 +216,10 @@ impl Producer {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        for chunk in ready.chunks(MAX_BATCH) {
-            let mut pending: Vec<&(usize, OutgoingMessage, Option<JobId>)> = chunk.iter().collect();
+        let messages: Vec<OutgoingMessage> = ready.iter().map(|(_, m, _)| m.clone()).collect();
+        for range in crate::backend::batches(&messages) {
+            let mut pending: Vec<&(usize, OutgoingMessage, Option<JobId>)> =
+                ready[range].iter().collect();
             let mut attempt = 1;
             while !pending.is_empty() {
                 report.calls += 1;

@@ -127,3 +127,79 @@ async fn bad_inputs_are_dead_lettered_with_reasons_while_good_jobs_finish() {
         );
     }
 }
+
+/// Bad input whose reason carries characters SQS refuses in an attribute.
+struct BadWithControlChars;
+
+impl Processor for BadWithControlChars {
+    fn process(&mut self, _: &Job, _: &Context) -> Result<Output, ProcessError> {
+        Err(ProcessError::bad_input("no object at in/a\u{1}b\u{0}.png"))
+    }
+}
+
+/// Whatever a message's job id, attributes and body, its dead-letter entry
+/// is one SQS takes: a job id of 262,131 bytes (the largest a message can
+/// carry with a one-byte body) is refused with a reason, the entries of
+/// three messages near the size limit go in calls under the request limit,
+/// and a reason with control characters is cleaned.
+#[tokio::test]
+async fn dead_letter_entries_fit_sqs_whatever_the_message_holds() {
+    let local = LocalBackend::new();
+    let dlq = local.create_queue("dlq", QueueOptions::default());
+    let jobs = local.create_queue("jobs", QueueOptions::default());
+    let long_id = "j".repeat(262_131 - 6);
+    jobs.send_batch(vec![
+        OutgoingMessage::new("x").attribute(JOB_ID_ATTRIBUTE, long_id.clone())
+    ])
+    .await
+    .unwrap()
+    .remove(0)
+    .unwrap();
+    let big: Vec<OutgoingMessage> = (0..3)
+        .map(|i| {
+            OutgoingMessage::new("b".repeat(250_000))
+                .attribute(JOB_ID_ATTRIBUTE, format!("big-{i}"))
+        })
+        .collect();
+    for m in big {
+        jobs.send_batch(vec![m]).await.unwrap().remove(0).unwrap();
+    }
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(jobs.clone())
+                .dead_letter(dlq.clone())
+                .processor(|| BadWithControlChars)
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("four dead-letter entries", || dlq.depth_now().total() == 4).await;
+    let s = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(
+        (s.actor_restarts, s.settle_gave_up, s.backend_panics),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(jobs.depth_now().total(), 0);
+    let entries = dlq.snapshot();
+    let long = entries
+        .iter()
+        .find(|m| m.body == "x")
+        .expect("the long id's entry");
+    let reason = &long.attributes[DLQ_REASON_ATTRIBUTE];
+    assert_eq!(
+        reason,
+        &format!("a job id of {} bytes, over the limit of 256", long_id.len())
+    );
+    assert_eq!(long.attributes[JOB_ID_ATTRIBUTE], "j".repeat(256));
+    for m in entries.iter().filter(|m| m.body != "x") {
+        assert_eq!(m.body.len(), 250_000);
+        assert_eq!(
+            m.attributes[DLQ_REASON_ATTRIBUTE],
+            "no object at in/a\u{FFFD}b\u{FFFD}.png"
+        );
+    }
+}

@@ -4,10 +4,14 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use ferry::backend::{OutgoingMessage, Queue};
 use ferry::prelude::*;
+use ferry::JOB_ID_ATTRIBUTE;
 
 /// Sends the job `twice` as two distinct messages.
 async fn send_twice(h: &Harness) {
@@ -76,4 +80,57 @@ async fn both_messages_are_given_back_together() {
         "the queue emptied {took:?} after the retry"
     );
     assert_eq!(p.runs_of("twice"), 1);
+}
+
+/// Bad input unless the body says `fixed`; counts runs by body.
+struct BadUnlessFixed(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Processor for BadUnlessFixed {
+    fn process(&mut self, job: &Job, _: &Context) -> Result<Output, ProcessError> {
+        *self.0.lock().unwrap().entry(job.body.clone()).or_default() += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        if job.body == "fixed" {
+            Ok(Output::text("ok"))
+        } else {
+            Err(ProcessError::bad_input("broken"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fixed_resend_merged_into_a_job_that_is_dead_lettered_runs_after_it() {
+    let h = Harness::new();
+    // The broken message and its fix, under one job id, in one receive: the
+    // fix is merged into the broken one's lease.
+    h.jobs
+        .send_batch(vec![
+            OutgoingMessage::new("broken").attribute(JOB_ID_ATTRIBUTE, "J"),
+            OutgoingMessage::new("fixed").attribute(JOB_ID_ATTRIBUTE, "J"),
+        ])
+        .await
+        .unwrap();
+    let runs = Arc::new(Mutex::new(HashMap::new()));
+    let r = runs.clone();
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .processor(move || BadUnlessFixed(r.clone()))
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the fix ran and both messages are gone", || {
+        runs.lock().unwrap().get("fixed") == Some(&1) && h.jobs.depth_now().total() == 0
+    })
+    .await;
+    let s = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(s.duplicates_merged, 1, "{s:?}");
+    assert_eq!(runs.lock().unwrap().get("broken"), Some(&1));
+    assert_eq!(h.dlq.depth_now().total(), 1, "the broken message alone");
+    assert_eq!(h.results().await.len(), 1);
 }

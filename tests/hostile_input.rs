@@ -459,8 +459,8 @@ async fn hostile_corpus(env: Env) {
             std::iter::repeat_n(m, c.copies)
         })
         .collect();
-    for chunk in messages.chunks(10) {
-        for r in env.jobs.send_batch(chunk.to_vec()).await.unwrap() {
+    for range in ferry::backend::batches(&messages) {
+        for r in env.jobs.send_batch(messages[range].to_vec()).await.unwrap() {
             r.unwrap();
         }
     }
@@ -639,21 +639,17 @@ async fn hostile_corpus(env: Env) {
         .filter(|(_, b, _)| !own.contains(b.as_str()))
         .collect();
     assert!(outside.is_empty(), "[{}] touched {outside:?}", env.tag);
+    // Every payload object here was written by hand, not by ferry's offload
+    // for its job: none carries the job tag, so none is deleted.
     let deletes: Vec<_> = touched.iter().filter(|(op, ..)| *op == "delete").collect();
-    assert!(
-        deletes
-            .iter()
-            .all(|(_, b, k)| *b == env.payloads && k.starts_with("payloads/")),
-        "[{}] deleted {deletes:?}",
-        env.tag
-    );
+    assert!(deletes.is_empty(), "[{}] deleted {deletes:?}", env.tag);
     assert_eq!(
         env.blobs.get(&env.secrets, "db-password").await.unwrap(),
         Bytes::from_static(b"hunter2")
     );
-    // The legacy pointer's object went after its message; the rest stay.
+    // The legacy pointer's object (another client's, untagged) stays too.
     let left = env.blobs.list(&env.payloads, "").await.unwrap();
-    assert!(!left.contains(&"payloads/legacy".to_string()), "{left:?}");
+    assert!(left.contains(&"payloads/legacy".to_string()), "{left:?}");
     assert!(left.contains(&"payloads/huge".to_string()), "{left:?}");
     assert!(left.contains(&"elsewhere/body".to_string()), "{left:?}");
     eprintln!("[{}] dead: {dead:#?}\n{stats:?}", env.tag);

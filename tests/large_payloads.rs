@@ -369,6 +369,116 @@ async fn missing_payload_is_dead_lettered(env: Env) {
     eprintln!("{}: dead-lettered with reason {reason:?}", env.tag);
 }
 
+/// A message that copies another job's pointer (body and size attribute)
+/// under its own job id reads the payload, but its object is deleted only
+/// after the job it was written for; an object without ferry's job tag is
+/// left in place unless the pipeline opts in.
+async fn payload_objects_are_deleted_only_for_their_own_job(env: Env) {
+    let exists = |key: String| {
+        let (blobs, bucket) = (env.blobs.clone(), env.bucket.clone());
+        async move { blobs.head(&bucket, &key).await.unwrap().is_some() }
+    };
+    let big = "v".repeat(300_000);
+    let victim = payloads(&env)
+        .offload(OutgoingMessage::new(big.clone()).attribute(JOB_ID_ATTRIBUTE, "victim"))
+        .await
+        .unwrap();
+    let victim_key = PayloadPointer::parse(&victim.body).unwrap().key;
+    let mut attack = victim.clone();
+    attack
+        .attributes
+        .insert(JOB_ID_ATTRIBUTE.to_owned(), "attacker".to_owned());
+    // Offloaded without a job id: no tag.
+    let untagged = payloads(&env)
+        .offload(OutgoingMessage::new(big.clone()))
+        .await
+        .unwrap();
+    let untagged_key = PayloadPointer::parse(&untagged.body).unwrap().key;
+    env.jobs.send_batch(vec![attack, untagged]).await.unwrap();
+    let start = |lp: LargePayloads| {
+        Runtime::builder()
+            .pipeline(
+                Pipeline::new("stage")
+                    .source(env.jobs.clone())
+                    .dead_letter(env.dlq.clone())
+                    .results(env.blobs.clone(), env.bucket.clone(), "out/", "txt")
+                    .large_payloads(lp)
+                    .processor(Upper::default)
+                    .configure(env.timing),
+            )
+            .start()
+    };
+    let rt = start(payloads(&env)).await.unwrap();
+    let done = |n: usize| {
+        let (blobs, bucket, jobs) = (env.blobs.clone(), env.bucket.clone(), env.jobs.clone());
+        move || {
+            let (blobs, bucket, jobs) = (blobs.clone(), bucket.clone(), jobs.clone());
+            async move {
+                blobs.list(&bucket, "out/").await.unwrap().len() == n
+                    && jobs.depth().await.unwrap().total() == 0
+            }
+        }
+    };
+    wait_for("the attacker's and the untagged job's results", done(2)).await;
+    // The acker deletes payload objects right after the messages.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        exists(victim_key.clone()).await,
+        "{}: the copied pointer deleted the victim's payload",
+        env.tag
+    );
+    assert!(
+        exists(untagged_key.clone()).await,
+        "{}: an untagged payload object was deleted by default",
+        env.tag
+    );
+    // The victim's own message: it runs, and then its object goes.
+    env.jobs.send_batch(vec![victim]).await.unwrap();
+    wait_for("the victim's result", done(3)).await;
+    wait_for("the victim's object deleted after its job", || {
+        let key = victim_key.clone();
+        async move { !exists(key).await }
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(env.dlq.depth().await.unwrap().total(), 0);
+    let result = env.blobs.get(&env.bucket, "out/victim.txt").await.unwrap();
+    assert!(result == big.to_uppercase().as_bytes());
+
+    // Opted in: an untagged object goes after its message.
+    let again = payloads(&env)
+        .offload(OutgoingMessage::new("w".repeat(300_000)))
+        .await
+        .unwrap();
+    let again_key = PayloadPointer::parse(&again.body).unwrap().key;
+    env.jobs.send_batch(vec![again]).await.unwrap();
+    let rt = start(payloads(&env).delete_untagged(true)).await.unwrap();
+    wait_for("the opted-in untagged object deleted", || {
+        let key = again_key.clone();
+        async move { !exists(key).await }
+    })
+    .await;
+    rt.shutdown().await;
+    assert!(
+        exists(untagged_key).await,
+        "only the new message's object went"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_copied_pointer_never_deletes_another_jobs_payload() {
+    payload_objects_are_deleted_only_for_their_own_job(local_env()).await;
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_copied_pointer_never_deletes_another_jobs_payload() {
+    let Some(env) = aws_env("bigown").await else {
+        return;
+    };
+    payload_objects_are_deleted_only_for_their_own_job(env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_large_job_round_trips_and_its_object_goes_after_the_message() {
     large_job_round_trips(local_env()).await;

@@ -640,9 +640,10 @@ async fn queues_and_topics_check_messages_as_sqs_and_sns_do() {
             eleven.clone(),
             OutgoingMessage::new("empty value").attribute("k", ""),
             OutgoingMessage::new("empty name").attribute("", "v"),
-            // The body fits alone; with the attribute's name and value it does not.
-            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 4)).attribute("key", "vv"),
-            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 5)).attribute("key", "v"),
+            // The body fits alone; with the attribute's name, data type
+            // ("String") and value it does not.
+            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 10)).attribute("key", "vv"),
+            OutgoingMessage::new("y".repeat(MAX_MESSAGE_BYTES - 11)).attribute("key", "v"),
             ten.clone(),
         ]
     };
@@ -675,14 +676,33 @@ async fn queues_and_topics_check_messages_as_sqs_and_sns_do() {
         );
         assert!(results[4].is_ok() && results[5].is_ok(), "{results:?}");
     };
-    check(q.send_batch(batch()).await.unwrap());
+    // Together the entries are over the limit of one request: refused whole.
+    match q.send_batch(batch()).await {
+        Err(BackendError::Invalid { message }) => {
+            assert!(message.contains("a batch of 6 entries"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut results = Vec::new();
+    for m in batch() {
+        results.extend(q.send_batch(vec![m]).await.unwrap());
+    }
+    check(results);
     let held: Vec<usize> = q.snapshot().iter().map(|m| m.body.len()).collect();
-    assert_eq!(held, vec![MAX_MESSAGE_BYTES - 5, 3], "only the valid ones");
+    assert_eq!(held, vec![MAX_MESSAGE_BYTES - 11, 3], "only the valid ones");
 
     let t = local.create_topic("t", false);
     let sub = local.create_queue("sub", QueueOptions::default());
     local.subscribe(&t, &sub, true);
-    check(t.publish_batch(batch()).await.unwrap());
+    assert!(
+        t.publish_batch(batch()).await.is_err(),
+        "over the request's limit"
+    );
+    let mut results = Vec::new();
+    for m in batch() {
+        results.extend(t.publish_batch(vec![m]).await.unwrap());
+    }
+    check(results);
     assert_eq!(sub.depth_now().total(), 2);
 
     // An invalid notification records no deduplication id on a FIFO topic.

@@ -511,3 +511,72 @@ async fn batches_are_cut_to_the_concurrency_limit() {
     assert!(sizes.iter().all(|n| *n <= 6), "{sizes:?}");
     assert!(gauge.most.load(Ordering::Acquire) <= 6);
 }
+
+/// A batch whose first call never answers (a call with no timeout).
+struct HangsFirst {
+    calls: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+}
+
+#[ferry::async_trait]
+impl BatchProcessor for HangsFirst {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        _ctx: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        if self.calls.fetch_add(1, Ordering::AcqRel) == 0 {
+            std::future::pending::<()>().await;
+        }
+        self.done.fetch_add(jobs.len(), Ordering::AcqRel);
+        jobs.iter().map(|_| Ok(Output::empty())).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_hung_batch_is_dropped_once_its_leases_are_lost_and_its_permits_come_back() {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    let (calls, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .batch_processor(
+                    HangsFirst {
+                        calls: calls.clone(),
+                        done: done.clone(),
+                    },
+                    BatchOptions {
+                        max_jobs: 1,
+                        max_wait: Duration::from_millis(5),
+                    },
+                )
+                .configure(|c| {
+                    fast(c);
+                    // One permit: a batch that kept it would wedge the stage.
+                    c.concurrency = 1;
+                    c.max_lease_age = Duration::from_secs(1);
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the first batch started", || {
+        calls.load(Ordering::Acquire) == 1
+    })
+    .await;
+    h.send_named(&["later".to_owned()]).await;
+    eventually("both jobs done after the hung batch was dropped", || {
+        done.load(Ordering::Acquire) == 2 && h.jobs.depth_now().total() == 0
+    })
+    .await;
+    let s = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(h.dlq.depth_now().total(), 0);
+    assert!(
+        s.leases_lost >= 1,
+        "the hung batch's lease lapsed at its age limit"
+    );
+}

@@ -28,10 +28,98 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// SQS FIFO queues and SNS FIFO topics deduplicate within five minutes.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// SQS's largest message (256 KiB): body, attribute names and values.
+/// SQS's largest message (256 KiB): body, attribute names, data types and
+/// values ([`message_size`]).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest message SQS delivers from a queue configured for it (1 MiB;
+/// 256 KiB is the largest ferry sends). A body over this is bad input: no
+/// queue delivered it as it is.
+pub const MAX_RECEIVED_BYTES: usize = 1024 * 1024;
 /// SQS and SNS: at most ten message attributes on one message.
 pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+
+/// The data type ferry gives every message attribute; SQS counts its name
+/// in the message's size.
+pub const ATTRIBUTE_DATA_TYPE: &str = "String";
+
+/// A message's size as SQS counts it: the body, and each attribute's name,
+/// data type and value.
+pub fn message_size<'a>(
+    body: &str,
+    attributes: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> usize {
+    body.len()
+        + attributes
+            .into_iter()
+            .map(|(k, v)| attribute_size(k, v))
+            .sum::<usize>()
+}
+
+/// One attribute's share of a message's size (name, data type, value).
+pub fn attribute_size(name: &str, value: &str) -> usize {
+    name.len() + ATTRIBUTE_DATA_TYPE.len() + value.len()
+}
+
+/// `messages` cut into batches for one call each: at most [`MAX_BATCH`]
+/// entries and, together, at most [`MAX_MESSAGE_BYTES`] — SQS's
+/// `SendMessageBatch` and SNS's `PublishBatch` limit a whole request's
+/// payload to one message's. A message over the limit alone is a batch of
+/// its own (the service refuses that entry).
+pub fn batches(messages: &[OutgoingMessage]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in messages.iter().enumerate() {
+        let size = message_size(&m.body, &m.attributes);
+        if i > start && (i - start == MAX_BATCH || bytes + size > MAX_MESSAGE_BYTES) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < messages.len() {
+        out.push(start..messages.len());
+    }
+    out
+}
+
+/// Refuses a batch [`batches`] would have cut, as SQS and SNS do
+/// (`BatchRequestTooLong`, for the whole call).
+pub(crate) fn check_batch(on: &str, messages: &[OutgoingMessage]) -> Result<(), BackendError> {
+    let total: usize = messages
+        .iter()
+        .map(|m| message_size(&m.body, &m.attributes))
+        .sum();
+    if messages.len() > MAX_BATCH || (messages.len() > 1 && total > MAX_MESSAGE_BYTES) {
+        return Err(BackendError::Invalid {
+            message: format!(
+                "{on}: a batch of {} entries and {total} bytes; at most {MAX_BATCH} and \
+                 {MAX_MESSAGE_BYTES} in all",
+                messages.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether SQS accepts `c` in a body or attribute value: tab, line feed,
+/// carriage return, and U+0020 and up except the surrogates, U+FFFE and
+/// U+FFFF.
+pub fn sqs_allows(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+        || c >= '\u{10000}'
+}
+
+/// `text` with every character SQS refuses replaced by U+FFFD.
+pub fn sqs_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().all(sqs_allows) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if sqs_allows(c) { c } else { '\u{FFFD}' })
+            .collect(),
+    )
+}
 
 /// Why `bucket`/`key` is not an object name ferry will use, if it is not.
 ///

@@ -21,11 +21,13 @@ use tokio::sync::oneshot;
 
 use super::messages::{DropCopies, Flush, Restart, Settle};
 use super::{Ended, Shared};
-use crate::backend::{OutgoingMessage, MAX_BATCH, MAX_MESSAGE_BYTES};
+use crate::backend::{
+    attribute_size, message_size, sqs_text, OutgoingMessage, MAX_BATCH, MAX_MESSAGE_BYTES,
+};
 use crate::error::BackendError;
 use crate::job::{
     DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE,
-    JOB_ID_ATTRIBUTE,
+    JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
 };
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
@@ -34,6 +36,37 @@ use crate::stats::Stats;
 const MAX_ATTRIBUTES: usize = 10;
 /// Longest dead-letter reason kept (characters).
 const MAX_REASON: usize = 1024;
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut cut = at.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
+}
+
+/// `s` cut to at most `max` characters, with `…` as its last when cut.
+fn cut_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    s.chars().take(max - 1).chain(['…']).collect()
+}
+
+/// `s` cut to at most `max` bytes (at a char boundary).
+fn cut_bytes(s: &str, max: usize) -> String {
+    s[..floor_char_boundary(s, max)].to_owned()
+}
+
+fn is_dead_lettered(lease: &Lease) -> bool {
+    matches!(
+        lease.ending(),
+        Some(Ending::Delete {
+            dead_lettered: true
+        })
+    )
+}
 
 /// A pending delete.
 enum Delete {
@@ -192,12 +225,15 @@ impl Acker {
     }
 
     /// Other messages merged into these leases go with them: deleted with a
-    /// deleted job (as copies, in a later batch: one that fails comes back
-    /// and is dropped as a duplicate).
+    /// job whose effects are done (as copies, in a later batch: one that
+    /// fails comes back and is dropped as a duplicate). A dead-lettered
+    /// job's others are not copies of finished work — one may be the fixed
+    /// re-send — so they are given back once its own message is gone
+    /// ([`Acker::deleted`]), and run as the job anew.
     fn delete_others(&mut self, batch: &[Delete]) {
         for d in batch {
             if let Delete::Job(lease) = d {
-                if lease.had_others() {
+                if lease.had_others() && !is_dead_lettered(lease) {
                     let copies = lease.take_others();
                     self.deletes.extend(copies.into_iter().map(Delete::Copy));
                 }
@@ -213,6 +249,10 @@ impl Acker {
             let after = self.visibility_of(lease);
             back.extend(lease.take_others().into_iter().map(|h| (h, after)));
         }
+        self.give_back(back, ctx);
+    }
+
+    fn give_back(&mut self, mut back: Vec<(String, Duration)>, ctx: &mut Context<Self>) {
         while !back.is_empty() {
             let chunk: Vec<(String, Duration)> = back.drain(..back.len().min(MAX_BATCH)).collect();
             let queue = self.shared.sinks.source.clone();
@@ -365,12 +405,7 @@ impl Acker {
                 // again.
                 continue;
             };
-            let dead_lettered = matches!(
-                lease.ending(),
-                Some(Ending::Delete {
-                    dead_lettered: true
-                })
-            );
+            let dead_lettered = is_dead_lettered(&lease);
             match r {
                 Ok(()) => {
                     self.succeeded();
@@ -422,6 +457,15 @@ impl Acker {
         s.stats.add(&s.stats.acked, deleted.len() as u64);
         s.end(&deleted, Ended::Deleted);
         s.end(&dead, Ended::DeadLettered);
+        // Ended first: a given-back message that returns at once is a new
+        // lease of the (forgotten) job, not a copy merged into this one.
+        let back: Vec<(String, Duration)> = dead
+            .iter()
+            .filter(|l| l.had_others())
+            .flat_map(|l| l.take_others())
+            .map(|h| (h, Duration::ZERO))
+            .collect();
+        self.give_back(back, ctx);
         if let (Some(store), false) = (s.sinks.payloads.clone(), payloads.is_empty()) {
             self.call(
                 ctx,
@@ -484,26 +528,26 @@ impl Acker {
     }
 
     /// A lease's dead-letter entry: the original body, ferry's four
-    /// attributes (a reason never empty, at most 1,024 characters) and as
-    /// many of the original attributes as fit within SQS's ten and its size
-    /// limit.
+    /// attributes (a reason never empty, at most 1,024 characters, a job id
+    /// at most [`MAX_JOB_ID_BYTES`]: each with only characters SQS allows)
+    /// and as many of the original attributes as fit within SQS's ten and
+    /// its size limit. Whatever a message held, the entry is one SQS takes.
     fn dead_letter_entry(&self, lease: &Lease) -> OutgoingMessage {
         let job = &lease.job;
         let reason = match lease.ending() {
             Some(Ending::DeadLetter { reason }) if !reason.trim().is_empty() => reason,
             _ => "no reason given".to_owned(),
         };
-        let reason: String = if reason.chars().count() > MAX_REASON {
-            reason.chars().take(MAX_REASON - 1).chain(['…']).collect()
-        } else {
-            reason
-        };
+        let reason = cut_chars(&sqs_text(&reason), MAX_REASON);
         let ours = [
-            (JOB_ID_ATTRIBUTE, job.id.to_string()),
+            (
+                JOB_ID_ATTRIBUTE,
+                cut_bytes(&sqs_text(job.id.as_str()), MAX_JOB_ID_BYTES),
+            ),
             (DLQ_REASON_ATTRIBUTE, reason),
             (
                 DLQ_SOURCE_ATTRIBUTE,
-                self.shared.sinks.source.name().to_owned(),
+                cut_chars(&sqs_text(self.shared.sinks.source.name()), 256),
             ),
             (DLQ_RECEIVES_ATTRIBUTE, job.receive_count.to_string()),
         ];
@@ -512,28 +556,18 @@ impl Acker {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        let ours_size = attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
+        let ours_size = message_size("", &attributes);
         if body.len() + ours_size > MAX_MESSAGE_BYTES {
             // Never an entry the queue refuses for ever: the body is cut to
             // fit, and the entry says how long it was.
             let original = body.len().to_string();
-            let room =
-                MAX_MESSAGE_BYTES - ours_size - DLQ_TRUNCATED_ATTRIBUTE.len() - original.len();
-            let mut cut = room.min(body.len());
-            while !body.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            body.truncate(cut);
+            let room = MAX_MESSAGE_BYTES
+                .saturating_sub(ours_size)
+                .saturating_sub(attribute_size(DLQ_TRUNCATED_ATTRIBUTE, &original));
+            body.truncate(floor_char_boundary(&body, room));
             attributes.insert(DLQ_TRUNCATED_ATTRIBUTE.to_owned(), original);
         }
-        let mut size = body.len()
-            + attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let mut size = message_size(&body, &attributes);
         let mut theirs: Vec<_> = job
             .attributes
             .iter()
@@ -541,31 +575,41 @@ impl Acker {
             .collect();
         theirs.sort();
         for (k, v) in theirs {
-            if attributes.len() >= MAX_ATTRIBUTES || size + k.len() + v.len() > MAX_MESSAGE_BYTES {
+            let more = attribute_size(k, v);
+            if attributes.len() >= MAX_ATTRIBUTES || size + more > MAX_MESSAGE_BYTES {
                 break;
             }
-            size += k.len() + v.len();
+            size += more;
             attributes.insert(k.clone(), v.clone());
         }
         let fifo = self.shared.sinks.dead_letter.is_fifo();
         OutgoingMessage {
             body,
             attributes,
-            group_id: fifo.then(|| job.group_id.clone().unwrap_or_else(|| job.id.to_string())),
+            group_id: fifo.then(|| match &job.group_id {
+                Some(g) => g.clone(),
+                // A job id can be longer than a group id may be (128).
+                None => job.id.dedup_id("dead-letter"),
+            }),
             dedup_id: fifo.then(|| job.id.dedup_id("dead-letter")),
             delay: None,
         }
     }
 
-    fn send_dead(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
-        let messages: Vec<OutgoingMessage> =
+    fn send_dead(&mut self, mut batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let mut messages: Vec<OutgoingMessage> =
             batch.iter().map(|l| self.dead_letter_entry(l)).collect();
-        let queue = self.shared.sinks.dead_letter.clone();
-        self.call(
-            ctx,
-            async move { queue.send_batch(messages).await },
-            |act, res, _| act.dead_lettered(batch, res),
-        );
+        // Entries can be as large as a message: cut to the request's limit.
+        for range in crate::backend::batches(&messages).into_iter().rev() {
+            let part: Vec<OutgoingMessage> = messages.drain(range.clone()).collect();
+            let leases: Vec<Arc<Lease>> = batch.drain(range).collect();
+            let queue = self.shared.sinks.dead_letter.clone();
+            self.call(
+                ctx,
+                async move { queue.send_batch(part).await },
+                |act, res, _| act.dead_lettered(leases, res),
+            );
+        }
     }
 
     fn dead_lettered(

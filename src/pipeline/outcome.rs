@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::messages::{Processed, Settle};
 use super::split::Split;
 use super::Shared;
-use crate::backend::MAX_MESSAGE_BYTES;
+use crate::backend::MAX_RECEIVED_BYTES;
 use crate::error::ProcessError;
 use crate::job::Job;
 use crate::lease::{Ending, Lease, LeaseState};
@@ -39,10 +39,10 @@ pub(crate) fn prepare(
     s: &Shared,
     job: &Job,
 ) -> Result<Option<(Arc<LargePayloads>, PayloadPointer)>, ProcessError> {
-    if job.body.len() > MAX_MESSAGE_BYTES {
+    if job.body.len() > MAX_RECEIVED_BYTES {
         // No queue or topic delivers this: whatever did is not trusted.
         return Err(ProcessError::bad_input(format!(
-            "a message body of {} bytes, over the queue's limit of {MAX_MESSAGE_BYTES}",
+            "a message body of {} bytes, over SQS's limit of {MAX_RECEIVED_BYTES}",
             job.body.len()
         )));
     }

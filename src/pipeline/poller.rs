@@ -269,6 +269,8 @@ impl Poller {
                                 dead_lettered: false,
                             },
                         ));
+                    } else if let Some(reason) = crate::job::job_id_problem(&lease.job.id) {
+                        settle.push((lease, Ending::DeadLetter { reason }));
                     } else if count > s.config.max_receives {
                         let reason = format!(
                             "received {count} times, over the limit of {}",

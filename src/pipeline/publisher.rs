@@ -71,20 +71,32 @@ impl Publisher {
                         Some(p) => with_retries(attempts, || p.offload_all(batch.clone())).await?,
                         None => batch,
                     };
-                    with_retries(attempts, || {
-                        // No retry once a lease of the batch was lost.
-                        let lost = flags.iter().any(|f| f.load(Ordering::Acquire));
-                        let (topic, batch) = (topic.clone(), batch.clone());
-                        async move {
-                            if lost {
-                                return Err(BackendError::Invalid {
-                                    message: "a lease of the batch was lost".into(),
-                                });
+                    // Offloaded or not, notifications can be large: one
+                    // call per batch within the request's limit.
+                    let mut answers = Vec::with_capacity(batch.len());
+                    for range in crate::backend::batches(&batch) {
+                        let part = &batch[range.clone()];
+                        let part_flags = &flags[range];
+                        let res = with_retries(attempts, || {
+                            // No retry once a lease of the batch was lost.
+                            let lost = part_flags.iter().any(|f| f.load(Ordering::Acquire));
+                            let (topic, part) = (topic.clone(), part.to_vec());
+                            async move {
+                                if lost {
+                                    return Err(BackendError::Invalid {
+                                        message: "a lease of the batch was lost".into(),
+                                    });
+                                }
+                                topic.publish_batch(part).await
                             }
-                            topic.publish_batch(batch).await
+                        })
+                        .await;
+                        match res {
+                            Ok(r) => answers.extend(r),
+                            Err(e) => answers.extend(part.iter().map(|_| Err(e.clone()))),
                         }
-                    })
-                    .await
+                    }
+                    Ok(answers)
                 }
                 .into_actor(self)
                 .map(move |res, act, _| act.published(leases, res)),

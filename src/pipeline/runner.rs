@@ -4,8 +4,9 @@
 //!
 //! A task holds nothing a restart would lose: it owns its lease, which is
 //! Pending until the task has a permit and Running while it works. A lost
-//! lease drops the job's future before any effect; a panic anywhere in the
-//! task is caught and the job retried.
+//! lease drops the job's future before any effect (a batch's, once every
+//! lease in it is lost); a panic anywhere in the task, or the task dropped
+//! unfinished, retries its jobs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -122,6 +123,47 @@ impl AsyncRunner {
     }
 }
 
+/// A task's jobs, retried when it ends without finishing them (see
+/// [`Tasks::guarded`]).
+struct Unfinished {
+    tasks: Arc<Tasks>,
+    leases: Vec<Arc<Lease>>,
+    why: String,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let s = &self.tasks.shared;
+        // Running: started here and not handed on. Pending: never started
+        // (taken here, so a lease queued twice is retried, not run twice).
+        let endings: Vec<_> = self
+            .leases
+            .drain(..)
+            .filter(|l| l.state() == LeaseState::Running || l.try_start())
+            .map(|l| {
+                let reason = self.why.clone();
+                (
+                    l,
+                    Ending::Retry {
+                        reason,
+                        after: None,
+                    },
+                )
+            })
+            .collect();
+        if endings.is_empty() {
+            return;
+        }
+        let done = s.begin_settle(endings);
+        self.tasks
+            .outbox
+            .add(s, &self.tasks.io, true, |o| o.settle.extend(done));
+    }
+}
+
 /// What a task's run came to.
 enum Ran {
     /// The processor ran (or the job could not).
@@ -131,31 +173,28 @@ enum Ran {
 }
 
 impl Tasks {
-    /// Runs a task's work; a panic that escapes it retries the jobs it had
-    /// started, so none is left running for ever.
-    async fn guarded(&self, leases: Vec<Arc<Lease>>, work: impl std::future::Future<Output = ()>) {
-        if let Err(e) = AssertUnwindSafe(work).catch_unwind().await {
-            let message = panic_message(&*e);
-            let s = &self.shared;
-            tracing::error!(pipeline = %s.name, panic = %message,
-                "async task panicked outside the processor; its jobs will be retried");
-            let endings = leases
-                .into_iter()
-                .filter(|l| l.state() == LeaseState::Running)
-                .map(|l| {
-                    let reason = format!("task panicked: {message}");
-                    (
-                        l,
-                        Ending::Retry {
-                            reason,
-                            after: None,
-                        },
-                    )
-                })
-                .collect();
-            let done = s.begin_settle(endings);
-            self.outbox
-                .add(s, &self.io, true, |o| o.settle.extend(done));
+    /// Runs a task's work. Should the work end without finishing its jobs
+    /// — a panic that escapes it, or the task dropped unfinished (its
+    /// runtime shut down) — the jobs it had not handed on are retried, so
+    /// none is left Pending or Running with no one to move it.
+    async fn guarded(
+        self: &Arc<Self>,
+        leases: Vec<Arc<Lease>>,
+        work: impl std::future::Future<Output = ()>,
+    ) {
+        let mut guard = Unfinished {
+            tasks: self.clone(),
+            leases,
+            why: "the task was dropped before its jobs finished (its runtime shut down?)".into(),
+        };
+        match AssertUnwindSafe(work).catch_unwind().await {
+            Ok(()) => guard.leases.clear(),
+            Err(e) => {
+                let message = panic_message(&*e);
+                tracing::error!(pipeline = %self.shared.name, panic = %message,
+                    "async task panicked outside the processor; its jobs will be retried");
+                guard.why = format!("task panicked: {message}");
+            }
         }
     }
 
@@ -276,13 +315,27 @@ impl Tasks {
                 .collect(),
         };
         let span = tracing::info_span!("batch", pipeline = %s.name, jobs = n);
-        let answer = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
-            .catch_unwind()
-            .instrument(span)
-            .await;
+        // Once every lease of the batch is lost the batch's future is
+        // dropped: its answer could not be used, and it holds permits.
+        let all_lost = futures_util::future::join_all(ctx.cancels.iter().map(|c| c.cancelled()));
+        let answer = tokio::select! {
+            biased;
+            _ = all_lost => None,
+            a = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
+                .catch_unwind()
+                .instrument(span) => Some(a),
+        };
         let mut outcomes: Vec<Outcome> = match answer {
-            Ok(v) if v.len() == n => v.into_iter().map(Outcome::Done).collect(),
-            Ok(v) => {
+            None => {
+                self.running.fetch_sub(n, Ordering::AcqRel);
+                tracing::info!(pipeline = %s.name, jobs = n,
+                    "every lease of the batch lost: batch dropped before any effect");
+                self.outbox
+                    .add(s, &self.io, true, |o| o.started += n as u64);
+                return;
+            }
+            Some(Ok(v)) if v.len() == n => v.into_iter().map(Outcome::Done).collect(),
+            Some(Ok(v)) => {
                 let reason = format!(
                     "the batch processor answered {} outcomes for {n} jobs",
                     v.len()
@@ -291,7 +344,7 @@ impl Tasks {
                     .map(|_| Outcome::Done(Err(ProcessError::retry(reason.clone()))))
                     .collect()
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let message = panic_message(&*e);
                 (0..n).map(|_| Outcome::Panicked(message.clone())).collect()
             }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{panic_message, with_retries, Shared};
-use crate::backend::{OutgoingMessage, MAX_BATCH};
+use crate::backend::OutgoingMessage;
 use crate::error::BackendError;
 use crate::job::{Job, JobId, JOB_ID_ATTRIBUTE};
 use crate::lease::Ending;
@@ -148,8 +148,8 @@ impl Shared {
             None => parts,
         };
         let lost = || BackendError::transient("the lease was lost while the parts were sent");
-        for chunk in parts.chunks(MAX_BATCH) {
-            let mut pending = chunk.to_vec();
+        for range in crate::backend::batches(&parts) {
+            let mut pending = parts[range].to_vec();
             let mut attempt = 1;
             loop {
                 if cancelled() {

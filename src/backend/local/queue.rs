@@ -125,8 +125,9 @@ fn parse_handle(handle: &str) -> Option<(u64, u64)> {
 
 /// Checks one message as SQS (and SNS, for a notification) does before
 /// accepting it: at most [`MAX_MESSAGE_ATTRIBUTES`] attributes, none with an
-/// empty name or value, and at most [`MAX_MESSAGE_BYTES`] of body, attribute
-/// names and values together. `on` names the queue or topic.
+/// empty name or value, only characters SQS allows, and at most
+/// [`MAX_MESSAGE_BYTES`] as SQS counts it
+/// ([`message_size`](crate::backend::message_size)). `on` names the queue or topic.
 pub(crate) fn validate(on: &str, m: &OutgoingMessage) -> Result<(), BackendError> {
     let n = m.attributes.len();
     if n > MAX_MESSAGE_ATTRIBUTES {
@@ -150,11 +151,22 @@ pub(crate) fn validate(on: &str, m: &OutgoingMessage) -> Result<(), BackendError
         };
         return Err(BackendError::Invalid { message });
     }
-    let size = m.body.len()
-        + m.attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
+    let bad_text = std::iter::once(("the body", m.body.as_str()))
+        .chain(m.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .find(|(_, text)| !text.chars().all(crate::backend::sqs_allows));
+    if let Some((what, _)) = bad_text {
+        return Err(BackendError::Invalid {
+            message: format!(
+                "{on}: {} has a character SQS does not allow",
+                if what == "the body" {
+                    what.to_owned()
+                } else {
+                    format!("message attribute `{what}`")
+                }
+            ),
+        });
+    }
+    let size = crate::backend::message_size(&m.body, &m.attributes);
     if size > MAX_MESSAGE_BYTES {
         return Err(BackendError::PayloadTooLarge {
             actual: size,
@@ -589,6 +601,7 @@ impl Queue for LocalQueue {
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<EntryResult<String>>, BackendError> {
         self.faults.before(Op::Send, &self.name).await?;
+        crate::backend::check_batch(&self.name, &messages)?;
         Ok(messages.into_iter().map(|m| self.enqueue(m)).collect())
     }
 

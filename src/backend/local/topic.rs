@@ -127,6 +127,7 @@ impl Topic for LocalTopic {
         notifications: Vec<Notification>,
     ) -> Result<Vec<EntryResult<String>>, BackendError> {
         self.faults.before(Op::Publish, &self.name).await?;
+        crate::backend::check_batch(&self.name, &notifications)?;
         Ok(notifications
             .into_iter()
             .map(|n| self.publish_one(n))
