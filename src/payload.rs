@@ -43,9 +43,12 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::json;
 
-use crate::backend::{BlobStore, ObjectMeta, OutgoingMessage, MAX_MESSAGE_BYTES};
+use crate::backend::{
+    BlobStore, ObjectMeta, OutgoingMessage, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES,
+};
 use crate::error::{BackendError, ProcessError};
 use crate::job::Job;
+use crate::job::JOB_ID_ATTRIBUTE;
 use crate::pipeline::IntoShared;
 
 /// The class name the extended client writes as the pointer's first element.
@@ -252,7 +255,11 @@ impl LargePayloads {
     }
 
     /// Stores the body and returns the pointer message, when the message is
-    /// over the threshold; else returns it as it is.
+    /// over the threshold; else returns it as it is. The object is tagged
+    /// ([`PAYLOAD_JOB_METADATA`]) for the job id the pipeline will see — the
+    /// `ferry-job-id` attribute, else the FIFO deduplication id; a message
+    /// with neither is given a `ferry-job-id` (the payload's random id) so
+    /// that its object can be deleted after its job.
     pub async fn offload(&self, mut m: OutgoingMessage) -> Result<OutgoingMessage, BackendError> {
         if Self::message_size(&m) <= self.threshold {
             return Ok(m);
@@ -270,10 +277,22 @@ impl LargePayloads {
         );
         let size = m.body.len();
         let body = Bytes::from(std::mem::take(&mut m.body));
-        let metadata: HashMap<String, String> = m
-            .attributes
-            .get(crate::job::JOB_ID_ATTRIBUTE)
-            .map(|id| (PAYLOAD_JOB_METADATA.to_owned(), payload_tag(id)))
+        // Tagged for the id the pipeline will see: the job id attribute,
+        // else the FIFO deduplication id; a message with neither (whose id
+        // would be its message id, unknown until sent) is given one, the
+        // payload's own, when an attribute is free for it.
+        let job_id = match (m.attributes.get(JOB_ID_ATTRIBUTE), &m.dedup_id) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(dedup)) => Some(dedup.clone()),
+            (None, None) if m.attributes.len() + 2 <= MAX_MESSAGE_ATTRIBUTES => {
+                m.attributes
+                    .insert(JOB_ID_ATTRIBUTE.to_owned(), hex.clone());
+                Some(hex)
+            }
+            (None, None) => None,
+        };
+        let metadata: HashMap<String, String> = job_id
+            .map(|id| (PAYLOAD_JOB_METADATA.to_owned(), payload_tag(&id)))
             .into_iter()
             .collect();
         let meta = ObjectMeta {

@@ -347,6 +347,8 @@ impl Producer {
             };
             offloaded = m.body.len() != before;
         }
+        // An offload gives a message without an id one of its own.
+        let id = id.or_else(|| m.attributes.get(JOB_ID_ATTRIBUTE).map(JobId::new));
         // What the pipeline derives from the message as it will receive it
         // comes first.
         let derived = self

@@ -388,11 +388,29 @@ async fn payload_objects_are_deleted_only_for_their_own_job(env: Env) {
     attack
         .attributes
         .insert(JOB_ID_ATTRIBUTE.to_owned(), "attacker".to_owned());
-    // Offloaded without a job id: no tag.
-    let untagged = payloads(&env)
-        .offload(OutgoingMessage::new(big.clone()))
-        .await
-        .unwrap();
+    // Written by another extended client: no tag.
+    let foreign = |key: &'static str| {
+        let (blobs, bucket, big) = (env.blobs.clone(), env.bucket.clone(), big.clone());
+        async move {
+            blobs
+                .put(
+                    &bucket,
+                    key,
+                    big.clone().into_bytes().into(),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            let pointer = PayloadPointer {
+                bucket,
+                key: key.to_owned(),
+            };
+            OutgoingMessage::new(pointer.to_body())
+                .attribute(PAYLOAD_SIZE_ATTRIBUTE, big.len().to_string())
+                .attribute(JOB_ID_ATTRIBUTE, key.replace('/', "-"))
+        }
+    };
+    let untagged = foreign("payloads/foreign-1").await;
     let untagged_key = PayloadPointer::parse(&untagged.body).unwrap().key;
     env.jobs.send_batch(vec![attack, untagged]).await.unwrap();
     let start = |lp: LargePayloads| {
@@ -446,10 +464,7 @@ async fn payload_objects_are_deleted_only_for_their_own_job(env: Env) {
     assert!(result == big.to_uppercase().as_bytes());
 
     // Opted in: an untagged object goes after its message.
-    let again = payloads(&env)
-        .offload(OutgoingMessage::new("w".repeat(300_000)))
-        .await
-        .unwrap();
+    let again = foreign("payloads/foreign-2").await;
     let again_key = PayloadPointer::parse(&again.body).unwrap().key;
     env.jobs.send_batch(vec![again]).await.unwrap();
     let rt = start(payloads(&env).delete_untagged(true)).await.unwrap();
