@@ -27,6 +27,16 @@
 //! stage-1 result, writes its length and its reverse) → `stage2/<job-id>.txt`.
 //! A bad input is rejected as bad input by stage 1 or by stage 2 and must
 //! end in that stage's dead-letter queue.
+//!
+//! Hostile messages and an operator, drawn apart from the rest (`--disable
+//! hostile` turns them off): copies of good jobs' large-payload pointers
+//! under ids of their own (each ends with a result or, once the payload's
+//! own job deleted it, dead-lettered as a missing object — never the
+//! victim), pointers into a bucket the pipeline does not trust and job ids
+//! over the limit (dead-lettered by stage 1, the foreign object intact), a
+//! broken job followed by its fixed re-send under the same id (a result
+//! always; the broken one dead-lettered at most once), and a redrive of
+//! stage 1's dead-letter queue mid-run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -41,7 +51,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use ferry::backend::local::{Faults, LocalBackend, LocalQueue, QueueOptions};
-use ferry::backend::{BlobStore, OutgoingMessage, Queue, MAX_BATCH};
+use ferry::backend::{BlobStore, OutgoingMessage, Queue};
 use ferry::payload::LargePayloads;
 use ferry::prelude::*;
 use ferry::{PipelineStats, ShutdownReport, StatsSnapshot, DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
@@ -119,6 +129,8 @@ enum FaultClass {
     Retry,
     /// Processor runs stalling past the visibility timeout.
     Stall,
+    /// Hostile messages and the operator's redrive.
+    Hostile,
 }
 
 /// A deliberately broken invariant.
@@ -164,6 +176,52 @@ struct Plan {
     processor: ProcessorFaults,
     /// The kind of processor each stage runs.
     kinds: [Kind; 2],
+    hostile: Hostile,
+}
+
+/// Messages an attacker adds, and what an operator does mid-run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hostile {
+    /// Copies of good jobs' large-payload pointers under ids of their own.
+    thieves: usize,
+    /// Pointers into a bucket the pipeline does not trust.
+    foreign: usize,
+    /// Jobs whose id is over the limit.
+    long_ids: usize,
+    /// Broken jobs followed by a fixed re-send under the same id.
+    resends: usize,
+    /// Whether a re-send is sent right after its broken version (else at
+    /// the end of the batch).
+    resend_adjacent: bool,
+    /// When stage 1's dead-letter queue is redriven, if it is.
+    redrive_at: Option<Duration>,
+}
+
+impl Hostile {
+    fn new(seed: u64, large_payloads: bool) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x686f_7374);
+        if rng.gen_bool(0.4) {
+            return Self::default();
+        }
+        Self {
+            thieves: if large_payloads {
+                rng.gen_range(0..=3)
+            } else {
+                0
+            },
+            foreign: if large_payloads {
+                rng.gen_range(0..=1)
+            } else {
+                0
+            },
+            long_ids: rng.gen_range(0..=1),
+            resends: rng.gen_range(0..=2),
+            resend_adjacent: rng.gen_bool(0.5),
+            redrive_at: rng
+                .gen_bool(0.5)
+                .then(|| Duration::from_millis(rng.gen_range(50..=1500))),
+        }
+    }
 }
 
 /// A kind of processor.
@@ -223,9 +281,11 @@ impl Plan {
             _ => Kind::Batch,
         };
         let kinds = [kind(), kind()];
+        let hostile = Hostile::new(seed, large_payloads.is_some());
         let mut plan = Self {
             seed,
             kinds,
+            hostile,
             jobs: args.jobs.unwrap_or(jobs),
             fifo,
             groups,
@@ -242,8 +302,8 @@ impl Plan {
             plan.faults = Faults::none();
             plan.processor = ProcessorFaults::default();
         }
-        let (f, p) = (&mut plan.faults, &mut plan.processor);
         for class in &args.disable {
+            let (f, p) = (&mut plan.faults, &mut plan.processor);
             match class {
                 FaultClass::Fail => f.fail_rate = 0.0,
                 FaultClass::Duplicate => f.duplicate_rate = 0.0,
@@ -254,6 +314,7 @@ impl Plan {
                 FaultClass::ProcessorPanic => p.panic_rate = 0.0,
                 FaultClass::Retry => p.retry_rate = 0.0,
                 FaultClass::Stall => p.stall_rate = 0.0,
+                FaultClass::Hostile => plan.hostile = Hostile::default(),
             }
         }
         plan
@@ -268,7 +329,8 @@ impl Plan {
              timings: visibility {} ms, flush {} ms\n  \
              backend faults: fail {:.3}, duplicate {:.3}, redeliver-after-delete {:.3}, panic {:.3}, \
              slow {:.3} (max {} ms), refuse {:.3}\n  \
-             processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}",
+             processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}\n  \
+             hostile: {:?}",
             self.jobs,
             if self.fifo {
                 format!("FIFO in {} groups", self.groups)
@@ -297,6 +359,7 @@ impl Plan {
             p.panic_rate,
             p.retry_rate,
             p.stall_rate,
+            self.hostile,
         )
     }
 }
@@ -469,9 +532,52 @@ impl BatchProcessor for SweepProcessor {
 #[derive(Debug, Clone)]
 struct SentJob {
     id: String,
+    /// The body whose results are expected (a good job's).
     body: String,
     /// 0 for a good job, else the stage that rejects it.
     bad_at: u8,
+    /// How else it may end.
+    flex: Flex,
+    /// What is sent for it, in order.
+    sends: Vec<Sending>,
+}
+
+/// How a job may end besides what `bad_at` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flex {
+    /// Only as `bad_at` says.
+    Strict,
+    /// A stage-2 result, or an entry in stage 1's dead-letter queue whose
+    /// reason names a missing object (a copied pointer whose object its own
+    /// job deleted first).
+    ResultOrMissing,
+    /// A stage-2 result, and at most one entry in stage 1's dead-letter
+    /// queue (its broken first version).
+    ResultMaybeDead1,
+}
+
+/// One message sent for a job.
+#[derive(Debug, Clone)]
+enum Sending {
+    /// This body (offloaded when large payloads are on).
+    Body(String),
+    /// The message sent for another job (a copied pointer), under this
+    /// job's id.
+    CopyOf(String),
+    /// A large-payload pointer into the untrusted bucket.
+    Foreign,
+}
+
+impl SentJob {
+    fn new(id: String, body: String, bad_at: u8) -> Self {
+        Self {
+            sends: vec![Sending::Body(body.clone())],
+            id,
+            body,
+            bad_at,
+            flex: Flex::Strict,
+        }
+    }
 }
 
 /// The text of a job: lowercase words.
@@ -491,21 +597,60 @@ fn text(rng: &mut StdRng) -> String {
 fn jobs_of(plan: &Plan) -> Vec<SentJob> {
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x6a6f_6273);
     let mut jobs: Vec<SentJob> = (0..plan.jobs)
-        .map(|i| SentJob {
-            id: format!("job-{i:03}"),
-            body: text(&mut rng),
-            bad_at: 0,
-        })
+        .map(|i| SentJob::new(format!("job-{i:03}"), text(&mut rng), 0))
         .collect();
     for (i, stage) in plan.bad.iter().enumerate() {
         let marker = if *stage == 1 { BAD_AT_1 } else { BAD_AT_2 };
+        let body = format!("{marker} {}", text(&mut rng));
+        jobs.push(SentJob::new(format!("bad-{i}"), body, *stage));
+    }
+    // Hostile messages, drawn apart so the rest stays as it was.
+    let h = plan.hostile;
+    let mut hrng = StdRng::seed_from_u64(plan.seed ^ 0x6576_696c);
+    for i in 0..h.thieves {
+        let victim = jobs[hrng.gen_range(0..plan.jobs)].clone();
         jobs.push(SentJob {
-            id: format!("bad-{i}"),
-            body: format!("{marker} {}", text(&mut rng)),
-            bad_at: *stage,
+            id: format!("thief-{i}"),
+            body: victim.body.clone(),
+            bad_at: 0,
+            flex: Flex::ResultOrMissing,
+            sends: vec![Sending::CopyOf(victim.id)],
         });
     }
+    for i in 0..h.foreign {
+        jobs.push(SentJob {
+            sends: vec![Sending::Foreign],
+            ..SentJob::new(format!("foreign-{i}"), String::new(), 1)
+        });
+    }
+    for i in 0..h.long_ids {
+        let id = format!("long-{i}-{}", "l".repeat(300));
+        jobs.push(SentJob::new(id, text(&mut hrng), 1));
+    }
+    let mut late = Vec::new();
+    for i in 0..h.resends {
+        let fixed = text(&mut hrng);
+        let broken = Sending::Body(format!("{BAD_AT_1} {}", text(&mut hrng)));
+        let mut job = SentJob {
+            flex: Flex::ResultMaybeDead1,
+            ..SentJob::new(format!("resend-{i}"), fixed.clone(), 0)
+        };
+        if h.resend_adjacent {
+            job.sends = vec![broken, Sending::Body(fixed)];
+        } else {
+            job.sends = vec![broken];
+            late.push((job.id.clone(), Sending::Body(fixed)));
+        }
+        jobs.push(job);
+    }
     jobs.shuffle(&mut rng);
+    // A re-send sent late goes at the end, after everything else.
+    for (id, sending) in late {
+        let at = jobs.iter().position(|j| j.id == id).expect("the job");
+        let mut job = jobs.remove(at);
+        job.sends.push(sending);
+        jobs.push(job);
+    }
     jobs
 }
 
@@ -518,6 +663,10 @@ struct World {
     dlq2: Arc<LocalQueue>,
     payloads: Option<LargePayloads>,
 }
+
+/// The bucket the pipeline does not trust, and the object in it that
+/// hostile pointers aim at.
+const SECRETS: (&str, &str) = ("secrets", "db-password");
 
 impl World {
     fn new(plan: &Plan) -> (Self, Arc<ferry::backend::local::LocalTopic>) {
@@ -562,21 +711,60 @@ impl World {
 
     /// Sends every job to stage 1 (faults are off).
     async fn send(&self, plan: &Plan, jobs: &[SentJob]) -> Result<(), String> {
+        let blobs = self.local.blobs();
+        blobs
+            .put(SECRETS.0, SECRETS.1, "hunter2".into(), Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut messages = Vec::new();
+        let mut sent_for: HashMap<String, OutgoingMessage> = HashMap::new();
+        let mut copies = Vec::new();
         for (i, j) in jobs.iter().enumerate() {
-            let mut m = OutgoingMessage::new(j.body.clone()).attribute(JOB_ID_ATTRIBUTE, &j.id);
-            if plan.fifo {
-                m = m.group(format!("group-{}", i % plan.groups)).dedup(&j.id);
+            for (n, sending) in j.sends.iter().enumerate() {
+                let mut m = match sending {
+                    Sending::Body(body) => OutgoingMessage::new(body.clone()),
+                    Sending::Foreign => OutgoingMessage::new(
+                        serde_json::json!([
+                            ferry::payload::POINTER_CLASS,
+                            {"s3BucketName": SECRETS.0, "s3Key": SECRETS.1}
+                        ])
+                        .to_string(),
+                    )
+                    .attribute(ferry::payload::PAYLOAD_SIZE_ATTRIBUTE, "7"),
+                    Sending::CopyOf(victim) => {
+                        // Filled in once the victim's message exists.
+                        copies.push((messages.len(), victim.clone()));
+                        OutgoingMessage::new("")
+                    }
+                };
+                m = m.attribute(JOB_ID_ATTRIBUTE, &j.id);
+                if plan.fifo {
+                    let dedup = JobId::new(format!("{}#{n}", j.id)).dedup_id("send");
+                    m = m.group(format!("group-{}", i % plan.groups)).dedup(dedup);
+                }
+                if let (Some(p), Sending::Body(_)) = (&self.payloads, sending) {
+                    m = p.offload(m).await.map_err(|e| e.to_string())?;
+                }
+                if matches!(sending, Sending::Body(_)) {
+                    sent_for.entry(j.id.clone()).or_insert_with(|| m.clone());
+                }
+                messages.push(m);
             }
-            if let Some(p) = &self.payloads {
-                m = p.offload(m).await.map_err(|e| e.to_string())?;
-            }
-            messages.push(m);
         }
-        for chunk in messages.chunks(MAX_BATCH) {
+        for (at, victim) in copies {
+            let theirs = sent_for.get(&victim).ok_or("no message for a victim")?;
+            let m = &mut messages[at];
+            m.body = theirs.body.clone();
+            for (k, v) in &theirs.attributes {
+                if k != JOB_ID_ATTRIBUTE {
+                    m.attributes.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for range in ferry::backend::batches(&messages) {
             let sent = self
                 .stage1
-                .send_batch(chunk.to_vec())
+                .send_batch(messages[range].to_vec())
                 .await
                 .map_err(|e| format!("sending the jobs failed: {e}"))?;
             for r in sent {
@@ -671,12 +859,20 @@ impl World {
             q.snapshot().iter().map(job_of_entry).collect()
         };
         let (dead1, dead2) = (dead(&self.dlq1), dead(&self.dlq2));
-        jobs.iter().all(|j| match j.bad_at {
-            0 => done.contains(&result_key(2, &j.id)),
-            1 => dead1.contains(&j.id),
+        jobs.iter().all(|j| match (j.bad_at, j.flex) {
+            (0, Flex::ResultOrMissing) => {
+                done.contains(&result_key(2, &j.id)) || dead1.contains(&j.id)
+            }
+            (0, _) => done.contains(&result_key(2, &j.id)),
+            (1, _) => dead1.contains(listed(&j.id)),
             _ => dead2.contains(&j.id),
         })
     }
+}
+
+/// A job's id as its dead-letter entry names it (cut to the limit).
+fn listed(id: &str) -> &str {
+    &id[..id.len().min(ferry::MAX_JOB_ID_BYTES)]
 }
 
 fn result_key(stage: u8, id: &str) -> String {
@@ -750,7 +946,30 @@ async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         }
     };
     let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
+    let mut redrive_at = plan.hostile.redrive_at.map(|d| Instant::now() + d);
     let settled = loop {
+        if redrive_at.is_some_and(|at| Instant::now() >= at) {
+            // The operator moves stage 1's dead letters back, as after a
+            // fix that fixed nothing: each is dead-lettered again, once.
+            // Faults pause meanwhile (a redrive half done under faults can
+            // leave an entry both moved and kept: the operator's to sort).
+            redrive_at = None;
+            world.local.set_faults(Faults::none());
+            let moved = ferry::dlq::redrive(
+                world.dlq1.as_ref(),
+                world.stage1.as_ref(),
+                &ferry::dlq::RedriveOptions::default(),
+            )
+            .await;
+            world.local.set_faults(plan.faults.clone());
+            match moved {
+                Ok(r) => {
+                    let _ = writeln!(details, "  redrive: {r:?}");
+                }
+                Err(e) => v.push(format!("the redrive failed: {e}")),
+            }
+            continue;
+        }
         if world.settled(&jobs).await {
             break true;
         }
@@ -908,6 +1127,31 @@ async fn check(
     v: &mut Vec<String>,
 ) {
     let blobs = world.local.blobs();
+    // Stage 1's dead letters: job id → reasons.
+    let mut dead1: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in world.dlq1.snapshot() {
+        let reason = m.attributes.get(DLQ_REASON_ATTRIBUTE).cloned();
+        dead1
+            .entry(job_of_entry(&m))
+            .or_default()
+            .push(reason.unwrap_or_default());
+    }
+    // A copied pointer ends with a result or, its object deleted by its own
+    // job first, as a missing object; never for another reason.
+    for j in jobs.iter().filter(|j| j.flex == Flex::ResultOrMissing) {
+        for reason in dead1.get(&j.id).into_iter().flatten() {
+            if !reason.contains("missing object") {
+                v.push(format!(
+                    "{} (a copied pointer) dead-lettered: {reason}",
+                    j.id
+                ));
+            }
+        }
+    }
+    match blobs.get(SECRETS.0, SECRETS.1).await {
+        Ok(b) if b.as_ref() == b"hunter2" => {}
+        other => v.push(format!("the untrusted bucket's object changed: {other:?}")),
+    }
 
     // Results: exactly the expected keys, with the expected contents. Keys
     // are functions of the job id, so "exactly one result per job" is: the
@@ -916,6 +1160,7 @@ async fn check(
         // Key → (job id, content).
         let expected: BTreeMap<String, (&str, String)> = jobs
             .iter()
+            .filter(|j| j.flex != Flex::ResultOrMissing || !dead1.contains_key(&j.id))
             .filter(|j| j.bad_at == 0 || (stage == 1 && j.bad_at == 2))
             .map(|j| {
                 let s1 = j.body.to_uppercase();
@@ -979,6 +1224,12 @@ async fn check(
         let expected: BTreeSet<&str> = jobs
             .iter()
             .filter(|j| j.bad_at == stage)
+            .map(|j| listed(&j.id))
+            .collect();
+        // Hostile jobs that may be there too (at most once).
+        let allowed: BTreeSet<&str> = jobs
+            .iter()
+            .filter(|j| stage == 1 && j.flex != Flex::Strict)
             .map(|j| j.id.as_str())
             .collect();
         let mut held: BTreeMap<String, u32> = BTreeMap::new();
@@ -1005,7 +1256,7 @@ async fn check(
         }
         let intruders: Vec<&String> = held
             .keys()
-            .filter(|id| !expected.contains(id.as_str()))
+            .filter(|id| !expected.contains(id.as_str()) && !allowed.contains(id.as_str()))
             .collect();
         if !intruders.is_empty() {
             v.push(format!(
@@ -1181,6 +1432,14 @@ fn reproduce(seed: u64, args: &Args) -> String {
 
 fn main() {
     let args = Args::parse();
+    // RUST_LOG=ferry=debug (say) traces a seed's run.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     // Injected panics are expected: keep their messages off the terminal.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

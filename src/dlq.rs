@@ -188,7 +188,7 @@ pub async fn list(dead_letter: &dyn Queue, limit: usize) -> Result<Vec<DeadLette
 /// attributes, less ferry's dead-letter ones; on a FIFO target, its group
 /// and a deduplication id of its own (a redrive is a new send, not a copy
 /// SQS should drop).
-fn redriven(m: &ReceivedMessage, fifo: bool, nonce: &str) -> OutgoingMessage {
+fn redriven(m: &ReceivedMessage, fifo: bool) -> OutgoingMessage {
     let attributes: HashMap<String, String> = m
         .attributes
         .iter()
@@ -207,7 +207,9 @@ fn redriven(m: &ReceivedMessage, fifo: bool, nonce: &str) -> OutgoingMessage {
         body: m.body.clone(),
         attributes,
         group_id: fifo.then(|| m.group_id.clone().unwrap_or_else(|| job.clone())),
-        dedup_id: fifo.then(|| JobId::new(format!("{job}@{nonce}")).dedup_id("redrive")),
+        // Per entry: an entry sent again (its delete from the dead-letter
+        // queue lost) is deduplicated, another entry of the same job is not.
+        dedup_id: fifo.then(|| JobId::new(&m.message_id).dedup_id("redrive")),
         delay: None,
     }
 }
@@ -224,17 +226,15 @@ pub async fn redrive(
 ) -> Result<RedriveReport, BackendError> {
     let mut report = RedriveReport::default();
     let fifo = to.is_fifo();
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    );
     let max = options.max.unwrap_or(usize::MAX);
     let report_ref = &mut report;
     let moved_so_far = std::sync::atomic::AtomicUsize::new(0);
     let moved_ref = &moved_so_far;
+    // A job moved once in this redrive is not moved again: an entry for it
+    // that turns up during the scan is the job failing anew (moved, it
+    // would bounce between the queues for as long as the scan runs).
+    let moved_jobs = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+    let moved_jobs = &moved_jobs;
     scan(
         dead_letter,
         async |batch: Vec<ReceivedMessage>| {
@@ -253,7 +253,10 @@ pub async fn redrive(
                     tracing::warn!(message_id = %e.message_id,
                         "dead letter with a truncated body: not redriven");
                 }
-                if source_ok && reason_ok && room && !e.truncated {
+                let job = e.job_id.clone().unwrap_or_else(|| e.message_id.clone());
+                let again = moved_jobs.lock().expect("moved jobs").contains(&job);
+                if source_ok && reason_ok && room && !e.truncated && !again {
+                    moved_jobs.lock().expect("moved jobs").insert(job);
                     chosen.push(m);
                 } else {
                     report_ref.skipped += 1;
@@ -264,7 +267,7 @@ pub async fn redrive(
                 return Ok(keep);
             }
             let outgoing: Vec<OutgoingMessage> =
-                chosen.iter().map(|m| redriven(m, fifo, &nonce)).collect();
+                chosen.iter().map(|m| redriven(m, fifo)).collect();
             let mut results: Vec<Result<String, BackendError>> = Vec::with_capacity(chosen.len());
             // Entries can be as large as a message: cut to the request's limit.
             for range in crate::backend::batches(&outgoing) {

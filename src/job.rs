@@ -19,8 +19,10 @@ pub const DLQ_REASON_ATTRIBUTE: &str = "ferry-dlq-reason";
 pub const DLQ_SOURCE_ATTRIBUTE: &str = "ferry-source-queue";
 /// The attribute of a dead-letter entry that gives the receive count.
 pub const DLQ_RECEIVES_ATTRIBUTE: &str = "ferry-receive-count";
-/// The attribute of a dead-letter entry whose body was cut to fit the
-/// queue's size limit: the original body's length in bytes.
+/// The attribute of a dead-letter entry that is not the message as it came
+/// — its body cut to fit the queue's size limit, or its job id cut (one over
+/// [`MAX_JOB_ID_BYTES`]) — with the original body's length in bytes. Such
+/// an entry is never redriven.
 pub const DLQ_TRUNCATED_ATTRIBUTE: &str = "ferry-dlq-truncated";
 /// The metadata key of a result object that names the job that wrote it.
 pub const RESULT_JOB_TAG: &str = "ferry-job-id";

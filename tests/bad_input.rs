@@ -195,6 +195,8 @@ async fn dead_letter_entries_fit_sqs_whatever_the_message_holds() {
         &format!("a job id of {} bytes, over the limit of 256", long_id.len())
     );
     assert_eq!(long.attributes[JOB_ID_ATTRIBUTE], "j".repeat(256));
+    // Not the job as it came: never redriven under the cut id.
+    assert_eq!(long.attributes[ferry::DLQ_TRUNCATED_ATTRIBUTE], "1");
     for m in entries.iter().filter(|m| m.body != "x") {
         assert_eq!(m.body.len(), 250_000);
         assert_eq!(

@@ -26,8 +26,8 @@ use crate::backend::{
 };
 use crate::error::BackendError;
 use crate::job::{
-    DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE,
-    JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
+    JobId, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE,
+    DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
 };
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
@@ -556,6 +556,11 @@ impl Acker {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
+        if attributes[JOB_ID_ATTRIBUTE] != job.id.as_str() {
+            // Not the job as it came: marked like a cut body, never redriven
+            // (it would run under another id).
+            attributes.insert(DLQ_TRUNCATED_ATTRIBUTE.to_owned(), body.len().to_string());
+        }
         let ours_size = message_size("", &attributes);
         if body.len() + ours_size > MAX_MESSAGE_BYTES {
             // Never an entry the queue refuses for ever: the body is cut to
@@ -591,7 +596,11 @@ impl Acker {
                 // A job id can be longer than a group id may be (128).
                 None => job.id.dedup_id("dead-letter"),
             }),
-            dedup_id: fifo.then(|| job.id.dedup_id("dead-letter")),
+            // Per message, not per job: the same message dead-lettered
+            // twice (its delete lost) is one entry, but a job redriven and
+            // dead-lettered again within the five-minute window is a new
+            // message and must not be dropped as a duplicate.
+            dedup_id: fifo.then(|| JobId::new(&job.message_id).dedup_id("dead-letter")),
             delay: None,
         }
     }
