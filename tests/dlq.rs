@@ -189,3 +189,57 @@ async fn listing_a_long_queue_ends_and_consumes_nothing() {
     assert!(listed.iter().all(|e| e.reason.as_deref() == Some("why")));
     assert_eq!(dead.depth_now().visible, 45);
 }
+
+/// On FIFO queues a redrive that fixed nothing: the job runs again and is
+/// dead-lettered again, within the five-minute deduplication window. The
+/// second entry must not be dropped as a duplicate of the first, and a
+/// redrive must not move the job's new entry again (with the same
+/// deduplication id it would vanish), however long its scan runs.
+#[tokio::test]
+async fn a_fifo_job_redriven_and_failing_again_is_dead_lettered_again() {
+    let local = ferry::backend::local::LocalBackend::new();
+    let fifo = QueueOptions {
+        fifo: true,
+        visibility_timeout: std::time::Duration::from_millis(400),
+        ..Default::default()
+    };
+    let dead = local.create_queue("jobs-dlq.fifo", fifo.clone());
+    let jobs = local.create_queue("jobs.fifo", fifo);
+    jobs.send_batch(vec![OutgoingMessage::new("broken")
+        .attribute(JOB_ID_ATTRIBUTE, "J")
+        .group("g")
+        .dedup("J")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let p = Fixable::default();
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(jobs.clone())
+                .dead_letter(dead.clone())
+                .processor({
+                    let p = p.clone();
+                    move || p.clone()
+                })
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("dead-lettered", || dead.depth_now().total() == 1).await;
+    for round in 1..=3 {
+        let report = dlq::redrive(dead.as_ref(), jobs.as_ref(), &RedriveOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.moved, 1, "round {round}: {report:?}");
+        eventually("run again and dead-lettered again", || {
+            p.runs.lock().unwrap().len() == round + 1
+                && dead.depth_now().total() == 1
+                && jobs.depth_now().total() == 0
+        })
+        .await;
+    }
+    rt.shutdown().await;
+}
