@@ -90,9 +90,7 @@ impl LeaseKeeper {
             s.settle(settle);
         }
         let limit = visibility / 4;
-        while !due.is_empty() {
-            let chunk: Vec<(Arc<Lease>, String, bool)> =
-                due.drain(..due.len().min(MAX_BATCH)).collect();
+        for chunk in chunks_by_lease(due) {
             let entries: Vec<(String, Duration)> = chunk
                 .iter()
                 .map(|(_, h, _)| (h.clone(), visibility))
@@ -242,6 +240,36 @@ impl super::supervisor::Child for LeaseKeeper {
     const NAME: &'static str = "keeper";
 }
 
+/// Extension entries in calls of at most [`MAX_BATCH`], a lease's other
+/// messages in the same call as its own handle (which comes last): the
+/// lease counts as extending until that call is answered, so a give-back
+/// never overtakes the extension of one of its messages. (A lease with more
+/// than nine other messages spans calls.)
+fn chunks_by_lease(due: Vec<(Arc<Lease>, String, bool)>) -> Vec<Vec<(Arc<Lease>, String, bool)>> {
+    let mut chunks: Vec<Vec<(Arc<Lease>, String, bool)>> = Vec::new();
+    let mut group = Vec::new();
+    for entry in due {
+        let own = entry.2;
+        group.push(entry);
+        if !own {
+            continue;
+        }
+        let fits = chunks
+            .last()
+            .is_some_and(|c| c.len() + group.len() <= MAX_BATCH);
+        if fits {
+            chunks.last_mut().expect("a chunk").append(&mut group);
+        } else {
+            while group.len() > MAX_BATCH {
+                let rest = group.split_off(MAX_BATCH);
+                chunks.push(std::mem::replace(&mut group, rest));
+            }
+            chunks.push(std::mem::take(&mut group));
+        }
+    }
+    chunks
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -314,6 +342,48 @@ mod tests {
                 }),
         );
         (local, q, shared)
+    }
+
+    #[test]
+    fn a_leases_other_messages_are_extended_in_the_same_call_as_its_own() {
+        let table = crate::lease::LeaseTable::default();
+        let lease = |i: usize| {
+            table.insert(
+                Job::from_message(crate::backend::ReceivedMessage {
+                    message_id: format!("m{i}"),
+                    receipt_handle: format!("h{i}"),
+                    body: String::new(),
+                    attributes: Default::default(),
+                    receive_count: 1,
+                    group_id: None,
+                    dedup_id: None,
+                }),
+                format!("h{i}"),
+                Instant::now(),
+            )
+        };
+        // Leases with 0, 3, 0, 5, 12 other messages.
+        let mut due = Vec::new();
+        for (i, others) in [0usize, 3, 0, 5, 12].into_iter().enumerate() {
+            let l = lease(i);
+            for o in 0..others {
+                due.push((l.clone(), format!("other-{i}-{o}"), false));
+            }
+            due.push((l, format!("h{i}"), true));
+        }
+        let chunks = chunks_by_lease(due);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![6, 6, 10, 3]);
+        for c in &chunks[..2] {
+            // Every lease in a call has its own handle in it.
+            for (l, _, _) in c {
+                assert!(c.iter().any(|(m, _, own)| *own && Arc::ptr_eq(l, m)));
+            }
+        }
+        assert!(
+            chunks[3].last().unwrap().2,
+            "the big lease's own handle comes last"
+        );
     }
 
     #[test]
