@@ -67,7 +67,10 @@ impl BlobStore for S3Store {
         if declared > limit as u64 {
             return Err(too_large(usize::try_from(declared).unwrap_or(usize::MAX)));
         }
-        let mut buf = bytes::BytesMut::with_capacity(declared as usize);
+        // Reserved up front only up to 8 MiB: a declared length is a claim,
+        // and an unlimited read of a huge object must fail by reading, not
+        // abort on one allocation.
+        let mut buf = bytes::BytesMut::with_capacity(declared.min(8 << 20) as usize);
         while let Some(chunk) = out
             .body
             .try_next()
