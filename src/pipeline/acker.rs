@@ -37,15 +37,6 @@ const MAX_ATTRIBUTES: usize = 10;
 /// Longest dead-letter reason kept (characters).
 const MAX_REASON: usize = 1024;
 
-/// The largest char boundary of `s` at or below `at`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
-    let mut cut = at.min(s.len());
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    cut
-}
-
 /// `s` cut to at most `max` characters, with `…` as its last when cut.
 fn cut_chars(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -56,7 +47,7 @@ fn cut_chars(s: &str, max: usize) -> String {
 
 /// `s` cut to at most `max` bytes (at a char boundary).
 fn cut_bytes(s: &str, max: usize) -> String {
-    s[..floor_char_boundary(s, max)].to_owned()
+    s[..s.floor_char_boundary(max)].to_owned()
 }
 
 fn is_dead_lettered(lease: &Lease) -> bool {
@@ -569,7 +560,7 @@ impl Acker {
             let room = MAX_MESSAGE_BYTES
                 .saturating_sub(ours_size)
                 .saturating_sub(attribute_size(DLQ_TRUNCATED_ATTRIBUTE, &original));
-            body.truncate(floor_char_boundary(&body, room));
+            body.truncate(body.floor_char_boundary(room));
             attributes.insert(DLQ_TRUNCATED_ATTRIBUTE.to_owned(), original);
         }
         let mut size = message_size(&body, &attributes);
