@@ -10,7 +10,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -252,6 +251,18 @@ impl State {
     }
 }
 
+/// The deduplication id content-based deduplication gives a message, as SQS
+/// does: the SHA-256 of its body (attributes not included), lowercase hex.
+/// It is the job id of a message sent without one, so it must not change
+/// between builds.
+fn content_dedup_id(body: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl LocalQueue {
     pub(crate) fn new(name: String, options: QueueOptions, faults: Arc<FaultState>) -> Self {
         Self {
@@ -332,11 +343,8 @@ impl LocalQueue {
             }
             let id = match (&msg.dedup_id, self.options.content_based_dedup) {
                 (Some(id), _) => id.clone(),
-                (None, true) => {
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    msg.body.hash(&mut h);
-                    format!("content-{:016x}", h.finish())
-                }
+                // As SQS: the SHA-256 of the body (not the attributes), hex.
+                (None, true) => content_dedup_id(&msg.body),
                 (None, false) => {
                     return Err(BackendError::Invalid {
                         message: format!(
@@ -611,5 +619,44 @@ impl Queue for LocalQueue {
 
     fn receive_is_cancel_safe(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn content_based_deduplication_ids_are_the_bodys_sha256() {
+        // FIPS 180-2's test vectors: a change of hash fails here.
+        assert_eq!(
+            content_dedup_id("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            content_dedup_id(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let q = crate::backend::local::LocalBackend::new().create_queue(
+            "q.fifo",
+            QueueOptions {
+                fifo: true,
+                content_based_dedup: true,
+                ..Default::default()
+            },
+        );
+        q.enqueue(OutgoingMessage::new("abc").group("g")).unwrap();
+        // The same body within the window is dropped, whatever its attributes.
+        q.enqueue(OutgoingMessage::new("abc").group("g").attribute("a", "b"))
+            .unwrap();
+        let got = q
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].dedup_id.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
     }
 }
