@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -82,16 +81,20 @@ impl JobId {
     }
 
     /// The deduplication id of the notification one pipeline publishes for
-    /// this job: a pure function of the two, at most 128 characters.
+    /// this job: a pure function of the two, at most 128 characters. It is
+    /// `<pipeline>:<key-safe id>` when that fits, else the pipeline's first
+    /// 95 characters, `:` and the first 128 bits (hex) of the SHA-256 of
+    /// that longer id: the same in every build and release.
     pub fn dedup_id(&self, pipeline: &str) -> String {
         let id = format!("{pipeline}:{}", self.key_safe());
         if id.len() <= 128 {
             return id;
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.0.hash(&mut h);
-        let short: String = pipeline.chars().take(100).collect();
-        format!("{short}:{:016x}", h.finish())
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let short: String = pipeline.chars().take(95).collect();
+        format!("{short}:{hash}")
     }
 }
 
@@ -352,5 +355,48 @@ mod tests {
             JobId::new("a").dedup_id("s1"),
             JobId::new("a").dedup_id("s2")
         );
+    }
+
+    /// Fixed values, computed once: a deduplication id that changed between
+    /// builds would let a re-published notice through as a second one.
+    #[test]
+    fn dedup_ids_are_fixed_values() {
+        assert_eq!(JobId::new("job-1").dedup_id("stage1"), "stage1:job-1");
+        assert_eq!(JobId::new("a/b c").dedup_id("stage1"), "stage1:a%2Fb%20c");
+        assert_eq!(
+            JobId::new("x".repeat(500)).dedup_id("stage1"),
+            "stage1:02fb3c4e6f71efefe643d664e9701179"
+        );
+        assert_eq!(
+            JobId::new("j").dedup_id(&"p".repeat(200)),
+            format!("{}:29d7abe7427d07eba25b5dceed91a880", "p".repeat(95))
+        );
+        assert_eq!(
+            JobId::new("é/".repeat(60)).dedup_id("dead-letter"),
+            "dead-letter:d1ff82336bce506ba108e2354e1120e0"
+        );
+        // Every long form fits SQS: at most 128 characters, printable ASCII.
+        for (id, pipeline) in [
+            ("x".repeat(500), "stage1".to_owned()),
+            ("j".to_owned(), "p".repeat(200)),
+            ("é/".repeat(60), "dead-letter".to_owned()),
+        ] {
+            let d = JobId::new(id).dedup_id(&pipeline);
+            assert!(d.chars().count() <= 128, "{d}");
+            assert!(d.bytes().all(|b| b.is_ascii_graphic()), "{d}");
+        }
+    }
+
+    #[test]
+    fn long_dedup_ids_differ_where_their_ids_do() {
+        let base = "x".repeat(300);
+        let ids: std::collections::HashSet<_> = (0..200)
+            .map(|i| JobId::new(format!("{base}{i}")).dedup_id("stage1"))
+            .chain(
+                // Two pipelines whose names share the part that is kept.
+                ["a", "b"].map(|t| JobId::new(&base).dedup_id(&format!("{}{t}", "p".repeat(100)))),
+            )
+            .collect();
+        assert_eq!(ids.len(), 202);
     }
 }
