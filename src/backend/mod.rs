@@ -17,6 +17,7 @@ use crate::error::BackendError;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod local;
+pub mod metadata;
 
 /// SQS: at most ten entries in one receive, delete, visibility or send batch.
 pub const MAX_BATCH: usize = 10;
@@ -242,7 +243,10 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Content type.
     pub content_type: Option<String>,
-    /// User metadata (S3 `x-amz-meta-*`), among them `ferry-job-id`.
+    /// User metadata (S3 `x-amz-meta-*`), among them `ferry-job-id`, as
+    /// ferry means the values: the S3 backend writes a value that is not
+    /// plain US-ASCII RFC 2047-encoded and decodes it on read
+    /// ([`metadata`]).
     pub metadata: HashMap<String, String>,
 }
 

@@ -86,13 +86,24 @@ pub(crate) fn classify_code(
 }
 
 /// Classifies any SDK error of any AWS service: throttling, 5xx, timeouts
-/// and connection failures are retryable; a stale receipt handle means the
-/// lease is lost; a missing resource or denied access names the resource.
+/// and connection failures are retryable, and so is a response the SDK
+/// could not parse (a malformed or unreadable answer, including a 2xx whose
+/// headers it refused); a stale receipt handle means the lease is lost; a
+/// missing resource or denied access names the resource.
 pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>, resource: &str) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match &err {
+        // A success the SDK could not read (a header it cannot parse, such
+        // as metadata a server sent in Latin-1): the response's fault, not
+        // the request's — never the message's.
+        SdkError::ServiceError(se) if se.raw().status().is_success() => {
+            BackendError::transient(format!(
+                "{resource}: an unreadable response: {}",
+                DisplayErrorContext(&err)
+            ))
+        }
         SdkError::ServiceError(se) => {
             let e = se.err();
             let code = e.code().unwrap_or(if se.raw().status().as_u16() == 404 {
@@ -137,6 +148,36 @@ mod tests {
         assert!(matches!(
             classify_code("AccessDenied", "no", false, "s3://b"),
             BackendError::AccessDenied { .. }
+        ));
+    }
+
+    fn response(status: u16) -> HttpResponse {
+        HttpResponse::new(
+            status.try_into().expect("a status"),
+            aws_sdk_s3::primitives::SdkBody::empty(),
+        )
+    }
+
+    #[test]
+    fn a_response_the_sdk_cannot_read_is_retryable() {
+        use aws_sdk_s3::operation::head_object::HeadObjectError;
+        // What the SDK answers for a 200 whose metadata header is not UTF-8.
+        let unreadable = SdkError::service_error(
+            HeadObjectError::unhandled("Failed to parse Metadata from prefix header `x-amz-meta-`"),
+            response(200),
+        );
+        let e = classify(unreadable, "s3://b/k");
+        assert!(
+            matches!(&e, BackendError::Transient { message } if message.contains("unreadable")),
+            "{e:?}"
+        );
+        let garbled = SdkError::<HeadObjectError, _>::response_error("bad xml", response(200));
+        assert!(classify(garbled, "s3://b/k").is_retryable());
+        // A refusal without a code is still the request's.
+        let refused = SdkError::service_error(HeadObjectError::unhandled("no"), response(400));
+        assert!(matches!(
+            classify(refused, "s3://b/k"),
+            BackendError::Invalid { .. }
         ));
     }
 }

@@ -5,6 +5,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::classify::classify;
+use crate::backend::metadata::{decode_value, encode_value};
 use crate::backend::{BlobStore, ObjectMeta};
 use crate::error::BackendError;
 
@@ -20,6 +21,8 @@ fn name(bucket: &str, key: &str) -> String {
 
 #[async_trait]
 impl BlobStore for S3Store {
+    /// Metadata values that are not plain US-ASCII go out RFC 2047-encoded
+    /// ([`crate::backend::metadata`]).
     #[tracing::instrument(skip_all, fields(bucket, key, size = body.len()))]
     async fn put(
         &self,
@@ -34,7 +37,12 @@ impl BlobStore for S3Store {
             .key(key)
             .body(ByteStream::from(body))
             .set_content_type(meta.content_type)
-            .set_metadata(Some(meta.metadata))
+            .set_metadata(Some(
+                meta.metadata
+                    .into_iter()
+                    .map(|(k, v)| (k, encode_value(&v).into_owned()))
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(|e| classify(e, &name(bucket, key)))?;
@@ -85,6 +93,7 @@ impl BlobStore for S3Store {
         Ok(buf.freeze())
     }
 
+    /// Metadata values are decoded ([`crate::backend::metadata`]).
     #[tracing::instrument(skip_all, fields(bucket, key))]
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
         match self
@@ -98,7 +107,12 @@ impl BlobStore for S3Store {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
-                metadata: out.metadata().cloned().unwrap_or_default(),
+                metadata: out
+                    .metadata()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), decode_value(v).into_owned()))
+                    .collect(),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(classify(e, &name(bucket, key))),
