@@ -5,8 +5,10 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::watched::{Delivery, Watched};
 use common::*;
 use ferry::backend::local::QueueOptions;
 use ferry::prelude::*;
@@ -15,29 +17,65 @@ use ferry::{DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, 
 async fn retries_back_off_then_dead_letter_after_max_receives(kind: Kind) {
     let h = Harness::new();
     h.send_jobs(2).await;
+    // Records each delivery and each visibility ferry sets.
+    let q = Watched::new(h.jobs.clone());
     let p = Counting::new();
     p.set(Behaviour::Retry);
-    let started = tokio::time::Instant::now();
+    let base = Duration::from_millis(40);
     let rt = Runtime::builder()
-        .pipeline(h.pipeline_of(kind, p.clone()).configure(|c| {
-            c.max_receives = 4;
-            c.retry_backoff_base = Duration::from_millis(40);
-        }))
+        .pipeline(
+            h.pipeline_of(kind, p.clone())
+                .source(q.clone())
+                .configure(|c| {
+                    c.max_receives = 4;
+                    c.retry_backoff_base = base;
+                    c.retry_backoff_max = Duration::from_secs(1);
+                }),
+        )
         .start()
         .await
         .unwrap();
     eventually("both dead-lettered", || h.dlq.snapshot().len() == 2).await;
     eventually("source drained", || h.jobs.depth_now().total() == 0).await;
-    let took = started.elapsed();
     let stats = rt.stats_of("stage").unwrap();
     rt.shutdown().await;
-    // Backoffs of 40, 80 and 160 ms separate the four attempts.
-    assert!(
-        took >= Duration::from_millis(280),
-        "retried without backing off: {took:?}"
-    );
     assert_eq!(stats.retried, 6, "three retries per job: {stats:?}");
     assert_eq!(p.started_count(), 8, "four attempts per job");
+    // Per message: four deliveries; after the k-th failed one the message
+    // is given back for 40 ms · 2^(k-1) (40, 80, 160 ms), and the next
+    // delivery comes no sooner.
+    let record = q.record();
+    let mut per_message: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+    for d in &record.deliveries {
+        per_message.entry(&d.message_id).or_default().push(d);
+    }
+    assert_eq!(per_message.len(), 2, "{record:?}");
+    for (id, deliveries) in &per_message {
+        let counts: Vec<u32> = deliveries.iter().map(|d| d.receive_count).collect();
+        assert_eq!(counts, [1, 2, 3, 4], "{id}: deliveries");
+        for pair in deliveries.windows(2) {
+            let (d, next) = (pair[0], pair[1]);
+            let k = d.receive_count;
+            let want = base * (1 << (k - 1));
+            let set: Vec<Duration> = record.changes_of(&d.handle).iter().map(|c| c.to).collect();
+            assert_eq!(
+                set.last(),
+                Some(&want),
+                "{id}: the visibility set after failed receive {k} (all set on that handle: {set:?})"
+            );
+            let gap = next.at.duration_since(d.at);
+            assert!(
+                gap >= want,
+                "{id}: receive {} came {gap:?} after receive {k}, before its {want:?} backoff",
+                k + 1
+            );
+        }
+        // The fourth failure dead-letters: that delivery is not given back.
+        assert!(
+            record.changes_of(&deliveries[3].handle).is_empty(),
+            "{id}: the last delivery was given back: {record:?}"
+        );
+    }
     for m in h.dlq.snapshot() {
         let reason = &m.attributes[DLQ_REASON_ATTRIBUTE];
         assert!(

@@ -4,6 +4,7 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod imds;
+pub mod watched;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
