@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::watched::Watched;
 use common::*;
 use ferry::prelude::*;
 use ferry::testkit::PanicInjector;
@@ -63,13 +64,18 @@ async fn panicking_processor_is_rebuilt_and_every_job_completes() {
 async fn restarts_past_the_limit_stop_polling_and_release_every_lease() {
     let h = Harness::new();
     h.send_jobs(20).await;
+    // Records every delivery and every visibility ferry sets.
+    let q = Watched::new(h.jobs.clone());
     let p = Counting::new();
     p.set(Behaviour::Panic);
     let rt = Runtime::builder()
-        .pipeline(h.pipeline(p.clone()).configure(|c| {
+        .pipeline(h.pipeline(p.clone()).source(q.clone()).configure(|c| {
             c.restart.max_restarts = 3;
             c.retry_backoff_base = Duration::from_secs(30);
             c.max_in_flight = 10;
+            // A lease not given back would keep its message hidden this
+            // long, past every wait below.
+            c.visibility_timeout = Duration::from_secs(30);
         }))
         .start()
         .await
@@ -80,20 +86,40 @@ async fn restarts_past_the_limit_stop_polling_and_release_every_lease() {
     .await;
     eventually("every lease released", || rt.in_flight() == 0).await;
     let received = rt.stats_of("stage").unwrap().received;
+    assert!(
+        (1..=10).contains(&received),
+        "{received} received, with at most 10 in flight"
+    );
+    // Each message ferry held was given back at the queue: its handle's
+    // last visibility change makes it visible again at once (released) or
+    // after the retry backoff (capped at 200 ms), and none was deleted.
+    let record = q.record();
+    assert_eq!(record.deliveries.len() as u64, received, "{record:?}");
+    assert!(record.deleted.is_empty(), "{record:?}");
+    for d in &record.deliveries {
+        let changes = record.changes_of(&d.handle);
+        assert!(
+            changes
+                .last()
+                .is_some_and(|c| c.to <= Duration::from_millis(200)),
+            "delivery {d:?} was not given back: {changes:?}"
+        );
+    }
+    // So all 20 are visible again and none is in flight.
+    eventually("every message visible again", || {
+        let depth = h.jobs.depth_now();
+        depth.visible == 20 && depth.in_flight == 0
+    })
+    .await;
+    // With every message visible, a pipeline still polling would receive.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = rt.stats_of("stage").unwrap();
     assert_eq!(
         after.received, received,
         "the pipeline kept polling after escalating"
     );
+    assert_eq!(q.record().deliveries.len() as u64, received);
     assert!(rt.stats()[0].escalated);
-    // Nothing lost: every message is still in the queue, none dead-lettered.
-    let depth = h.jobs.depth_now();
-    assert_eq!(depth.total(), 20);
-    assert!(
-        depth.visible > 0,
-        "released messages are visible again: {depth:?}"
-    );
     assert!(h.dlq.snapshot().is_empty());
     rt.shutdown().await;
 }
