@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use common::*;
 use ferry::backend::local::Op;
-use ferry::backend::BlobStore;
+use ferry::backend::{BlobStore, Queue};
 use ferry::prelude::*;
 use ferry::{JOB_ID_ATTRIBUTE, RESULT_JOB_TAG};
 
@@ -37,6 +37,25 @@ fn notifications(h: &Harness) -> HashMap<String, Vec<String>> {
         out.entry(id).or_default().push(m.body);
     }
     out
+}
+
+/// The job ids `job-0…job-{n-1}`, as a set.
+fn job_ids(n: usize) -> BTreeSet<String> {
+    (0..n).map(|i| format!("job-{i}")).collect()
+}
+
+/// Exactly one notification per job, and none for anything else.
+fn assert_one_notification_per_job(h: &Harness) {
+    let notes = notifications(h);
+    assert_eq!(
+        notes.keys().cloned().collect::<BTreeSet<_>>(),
+        job_ids(JOBS),
+        "a notification per job: {notes:?}"
+    );
+    assert!(
+        notes.values().all(|n| n.len() == 1),
+        "published once per job: {notes:?}"
+    );
 }
 
 async fn finish_with_fresh_worker(h: &Harness, p: &Counting, kind: Kind) -> ferry::StatsSnapshot {
@@ -74,12 +93,7 @@ async fn crash_before_the_result_is_stored_redoes_the_job(kind: Kind) {
             "no result was stored, so the job runs again"
         );
     }
-    let notes = notifications(&h);
-    assert_eq!(notes.len(), JOBS);
-    assert!(
-        notes.values().all(|n| n.len() == 1),
-        "published once per job: {notes:?}"
-    );
+    assert_one_notification_per_job(&h);
 }
 
 async fn crash_after_the_result_is_stored_resumes_without_reprocessing(kind: Kind) {
@@ -119,7 +133,7 @@ async fn crash_after_the_result_is_stored_resumes_without_reprocessing(kind: Kin
             .unwrap();
         assert_eq!(meta.metadata.get(RESULT_JOB_TAG), Some(&id));
     }
-    assert!(notifications(&h).values().all(|n| n.len() == 1));
+    assert_one_notification_per_job(&h);
 }
 
 async fn crash_after_publishing_republishes_the_same_job_and_deletes(kind: Kind) {
@@ -140,7 +154,10 @@ async fn crash_after_publishing_republishes_the_same_job_and_deletes(kind: Kind)
     finish_with_fresh_worker(&h, &p, kind).await;
     assert_eq!(p.total_runs() as usize, JOBS, "no job was processed twice");
     let after = notifications(&h);
-    assert_eq!(after.len(), JOBS);
+    assert_eq!(
+        after.keys().cloned().collect::<BTreeSet<_>>(),
+        job_ids(JOBS)
+    );
     for (id, bodies) in &after {
         // Re-published after the crash, recognisably the same job: same id
         // attribute, same body.
@@ -167,7 +184,54 @@ async fn effects_are_keyed_by_job_id_not_by_message(kind: Kind) {
     );
 }
 
+async fn a_first_delivery_reads_no_result_a_redelivery_reads_one(kind: Kind) {
+    let h = Harness::new();
+    h.send_jobs(JOBS).await;
+    let p = Counting::new();
+    let before = h.local.calls();
+    let rt = start(&h, &p, kind).await;
+    eventually("every job deleted", || h.jobs.depth_now().total() == 0).await;
+    rt.shutdown().await;
+    // No earlier attempt can exist: no S3 call is spent looking for one.
+    let first = h.local.calls().since(&before);
+    assert_eq!(
+        (first.get(Op::Head), first.get(Op::Get)),
+        (0, 0),
+        "first deliveries read the result bucket"
+    );
+    assert_eq!(first.get(Op::Put), JOBS as u64, "one upload per job");
+    assert_eq!(p.total_runs() as usize, JOBS);
+
+    // A message a dead worker received once: its next delivery is the
+    // second, and checks once for a stored result.
+    h.send_named(&["again".to_string()]).await;
+    let got = h
+        .jobs
+        .receive(1, std::time::Duration::ZERO, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let before = h.local.calls();
+    let rt = start(&h, &p, kind).await;
+    eventually("the redelivered job deleted", || {
+        h.jobs.depth_now().total() == 0
+    })
+    .await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    let second = h.local.calls().since(&before);
+    assert_eq!(
+        (second.get(Op::Head), second.get(Op::Get)),
+        (1, 0),
+        "a redelivery checks for its result once"
+    );
+    assert_eq!(stats.resumed, 0, "nothing was stored to resume from");
+    assert_eq!(p.runs_of("again"), 1);
+    assert_eq!(second.get(Op::Put), 1);
+}
+
 for_each_kind!(
+    a_first_delivery_reads_no_result_a_redelivery_reads_one,
     crash_before_the_result_is_stored_redoes_the_job,
     crash_after_the_result_is_stored_resumes_without_reprocessing,
     crash_after_publishing_republishes_the_same_job_and_deletes,
