@@ -5,13 +5,14 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use common::watched::{Hang, Watched};
 use common::*;
 use ferry::backend::local::{LocalQueue, Op};
 use ferry::backend::{
@@ -135,13 +136,17 @@ impl Topic for UserTopic {
 struct UserBlobs {
     inner: Arc<dyn BlobStore>,
     p: PanicOnce,
+    /// Writes that went through, per key.
+    puts: Arc<Mutex<BTreeMap<String, u32>>>,
 }
 
 #[async_trait]
 impl BlobStore for UserBlobs {
     async fn put(&self, b: &str, k: &str, body: Bytes, m: ObjectMeta) -> Result<(), BackendError> {
         self.p.hit(Call::Put);
-        self.inner.put(b, k, body, m).await
+        self.inner.put(b, k, body, m).await?;
+        *self.puts.lock().unwrap().entry(k.to_owned()).or_default() += 1;
+        Ok(())
     }
     async fn get(&self, b: &str, k: &str) -> Result<Bytes, BackendError> {
         self.inner.get(b, k).await
@@ -196,6 +201,9 @@ async fn a_user_backend_that_panics_once_in_any_call_loses_no_job() {
         let h = Harness::new();
         let ids = h.send_jobs(10).await;
         let p = PanicOnce::new(call);
+        // One counter across every processor instance the factory builds.
+        let runs = Counting::new().with_delay(Duration::from_millis(150));
+        let puts = Arc::new(Mutex::new(BTreeMap::new()));
         let store = UserStore {
             inner: LocalIdempotencyStore::new(),
             p: p.clone(),
@@ -212,6 +220,7 @@ async fn a_user_backend_that_panics_once_in_any_call_loses_no_job() {
                         Arc::new(UserBlobs {
                             inner: h.local.blobs(),
                             p: p.clone(),
+                            puts: puts.clone(),
                         }) as Arc<dyn BlobStore>,
                         "results",
                         "out/",
@@ -223,7 +232,10 @@ async fn a_user_backend_that_panics_once_in_any_call_loses_no_job() {
                     }) as Arc<dyn Topic>)
                     .idempotency(Arc::new(store))
                     // Slow enough for the lease keeper to extend.
-                    .processor(|| Counting::new().with_delay(Duration::from_millis(150)))
+                    .processor({
+                        let runs = runs.clone();
+                        move || runs.clone()
+                    })
                     .configure(|c| {
                         fast(c);
                         c.visibility_timeout = Duration::from_millis(300);
@@ -242,13 +254,29 @@ async fn a_user_backend_that_panics_once_in_any_call_loses_no_job() {
         assert!(p.fired(), "{call:?} was never called");
         assert_eq!(stats.backend_panics, 1, "{call:?}: {stats:?}");
         assert_eq!(h.results().await.len(), 10, "{call:?}");
-        let notices: HashSet<_> = h
-            .downstream
-            .snapshot()
-            .into_iter()
-            .map(|m| m.attributes[ferry::JOB_ID_ATTRIBUTE].clone())
-            .collect();
-        assert_eq!(notices, ids.iter().cloned().collect(), "{call:?}");
+        // Every effect once per job: one result write, one notice.
+        let once = |f: &dyn Fn(&String) -> String| -> BTreeMap<String, u32> {
+            ids.iter().map(|id| (f(id), 1)).collect()
+        };
+        assert_eq!(
+            *puts.lock().unwrap(),
+            once(&|id| format!("out/{id}.txt")),
+            "{call:?}: result writes per key"
+        );
+        let mut notices: BTreeMap<String, u32> = BTreeMap::new();
+        for m in h.downstream.snapshot() {
+            *notices
+                .entry(m.attributes[ferry::JOB_ID_ATTRIBUTE].clone())
+                .or_default() += 1;
+        }
+        assert_eq!(notices, once(&|id| id.clone()), "{call:?}: notices per job");
+        // One processor run per job, counted across every processor
+        // instance (a panic in the upload is retried by the uploader with
+        // the output in hand).
+        let per_job: BTreeMap<String, u32> =
+            runs.runs.lock().unwrap().clone().into_iter().collect();
+        assert_eq!(per_job, once(&|id| id.clone()), "{call:?}: runs per job");
+        assert_eq!(stats.processed as usize, ids.len(), "{call:?}: {stats:?}");
         assert!(h.dlq.snapshot().is_empty(), "{call:?}");
         eprintln!("panic once in {call:?}: {stats:?}");
     }
@@ -357,14 +385,19 @@ async fn an_extension_slower_than_the_visibility_cancels_its_job_before_any_effe
     // The message comes back when its visibility lapses; the second run is
     // quick (no extension needed) and finishes the job.
     eventually("the job done", || h.jobs.depth_now().total() == 0).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The first run ends its second of work and finds itself cancelled.
+    eventually("the first run to see its cancellation", || {
+        cancelled_seen.load(Ordering::Acquire)
+    })
+    .await;
     extensions.open();
-    let stats = rt.stats_of("stage").unwrap();
+    // Read after the shutdown: whatever the first run's outcome led to is
+    // counted by then.
+    let reader = rt.stats_reader();
     rt.shutdown().await;
-    assert!(
-        cancelled_seen.load(Ordering::Acquire),
-        "the first run saw its cancellation"
-    );
+    let stats = reader.total();
+    // Every extension hangs, so a redelivery waiting behind the first run
+    // may lose its lease too: at least one more run, one result.
     assert!(runs.load(Ordering::Acquire) >= 2);
     // Only the second run's result was stored and announced: the first,
     // cancelled when its lease lapsed, had no effect.
@@ -399,6 +432,166 @@ impl Processor for SlowFirst {
         }
         Ok(Output::text(format!("run {run}")))
     }
+}
+
+#[tokio::test]
+async fn one_hung_extension_leaves_time_for_another() {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    // The first extension call never answers; the later ones do.
+    let q = Watched::new(h.jobs.clone());
+    q.hang(Hang::FirstCall);
+    let p = Counting::new().with_delay(Duration::from_secs(4));
+    let visibility = Duration::from_secs(2);
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline(p.clone()).source(q.clone()).configure(|c| {
+            c.visibility_timeout = visibility;
+            c.workers = 1;
+        }))
+        .start()
+        .await
+        .unwrap();
+    eventually("the job started", || p.started_count() == 1).await;
+    // Never visible to another reader while it runs (two visibilities).
+    let mut max_visible = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while p.total_runs() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not return"
+        );
+        max_visible = max_visible.max(h.jobs.depth_now().visible);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually("the job deleted", || h.jobs.depth_now().total() == 0).await;
+    let reader = rt.stats_reader();
+    rt.shutdown().await;
+    let stats = reader.total();
+    assert!(q.has_hung(), "no extension was made");
+    assert_eq!(max_visible, 0, "the message came back while its job ran");
+    assert_eq!(stats.leases_lost, 0, "{stats:?}");
+    assert_eq!((stats.received, stats.duplicates()), (1, 0), "{stats:?}");
+    let record = q.record();
+    assert_eq!(record.deliveries.len(), 1, "delivered again: {record:?}");
+    // The hung call gave up in time for another, answered, within the
+    // first visibility.
+    let received = record.deliveries[0].at;
+    let hung = &record.visibility[0];
+    assert!(hung.hung, "{record:?}");
+    let next = record
+        .visibility
+        .iter()
+        .find(|c| c.call > hung.call)
+        .unwrap_or_else(|| panic!("no extension after the hung one: {record:?}"));
+    assert!(
+        next.at.duration_since(received) < visibility,
+        "the next extension came {:?} after the receive",
+        next.at.duration_since(received)
+    );
+    assert!(stats.leases_extended >= 1, "{stats:?}");
+    assert_eq!(p.runs_of("job-0"), 1);
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
+    assert_eq!(h.results().await, ["out/job-0.txt"]);
+    assert_eq!(h.downstream.snapshot().len(), 1);
+}
+
+/// An idempotency store that refuses the first renewal, as if the claim
+/// had lapsed and another worker had taken it.
+#[derive(Debug)]
+struct RefusesFirstRenewal {
+    inner: LocalIdempotencyStore,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl IdempotencyStore for RefusesFirstRenewal {
+    async fn claim(&self, k: &str, o: &str, h: Duration) -> Result<ClaimOutcome, BackendError> {
+        self.inner.claim(k, o, h).await
+    }
+    async fn renew(&self, k: &str, o: &str, h: Duration) -> Result<bool, BackendError> {
+        if self.armed.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.inner.renew(k, o, h).await
+    }
+    async fn complete(&self, k: &str, o: &str, t: Duration) -> Result<bool, BackendError> {
+        self.inner.complete(k, o, t).await
+    }
+    async fn release(&self, k: &str, o: &str) -> Result<(), BackendError> {
+        self.inner.release(k, o).await
+    }
+    async fn record(&self, k: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
+        self.inner.record(k).await
+    }
+}
+
+#[tokio::test]
+async fn a_refused_claim_renewal_cancels_its_job_before_its_effects() {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    let store = Arc::new(RefusesFirstRenewal {
+        inner: LocalIdempotencyStore::new(),
+        armed: AtomicBool::new(true),
+    });
+    let cancelled_seen = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU32::new(0));
+    let (seen, r) = (cancelled_seen.clone(), runs.clone());
+    let rt = Runtime::builder()
+        .pipeline(
+            h.pipeline(Counting::new())
+                .idempotency(store.clone())
+                // The first run takes a second: its lease is extended, and
+                // the claim renewed with it, at 150 ms.
+                .processor(move || SlowFirst {
+                    cancelled_seen: seen.clone(),
+                    runs: r.clone(),
+                })
+                .configure(|c| {
+                    c.visibility_timeout = Duration::from_millis(300);
+                    c.workers = 1;
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the claim lost", || {
+        rt.stats_of("stage").unwrap().claims_lost == 1
+    })
+    .await;
+    assert!(
+        !store.armed.load(Ordering::Acquire),
+        "no renewal was refused"
+    );
+    eventually("the first run to see its cancellation", || {
+        cancelled_seen.load(Ordering::Acquire)
+    })
+    .await;
+    eventually("the job done", || h.jobs.depth_now().total() == 0).await;
+    let reader = rt.stats_reader();
+    rt.shutdown().await;
+    let stats = reader.total();
+    // The first run's output ("run 1") had no effect; the redelivery's did.
+    assert_eq!(runs.load(Ordering::Acquire), 2);
+    assert_eq!((stats.uploaded, stats.published), (1, 1), "{stats:?}");
+    let stored = h
+        .local
+        .blobs()
+        .get("results", "out/job-0.txt")
+        .await
+        .unwrap();
+    assert_eq!(&stored[..], b"run 2");
+    assert_eq!(h.downstream.snapshot().len(), 1);
+    let record = store
+        .record(&ferry::idempotency::job_key("stage", &JobId::new("job-0")))
+        .await
+        .unwrap()
+        .expect("a record");
+    assert_eq!(
+        record.status,
+        ferry::idempotency::RecordStatus::Completed,
+        "{record:?}"
+    );
+    assert_eq!(record.claims, 2, "the refused claim, then the redelivery's");
 }
 
 #[tokio::test]
