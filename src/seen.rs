@@ -227,7 +227,121 @@ mod tests {
             let _ = cache.claim(&id, || lease(&table, "x"));
             cache.complete(&id);
         }
-        assert!(cache.len() <= 101, "cache holds {}", cache.len());
+        // It keeps exactly the newest 100: those are still dropped as done,
+        // the older ones are forgotten.
+        assert_eq!(cache.len(), 100);
+        for i in 900..1000 {
+            let id = JobId::new(format!("j{i}"));
+            assert!(
+                matches!(cache.claim(&id, || lease(&table, "x")), Claim::Done),
+                "j{i} forgotten"
+            );
+        }
+        for i in [0, 1, 500, 899] {
+            let id = JobId::new(format!("j{i}"));
+            assert!(
+                matches!(cache.claim(&id, || lease(&table, "x")), Claim::New(_)),
+                "j{i} kept"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_by_age() {
+        let table = LeaseTable::default();
+        let cache = SeenCache::new(Duration::from_secs(60), 100);
+        assert!(cache.is_empty());
+        for i in 0..10 {
+            let id = JobId::new(format!("j{i}"));
+            let _ = cache.claim(&id, || lease(&table, "x"));
+            assert!(!cache.is_empty());
+            cache.complete(&id);
+        }
+        assert_eq!(cache.len(), 10);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // The next completion drops every entry of the TTL's age.
+        let id = JobId::new("late");
+        let _ = cache.claim(&id, || lease(&table, "x"));
+        cache.complete(&id);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_job_is_dropped_until_exactly_the_ttl() {
+        let table = LeaseTable::default();
+        let cache = SeenCache::new(Duration::from_secs(60), 100);
+        let id = JobId::new("a");
+        let _ = cache.claim(&id, || lease(&table, "a"));
+        cache.complete(&id);
+        tokio::time::advance(Duration::from_millis(59_999)).await;
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::Done
+        ));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            cache.claim(&id, || lease(&table, "a")),
+            Claim::New(_)
+        ));
+    }
+
+    /// The key is all 128 bits of the id's xxh3 (fixed values, computed
+    /// once outside ferry): no half of it is dropped.
+    #[test]
+    fn the_key_is_the_ids_128_bit_xxh3() {
+        assert_eq!(
+            key(&JobId::new("job-1")),
+            [0xa733_14ba_43d2_8cef, 0x3327_6808_5871_1e9f]
+        );
+    }
+
+    /// DESIGN rule 13: a dead-lettered message's id is remembered (for the
+    /// TTL), so its return is deleted without a second entry; others are not.
+    #[tokio::test(start_paused = true)]
+    async fn dead_lettered_messages_are_remembered_for_the_ttl() {
+        let cache = SeenCache::new(Duration::from_secs(60), 100);
+        assert!(!cache.was_dead_lettered("m1"));
+        cache.dead_lettered("m1");
+        assert!(cache.was_dead_lettered("m1"));
+        assert!(!cache.was_dead_lettered("m2"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        cache.dead_lettered("m2");
+        assert!(
+            cache.was_dead_lettered("m1"),
+            "a second one dropped the first"
+        );
+        assert!(cache.was_dead_lettered("m2"));
+        // Job ids are another space: nothing here is a completed job.
+        assert!(cache.is_empty());
+        tokio::time::advance(Duration::from_millis(58_999)).await;
+        assert!(cache.was_dead_lettered("m1"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!cache.was_dead_lettered("m1"), "remembered past the TTL");
+        assert!(cache.was_dead_lettered("m2"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!cache.was_dead_lettered("m2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_lettered_messages_are_bounded_by_count_and_age() {
+        let cache = SeenCache::new(Duration::from_secs(60), 2);
+        for m in ["m1", "m2", "m3"] {
+            cache.dead_lettered(m);
+        }
+        let kept = ["m1", "m2", "m3"]
+            .iter()
+            .filter(|m| cache.was_dead_lettered(m))
+            .count();
+        assert_eq!(kept, 2, "at most the capacity, and up to it");
+        // At the TTL the old ones make room for a new one.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        cache.dead_lettered("m4");
+        assert!(cache.was_dead_lettered("m4"));
+        let one = SeenCache::new(Duration::from_secs(60), 1);
+        one.dead_lettered("a");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        one.dead_lettered("b");
+        assert!(one.was_dead_lettered("b"), "an expired entry kept its room");
     }
 
     #[tokio::test(start_paused = true)]
