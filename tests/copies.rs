@@ -32,9 +32,15 @@ async fn both_messages_are_held_while_the_job_runs_and_both_deleted_after() {
         .await
         .unwrap();
     eventually("the job started", || p.started_count() == 1).await;
-    // Neither message comes back while the job runs.
+    // Neither message comes back while the job runs (watched until its run
+    // returns, at most LIMIT).
     let mut max_visible = 0;
+    let deadline = tokio::time::Instant::now() + LIMIT;
     while p.total_runs() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job's run did not return within {LIMIT:?}"
+        );
         max_visible = max_visible.max(h.jobs.depth_now().visible);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
