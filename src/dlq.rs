@@ -111,18 +111,62 @@ pub struct RedriveReport {
     pub skipped: usize,
     /// Left in place: the send back failed.
     pub failed: usize,
+    /// Entries the dead-letter queue held when the redrive ended that it
+    /// never looked at (its depth less the entries it saw and left): on a
+    /// FIFO queue those behind ten kept entries of their group, entries in
+    /// flight elsewhere, entries past [`RedriveOptions::max`]. `None` when
+    /// the depth could not be read.
+    pub unseen: Option<usize>,
+}
+
+/// A listing: the entries, and how many it left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The entries seen, at most the limit asked for.
+    pub entries: Vec<DeadLetter>,
+    /// Entries the queue held when the listing ended that are not in
+    /// `entries`: past the limit, in flight elsewhere, or — on a FIFO
+    /// queue — behind the first ten of their group, which SQS hands out
+    /// only once those are deleted. `None` when the depth could not be read.
+    pub unlisted: Option<usize>,
+}
+
+/// Makes `entries` (message id, receipt handle) visible again at once.
+async fn give_back(queue: &dyn Queue, entries: &[(String, String)]) {
+    for chunk in entries.chunks(MAX_BATCH) {
+        let batch: Vec<(String, Duration)> = chunk
+            .iter()
+            .map(|(_, h)| (h.clone(), Duration::ZERO))
+            .collect();
+        if let Err(e) = queue.change_visibility_batch(&batch).await {
+            tracing::warn!(queue = queue.name(), error = %e,
+                "could not give back scanned dead letters; they return after 60 s");
+        }
+    }
 }
 
 /// Scans `queue`: receives until nothing new comes (or `enough` says
-/// stop), handing each new message to `each`; every message `each` keeps
-/// (returns its handle for) is given back at the end.
+/// stop), handing each batch of new messages to `each`, which returns the
+/// message ids it deleted; every other message is left in the queue and
+/// given back (made visible) by the end. Returns how many messages the
+/// queue held at the end that the scan never saw.
+///
+/// What the scan looks at stays hidden until the end, so that a receive
+/// brings new messages — except on a FIFO queue, where a message in flight
+/// locks its group: there, once `each` deleted some of a group's messages,
+/// the group's kept ones are given back before the next receive, so that
+/// its later messages come after them.
 async fn scan(
     queue: &dyn Queue,
     mut each: impl AsyncFnMut(Vec<ReceivedMessage>) -> Result<Vec<String>, BackendError>,
     mut enough: impl FnMut() -> bool,
-) -> Result<(), BackendError> {
+) -> Result<Option<usize>, BackendError> {
+    let fifo = queue.is_fifo();
     let mut seen = HashSet::new();
-    let mut kept: Vec<String> = Vec::new();
+    // Seen and not deleted: still in the queue.
+    let mut present: HashSet<String> = HashSet::new();
+    // Held by this scan: message id to its newest handle and its group.
+    let mut held: HashMap<String, (String, Option<String>)> = HashMap::new();
     let mut empty = 0;
     let mut result = Ok(());
     for _ in 0..MAX_RECEIVES {
@@ -136,52 +180,97 @@ async fn scan(
                 break;
             }
         };
-        let fresh: Vec<ReceivedMessage> = got
-            .into_iter()
-            .filter(|m| seen.insert(m.message_id.clone()))
-            .collect();
+        let mut fresh = Vec::new();
+        for m in got {
+            // A message seen before and received again has a new handle:
+            // only that one gives it back.
+            held.insert(
+                m.message_id.clone(),
+                (m.receipt_handle.clone(), m.group_id.clone()),
+            );
+            if seen.insert(m.message_id.clone()) {
+                present.insert(m.message_id.clone());
+                fresh.push(m);
+            }
+        }
         if fresh.is_empty() {
             empty += 1;
             continue;
         }
         empty = 0;
-        match each(fresh).await {
-            Ok(handles) => kept.extend(handles),
+        let deleted = match each(fresh).await {
+            Ok(deleted) => deleted,
             Err(e) => {
                 result = Err(e);
                 break;
             }
+        };
+        let mut moved_groups = HashSet::new();
+        for id in deleted {
+            present.remove(&id);
+            if let Some((_, group)) = held.remove(&id) {
+                moved_groups.insert(group);
+            }
+        }
+        if fifo && !moved_groups.is_empty() {
+            let back: Vec<(String, String)> = held
+                .iter()
+                .filter(|(_, (_, g))| moved_groups.contains(g))
+                .map(|(id, (h, _))| (id.clone(), h.clone()))
+                .collect();
+            for (id, _) in &back {
+                held.remove(id);
+            }
+            give_back(queue, &back).await;
         }
     }
+    // Counted while this scan still holds what it kept, so none of it is
+    // taken for another's.
+    let unseen = match queue.depth().await {
+        Ok(d) => Some(d.total().saturating_sub(present.len())),
+        Err(e) => {
+            tracing::warn!(queue = queue.name(), error = %e, "could not read the queue's depth");
+            None
+        }
+    };
     // Whatever was looked at and left is visible again at once.
-    for chunk in kept.chunks(MAX_BATCH) {
-        let entries: Vec<(String, Duration)> =
-            chunk.iter().map(|h| (h.clone(), Duration::ZERO)).collect();
-        if let Err(e) = queue.change_visibility_batch(&entries).await {
-            tracing::warn!(queue = queue.name(), error = %e,
-                "could not give back scanned dead letters; they return after 60 s");
-        }
-    }
-    result
+    let back: Vec<(String, String)> = held.into_iter().map(|(id, (h, _))| (id, h)).collect();
+    give_back(queue, &back).await;
+    result.map(|()| unseen)
 }
 
 /// Lists up to `limit` entries of a dead-letter queue without consuming
 /// them (each is hidden while the scan runs, then made visible again).
+/// On a FIFO queue it sees at most the first ten entries of each group
+/// (SQS hands out no more of a group while any is in flight);
+/// [`listing`] says how many it left out.
 pub async fn list(dead_letter: &dyn Queue, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+    Ok(listing(dead_letter, limit).await?.entries)
+}
+
+/// [`list`], with the count of entries the listing left out.
+pub async fn listing(dead_letter: &dyn Queue, limit: usize) -> Result<Listing, BackendError> {
     let mut out = Vec::new();
     let out_ref = &mut out;
-    scan(
+    let listed = std::sync::atomic::AtomicUsize::new(0);
+    let listed_ref = &listed;
+    let unseen = scan(
         dead_letter,
         async |batch: Vec<ReceivedMessage>| {
-            let handles = batch.iter().map(|m| m.receipt_handle.clone()).collect();
             out_ref.extend(batch.iter().map(DeadLetter::of));
-            Ok(handles)
+            listed_ref.store(out_ref.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(Vec::new())
         },
-        || false,
+        || listed_ref.load(std::sync::atomic::Ordering::Relaxed) >= limit,
     )
     .await?;
+    // Seen past the limit counts as left out too.
+    let cut = out.len().saturating_sub(limit);
     out.truncate(limit);
-    Ok(out)
+    Ok(Listing {
+        entries: out,
+        unlisted: unseen.map(|n| n + cut),
+    })
 }
 
 /// The message to send back for a dead-letter entry: its body and
@@ -218,7 +307,11 @@ fn redriven(m: &ReceivedMessage, fifo: bool) -> OutgoingMessage {
 /// deleted from the dead-letter queue only once the send succeeded (a crash
 /// in between leaves a duplicate, which the job id dedupes — never a
 /// loss). Entries that do not match `options`, and entries whose body was
-/// truncated, stay where they are.
+/// truncated, stay where they are. On a FIFO dead-letter queue the entries
+/// kept of a group are handed back as soon as some of the group moved, so
+/// the group's later entries come to the next receive; a group whose first
+/// ten entries are all kept hides the rest, which
+/// [`RedriveReport::unseen`] counts.
 pub async fn redrive(
     dead_letter: &dyn Queue,
     to: &dyn Queue,
@@ -235,11 +328,10 @@ pub async fn redrive(
     // would bounce between the queues for as long as the scan runs).
     let moved_jobs = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
     let moved_jobs = &moved_jobs;
-    scan(
+    let unseen = scan(
         dead_letter,
         async |batch: Vec<ReceivedMessage>| {
             report_ref.scanned += batch.len();
-            let mut keep = Vec::new();
             let mut chosen = Vec::new();
             for m in batch {
                 let e = DeadLetter::of(&m);
@@ -260,11 +352,10 @@ pub async fn redrive(
                     chosen.push(m);
                 } else {
                     report_ref.skipped += 1;
-                    keep.push(m.receipt_handle);
                 }
             }
             if chosen.is_empty() {
-                return Ok(keep);
+                return Ok(Vec::new());
             }
             let outgoing: Vec<OutgoingMessage> =
                 chosen.iter().map(|m| redriven(m, fifo)).collect();
@@ -281,34 +372,42 @@ pub async fn redrive(
                     Err(e) => results.extend((0..n).map(|_| Err(e.clone()))),
                 }
             }
-            let mut delete = Vec::new();
+            let mut sent = Vec::new();
             for (m, r) in chosen.into_iter().zip(results) {
                 match r {
-                    Ok(_) => delete.push(m.receipt_handle),
+                    Ok(_) => sent.push(m),
                     Err(e) => {
                         tracing::warn!(message_id = %m.message_id, error = %e, "redrive send failed");
                         report_ref.failed += 1;
-                        keep.push(m.receipt_handle);
                     }
                 }
             }
-            if !delete.is_empty() {
-                let n = delete.len();
-                let deleted = dead_letter.delete_batch(&delete).await?;
-                let ok = deleted.iter().filter(|r| r.is_ok()).count();
-                if ok < n {
+            let mut deleted_ids = Vec::new();
+            if !sent.is_empty() {
+                let n = sent.len();
+                let handles: Vec<String> = sent.iter().map(|m| m.receipt_handle.clone()).collect();
+                let deleted = dead_letter.delete_batch(&handles).await?;
+                deleted_ids.extend(
+                    sent.iter()
+                        .zip(&deleted)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(m, _)| m.message_id.clone()),
+                );
+                if deleted_ids.len() < n {
                     // Sent but not deleted: the entry stays, and a later
                     // redrive sends a copy the job id dedupes.
-                    tracing::warn!(failed = n - ok, "redriven entries not deleted from the dead-letter queue");
+                    tracing::warn!(failed = n - deleted_ids.len(),
+                        "redriven entries not deleted from the dead-letter queue");
                 }
                 report_ref.moved += n;
                 moved_ref.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(keep)
+            Ok(deleted_ids)
         },
         || moved_ref.load(std::sync::atomic::Ordering::Relaxed) >= max,
     )
     .await?;
+    report.unseen = unseen;
     tracing::info!(
         queue = dead_letter.name(),
         to = to.name(),
@@ -316,6 +415,7 @@ pub async fn redrive(
         moved = report.moved,
         skipped = report.skipped,
         failed = report.failed,
+        unseen = report.unseen,
         "redrive done"
     );
     Ok(report)
