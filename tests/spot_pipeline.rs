@@ -61,8 +61,16 @@ fn chaos_run_loses_nothing_and_dead_letters_exactly_the_bad_inputs() {
     }
     assert!(r["duplicates_dropped"].as_u64().unwrap() > 0, "{r}");
     assert!(r["restarts"].as_u64().unwrap() > 0, "{r}");
-    for key in ["leases_extended", "elapsed_s"] {
-        assert!(r.get(key).is_some(), "report lacks {key}");
+    assert!(r["leases_extended"].as_u64().is_some(), "{r}");
+    assert!(r["elapsed_s"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    for stage in ["stage1", "stage2"] {
+        assert_eq!(
+            r["run_order"][stage].as_array().map(Vec::len),
+            r["processor_completions"][stage]
+                .as_u64()
+                .map(|n| n as usize),
+            "{stage}: every successful run recorded: {r}"
+        );
     }
 }
 
@@ -142,5 +150,40 @@ fn fifo_exactly_once_chaos_run_completes_each_job_once_per_stage() {
         "panics were injected: {r}"
     );
     assert_eq!(r["claims_lost"], 0, "{r}");
-    assert!(r.get("skipped_completed").is_some());
+    // Chaos delivered copies and redeliveries of finished jobs: each was
+    // dropped by the seen cache or found completed in the store, and none
+    // ran (the completions above).
+    assert!(
+        r["duplicates_dropped"].as_u64().unwrap() + r["skipped_completed"].as_u64().unwrap() > 0,
+        "no copy was delivered: the run did not test exactly-once: {r}"
+    );
+    // DESIGN rule 8: in each stage, each group's jobs completed in the
+    // order they were sent.
+    let sent = r["sent_order"].as_object().expect("sent_order");
+    assert_eq!(sent.len(), 8, "{r}");
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        sent.values().map(|ids| strings(ids).len()).sum::<usize>(),
+        40,
+        "{r}"
+    );
+    for stage in ["stage1", "stage2"] {
+        let ran = strings(&r["run_order"][stage]);
+        assert_eq!(ran.len(), 40, "{stage}: one run per job: {ran:?}");
+        for (group, ids) in sent {
+            let ids = strings(ids);
+            let in_group: Vec<&String> = ran.iter().filter(|id| ids.contains(id)).collect();
+            assert_eq!(
+                in_group,
+                ids.iter().collect::<Vec<_>>(),
+                "{stage}, {group}: completed out of send order"
+            );
+        }
+    }
 }

@@ -127,6 +127,11 @@ pub(crate) struct Args {
     /// Extra time each stage-1 job takes, to stand in for heavier work.
     #[arg(long, default_value_t = 0)]
     pub(crate) process_delay_ms: u64,
+    /// Append one JSON line per successful processor run, result write and
+    /// notice to `DIR/<pid>.log` as each happens (tests count effects
+    /// across processes with it).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) record: Option<PathBuf>,
     /// Seconds a draining worker lets started jobs finish.
     #[arg(long, default_value_t = 30)]
     pub(crate) grace_secs: u64,

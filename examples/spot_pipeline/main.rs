@@ -19,6 +19,7 @@
 mod args;
 mod metrics;
 mod produce;
+mod record;
 mod report;
 mod resources;
 
@@ -85,12 +86,20 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
             Stage1::pipeline(Pipeline::new("stage1"))
                 .source(r.stage1.clone())
                 .dead_letter(r.stage1_dlq.clone())
-                .results(r.blobs.clone(), r.result_bucket.clone(), "stage1/", "png")
+                .results(
+                    record::results(r.blobs.clone()),
+                    r.result_bucket.clone(),
+                    "stage1/",
+                    "png",
+                )
                 .reads_from(r.input_bucket.clone())
-                .topic(r.topic.clone())
-                .processor(move || Slow {
-                    inner: PanicInjector::new(Stage1::default(), seed, panic_rate),
-                    delay,
+                .topic(record::topic(r.topic.clone(), "stage1"))
+                .processor(move || record::Recorded {
+                    inner: Slow {
+                        inner: PanicInjector::new(Stage1::default(), seed, panic_rate),
+                        delay,
+                    },
+                    stage: "stage1",
                 })
                 .configure(|c| {
                     tune(c);
@@ -103,8 +112,16 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
             Pipeline::new("stage2")
                 .source(r.stage2.clone())
                 .dead_letter(r.stage2_dlq.clone())
-                .results(r.blobs.clone(), r.result_bucket.clone(), "stage2/", "json")
-                .processor(move || PanicInjector::new(Stage2, seed ^ 0x5eed, panic_rate))
+                .results(
+                    record::results(r.blobs.clone()),
+                    r.result_bucket.clone(),
+                    "stage2/",
+                    "json",
+                )
+                .processor(move || record::Recorded {
+                    inner: PanicInjector::new(Stage2, seed ^ 0x5eed, panic_rate),
+                    stage: "stage2",
+                })
                 .configure(|c| {
                     tune(c);
                     c.workers = 1;
@@ -256,6 +273,9 @@ async fn main() -> Result<()> {
         Some(addr) => Some(metrics::serve(addr).await?),
         None => None,
     };
+    if let Some(dir) = &args.record {
+        record::to_dir(dir)?;
+    }
     let r = resources::open(&args).await?;
     if let Some(op) = args.dlq {
         return dead_letters(&args, &r, op).await;

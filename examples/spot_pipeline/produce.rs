@@ -17,6 +17,8 @@ pub(crate) struct Produced {
     pub(crate) bad: Vec<JobId>,
     /// Job messages sent as large-payload pointers.
     pub(crate) offloaded: usize,
+    /// The FIFO group of each good job (None without --fifo), in send order.
+    pub(crate) good_groups: Vec<Option<String>>,
 }
 
 /// On FIFO queues: the job's message group and a deduplication id.
@@ -132,7 +134,7 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
     put(r, "bad/not-an-image.png", samples::not_an_image()).await?;
     put(r, "bad/bomb.png", samples::decompression_bomb_png()).await?;
     let bucket = r.input_bucket.as_str();
-    let good = keys
+    let good: Vec<OutgoingMessage> = keys
         .iter()
         .enumerate()
         .map(|(i, k)| {
@@ -142,6 +144,7 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
             )
         })
         .collect();
+    let good_groups = good.iter().map(|m| m.group_id.clone()).collect();
     let bad = (0..args.bad_inputs)
         .map(|i| {
             let body = match i % 4 {
@@ -161,5 +164,6 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
         good: enqueue(r, good).await?,
         bad: enqueue(r, bad).await?,
         offloaded: r.blobs.list(&r.result_bucket, "payloads/").await?.len(),
+        good_groups,
     })
 }

@@ -53,6 +53,12 @@ pub(crate) struct Report {
     jobs_per_s: f64,
     dead_letters: Vec<DeadLetter>,
     stages: BTreeMap<String, StatsSnapshot>,
+    /// Per FIFO group, its good jobs' ids in send order (empty without
+    /// --fifo).
+    sent_order: BTreeMap<String, Vec<String>>,
+    /// Per stage, the job ids of successful processor runs in the order
+    /// they returned.
+    run_order: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,7 +193,20 @@ pub(crate) async fn build(
         jobs_per_s: (good.len() as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
         dead_letters: dead,
         stages: stats.into_iter().map(|p| (p.name, p.stats)).collect(),
+        sent_order: sent_order(produced),
+        run_order: crate::record::run_order(),
     })
+}
+
+/// Each FIFO group's good jobs, in send order.
+fn sent_order(produced: &Produced) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, group) in produced.good.iter().zip(&produced.good_groups) {
+        if let Some(g) = group {
+            out.entry(g.clone()).or_default().push(id.to_string());
+        }
+    }
+    out
 }
 
 impl Report {
