@@ -51,6 +51,8 @@ fn scraped_counters_equal_the_runs_report() {
         ])
         .args(["--timeout", "120", "--metrics-addr", "127.0.0.1:0"])
         .args(["--metrics-linger-secs", "60"])
+        // Long enough (16 × 100 ms of stage-1 work) to be scraped mid-run.
+        .args(["--process-delay-ms", "100"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -81,8 +83,35 @@ fn scraped_counters_equal_the_runs_report() {
     let addr = addr_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the example never said where it serves metrics");
-    // While the run goes on the endpoint already answers.
-    let during = parse(&scrape(&addr));
+    // While the run goes on the endpoint already answers, with both
+    // stages' series once their pipelines have started (scraped until then,
+    // at most until the report: a scrape after the report ends the linger).
+    let wanted: Vec<String> = ["stage1", "stage2"]
+        .iter()
+        .flat_map(|stage| {
+            [
+                "ferry_received_total",
+                "ferry_acked_total",
+                "ferry_in_flight",
+            ]
+            .map(|name| format!("{name}{{pipeline=\"{stage}\"}}"))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let during = loop {
+        let scraped = parse(&scrape(&addr));
+        if wanted.iter().all(|k| scraped.contains_key(k)) {
+            break scraped;
+        }
+        if report_rx.try_recv().is_ok() {
+            panic!("the run ended before its series were scraped: {scraped:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no pipeline series within 60 s: {scraped:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         during.keys().all(|k| k.starts_with("ferry_")),
         "a metric not named ferry_*: {during:?}"
@@ -105,17 +134,37 @@ fn scraped_counters_equal_the_runs_report() {
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["dead_lettered"], 2, "{report}");
 
+    // Every counter the report has is scraped (a missing one fails here,
+    // not as a zero).
     let counter = |name: &str, stage: &str| {
+        let key = format!("ferry_{name}_total{{pipeline=\"{stage}\"}}");
         after
-            .get(&format!("ferry_{name}_total{{pipeline=\"{stage}\"}}"))
+            .get(&key)
             .copied()
-            .unwrap_or(0.0) as u64
+            .unwrap_or_else(|| panic!("{key} not in the final scrape")) as u64
     };
     let stages = report["stages"].as_object().unwrap();
-    assert_eq!(stages.len(), 2);
+    assert_eq!(
+        stages.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["stage1", "stage2"]
+    );
     let mut checked = 0;
     for (stage, figures) in stages {
-        for (name, value) in figures.as_object().unwrap() {
+        let figures_map = figures.as_object().unwrap();
+        for name in [
+            "received",
+            "processed",
+            "failed",
+            "acked",
+            "dead_lettered",
+            "uploaded",
+        ] {
+            assert!(
+                figures_map.contains_key(name),
+                "{stage}: the report has no {name}: {figures}"
+            );
+        }
+        for (name, value) in figures_map {
             let want = value.as_u64().unwrap();
             assert_eq!(
                 counter(name, stage),
@@ -126,10 +175,11 @@ fn scraped_counters_equal_the_runs_report() {
         }
         let fig = |k: &str| figures[k].as_u64().unwrap();
         let series = |name: &str| {
+            let key = format!("{name}{{pipeline=\"{stage}\"}}");
             after
-                .get(&format!("{name}{{pipeline=\"{stage}\"}}"))
+                .get(&key)
                 .copied()
-                .unwrap_or(-1.0)
+                .unwrap_or_else(|| panic!("{key} not in the final scrape"))
         };
         // Every processor run is timed; every acked job's life too.
         assert_eq!(
@@ -152,6 +202,7 @@ fn scraped_counters_equal_the_runs_report() {
         counter("received", "stage1"), counter("processed", "stage1"), counter("failed", "stage1"),
         counter("acked", "stage1"), counter("dead_lettered", "stage1"),
     );
+    assert!(checked >= 2 * 20, "only {checked} counters compared");
     assert_eq!(counter("acked", "stage1"), 16);
     assert_eq!(counter("acked", "stage2"), 16);
     assert_eq!(counter("dead_lettered", "stage1"), 2);
