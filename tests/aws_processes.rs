@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ struct Stages {
     stage2: Arc<SqsQueue>,
     stage2_dlq: Arc<SqsQueue>,
     topic_arn: String,
+    /// Subscribed to the topic as stage 2's queue is: every notice stage 1
+    /// published, kept for counting.
+    tap: Arc<SqsQueue>,
     logs: PathBuf,
 }
 
@@ -56,6 +59,11 @@ impl Stages {
             .unwrap();
         let topic = aws.create_topic(&format!("{p}-done"), false).await.unwrap();
         aws.subscribe(&topic, &stage2, false).await.unwrap();
+        let tap = aws
+            .create_queue(&format!("{p}-tap"), &QueueSpec::default())
+            .await
+            .unwrap();
+        aws.subscribe(&topic, &tap, false).await.unwrap();
         let (input, results) = (format!("{p}-in"), format!("{p}-out"));
         aws.create_bucket(&input).await.unwrap();
         aws.create_bucket(&results).await.unwrap();
@@ -70,6 +78,7 @@ impl Stages {
             stage2,
             stage2_dlq: dlq2,
             topic_arn: topic.arn().to_owned(),
+            tap,
             logs,
         }
     }
@@ -157,11 +166,56 @@ impl Stages {
         let log = std::fs::File::create(self.logs.join(format!("worker-{stage}-{n}.log"))).unwrap();
         self.command()
             .args(["--worker", "--stage", stage, "--workers", "1"])
+            .arg("--record")
+            .arg(self.record_dir())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap()
+    }
+
+    /// Where each worker records its processor runs, result writes and
+    /// notices (`<pid>.log`).
+    fn record_dir(&self) -> PathBuf {
+        self.logs.join("record")
+    }
+
+    /// What each worker process recorded: per pid, per (event, stage, job
+    /// id), how often. A line cut short by a SIGKILL is left out.
+    fn records(&self) -> BTreeMap<u32, BTreeMap<(String, String, String), u32>> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(self.record_dir()) else {
+            return out;
+        };
+        for entry in dir {
+            let path = entry.unwrap().path();
+            let pid: u32 = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected record {}", path.display()));
+            let counts: &mut BTreeMap<(String, String, String), u32> = out.entry(pid).or_default();
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                let id = field("id");
+                // A result write names its key: `stage2/job-001.json`.
+                let id = match field("event").as_str() {
+                    "put" => id
+                        .split_once('/')
+                        .map(|(_, k)| k.rsplit_once('.').map_or(k, |(j, _)| j).to_owned())
+                        .unwrap_or(id),
+                    _ => id,
+                };
+                *counts
+                    .entry((field("event"), field("stage"), id))
+                    .or_default() += 1;
+            }
+        }
+        out
     }
 
     /// Runs an operator command to its end; its standard output.
@@ -271,6 +325,7 @@ async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
     let deadline = started + Duration::from_secs(300);
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut kills = 0;
+    let mut killed: BTreeSet<u32> = BTreeSet::new();
     let mut last_kill = Instant::now();
     let blobs = s.aws.blobs();
     let done = loop {
@@ -286,6 +341,7 @@ async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
             let (stage, _, mut child) = workers.swap_remove(i);
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
+            killed.insert(child.id());
             kills += 1;
             workers.push((stage.clone(), spawned, s.worker(&stage, spawned, &extra)));
             spawned += 1;
@@ -363,24 +419,105 @@ async fn spot_kill_soak_loses_nothing_and_repeats_no_effect() {
     assert!(dead[0].1.contains("malformed message"), "{dead:?}");
     assert!(dead[1].1.contains("missing object"), "{dead:?}");
     assert!(dead[2].1.contains("not an image"), "{dead:?}");
-    let seen = s.worker_stats();
-    eprintln!(
-        "spot-kill: {kills} kills, {spawned} workers started, {JOBS} jobs, {} stage-2 results, \
-         messages received {} and processor runs {} (both stages, workers' last stats lines), \
-         duplicates seen {} (merged {}, dropped {}), resumed {}, dead letters {}, {:.1} s",
-        got.len(),
-        seen.received,
-        seen.processed,
-        seen.duplicates(),
-        seen.duplicates_merged,
-        seen.duplicates_dropped,
-        seen.resumed,
-        dead.len(),
-        elapsed.as_secs_f64()
-    );
     assert!(
         kills >= 3,
         "the soak ended before it killed anything: {kills} kills"
+    );
+
+    // Effects, counted. Without exactly-once, only a SIGKILL can make a job
+    // run, write its result or be announced again: a killed worker's lease
+    // comes back, and the next holder redoes what the killed one had not
+    // finished (the stored result is found and not redone; a notice not
+    // followed by the delete is sent again). So: no process does anything
+    // twice for one job, the workers never killed do each stage-1 effect at
+    // most once per job, and every extra notice has a killed worker that
+    // sent it.
+    let survivors: BTreeSet<u32> = workers.iter().map(|(_, _, c)| c.id()).collect();
+    let records = s.records();
+    assert!(
+        survivors.iter().all(|pid| records.contains_key(pid)),
+        "a worker left no record: {:?}",
+        records.keys()
+    );
+    let count = |pids: &dyn Fn(u32) -> bool, event: &str, stage: &str, id: &str| -> u32 {
+        records
+            .iter()
+            .filter(|(pid, _)| pids(**pid))
+            .filter_map(|(_, c)| c.get(&(event.to_owned(), stage.to_owned(), id.to_owned())))
+            .sum()
+    };
+    let all = |_: u32| true;
+    let survivor = |pid: u32| survivors.contains(&pid);
+    for (pid, counts) in &records {
+        for ((event, stage, id), n) in counts {
+            if event != "publish" {
+                assert_eq!(
+                    *n,
+                    1,
+                    "worker {pid} ({}) did {event} {stage} {id} {n} times",
+                    if killed.contains(pid) {
+                        "killed"
+                    } else {
+                        "survivor"
+                    }
+                );
+            }
+        }
+    }
+    let notices = h.drain_view(&s.tap).await;
+    let mut noticed: BTreeMap<String, u32> = BTreeMap::new();
+    for m in notices {
+        *noticed
+            .entry(ferry::Job::from_message(m).id.to_string())
+            .or_default() += 1;
+    }
+    let ids: Vec<String> = (0..JOBS).map(|i| format!("job-{i:03}")).collect();
+    assert_eq!(
+        noticed.keys().cloned().collect::<Vec<_>>(),
+        ids,
+        "a notice per job, none for a bad input"
+    );
+    let (mut runs1, mut runs2) = (0, 0);
+    for id in &ids {
+        let n = noticed[id];
+        for event in ["run", "put", "published"] {
+            assert!(
+                count(&survivor, event, "stage1", id) <= 1,
+                "{id}: stage 1 {event} more than once in workers never killed"
+            );
+        }
+        let sent_by_killed = records
+            .iter()
+            .filter(|(pid, c)| {
+                killed.contains(pid)
+                    && c.contains_key(&("publish".to_owned(), "stage1".to_owned(), id.clone()))
+            })
+            .count() as u32;
+        assert!(
+            n <= count(&all, "publish", "stage1", id) && n <= 1 + sent_by_killed,
+            "{id}: {n} notices, {sent_by_killed} of them possibly sent by killed workers"
+        );
+        // Stage 2 sees each notice as its own message: a worker never
+        // killed runs it at most once per notice.
+        let r1 = count(&all, "run", "stage1", id);
+        let r2 = count(&all, "run", "stage2", id);
+        assert!(r1 >= 1 && r2 >= 1, "{id}: stage 1 ran {r1}, stage 2 {r2}");
+        assert!(
+            count(&survivor, "run", "stage2", id) <= n
+                && count(&survivor, "put", "stage2", id) <= n,
+            "{id}: stage 2 ran more often than it was told to in workers never killed"
+        );
+        runs1 += r1;
+        runs2 += r2;
+    }
+    let notices_total: u32 = noticed.values().sum();
+    eprintln!(
+        "spot-kill: {kills} kills, {spawned} workers started, {JOBS} jobs, {} stage-2 results, \
+         processor runs stage 1 {runs1} stage 2 {runs2}, notices {notices_total}, \
+         dead letters {}, {:.1} s",
+        got.len(),
+        dead.len(),
+        elapsed.as_secs_f64()
     );
 }
 
