@@ -69,6 +69,25 @@ impl BackendError {
         }
     }
 
+    /// The service asked to slow down (S3's `SlowDown`, SQS's
+    /// `RequestThrottled`, …); `message` names the call and the code.
+    pub fn throttled(message: impl Into<String>) -> Self {
+        Self::Throttled {
+            message: message.into(),
+        }
+    }
+
+    /// The temporary credentials a call was signed with have expired (AWS's
+    /// `ExpiredToken`, as at every rotation); `detail` names the resource
+    /// and the service's code and words. The AWS backend's classifier and
+    /// the embedded backend's injected credential faults both build it
+    /// here, so they answer alike.
+    pub fn expired_credentials(detail: impl Into<String>) -> Self {
+        Self::AccessDenied {
+            resource: detail.into(),
+        }
+    }
+
     /// Whether the same call may succeed if tried again after a pause.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Transient { .. })

@@ -799,3 +799,235 @@ async fn the_backends_idempotency_store_shares_its_faults() {
     assert!(store.claim("k2", "me", VIS).await.is_err());
     assert_eq!(local.calls().get(Op::Claim), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn visibility_over_twelve_hours_from_the_receive_is_refused_as_sqs_does() {
+    use ferry::backend::MAX_VISIBILITY;
+    let hour = Duration::from_secs(3600);
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    send(q.as_ref(), &["a"]).await;
+    let over = MAX_VISIBILITY + Duration::from_secs(1);
+    let refused = q.receive(10, Duration::ZERO, over).await.unwrap_err();
+    assert!(
+        matches!(&refused, BackendError::Invalid { message } if message.contains("43200")),
+        "{refused:?}"
+    );
+    let got = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+    let handle = got[0].receipt_handle.clone();
+    let r = q
+        .change_visibility_batch(&[(handle.clone(), over)])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], Err(BackendError::Invalid { .. })), "{r:?}");
+    // Twelve hours from the receive is the most, in all.
+    let r = q
+        .change_visibility_batch(&[(handle.clone(), MAX_VISIBILITY)])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    tokio::time::advance(11 * hour).await;
+    let r = q
+        .change_visibility_batch(&[(handle.clone(), 2 * hour)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r[0], Err(BackendError::Invalid { message }) if message.contains("beyond the limit")),
+        "an extension past 12 h from the receive: {r:?}"
+    );
+    let r = q
+        .change_visibility_batch(&[(handle.clone(), hour)])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "up to 12 h from the receive: {r:?}");
+    // A new receive starts a new 12 hours.
+    q.change_visibility_batch(&[(handle, Duration::ZERO)])
+        .await
+        .unwrap();
+    let again = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+    tokio::time::advance(hour).await;
+    let r = q
+        .change_visibility_batch(&[(again[0].receipt_handle.clone(), 11 * hour)])
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_long_poll_returns_as_soon_as_a_message_is_visible_again() {
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    send(q.as_ref(), &["a"]).await;
+    let got = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move {
+            let got = q.receive(10, Duration::from_secs(5), VIS).await.unwrap();
+            (got, start.elapsed())
+        }
+    });
+    // The long poll is waiting when the job's retry backoff is set.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    q.change_visibility_batch(&[(got[0].receipt_handle.clone(), Duration::from_secs(1))])
+        .await
+        .unwrap();
+    let (again, after) = waiting.await.unwrap();
+    assert_eq!(again.len(), 1, "the message came back within the wait");
+    assert!(
+        after < Duration::from_millis(1500),
+        "returned {after:?} after the receive, not as the message became visible (1 s)"
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_injected_at_a_seeded_rate_on_the_operations_aimed_at() {
+    use ferry::backend::local::InfraFaults;
+    async fn puts(seed: u64) -> Vec<bool> {
+        let local = LocalBackend::with_faults(Faults {
+            seed,
+            ..Faults::none()
+        });
+        local.set_infra_faults(InfraFaults {
+            throttle_rate: 0.4,
+            ops: vec![Op::Put],
+            ..InfraFaults::default()
+        });
+        let blobs = local.blobs();
+        let mut out = Vec::new();
+        for i in 0..40 {
+            let key = format!("k{i}");
+            match blobs
+                .put("b", &key, "x".into(), ObjectMeta::default())
+                .await
+            {
+                Ok(()) => out.push(false),
+                Err(e) => {
+                    assert!(
+                        matches!(&e, BackendError::Throttled { message } if message.contains("SlowDown")),
+                        "{e:?}"
+                    );
+                    assert!(e.is_retryable());
+                    out.push(true);
+                }
+            }
+            // Other operations are not aimed at.
+            blobs.head("b", &key).await.unwrap();
+        }
+        out
+    }
+    let a = puts(7).await;
+    assert!(a.iter().any(|t| *t) && !a.iter().all(|t| *t), "{a:?}");
+    assert_eq!(a, puts(7).await, "the same seed throttles the same calls");
+    assert_ne!(a, puts(8).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_bursts_and_expired_credentials_hold_for_their_window() {
+    use ferry::backend::local::{InfraFaults, Window};
+    let s = Duration::from_secs(1);
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    local
+        .blobs()
+        .put("b", "k", "x".into(), ObjectMeta::default())
+        .await
+        .unwrap();
+    local.set_infra_faults(InfraFaults {
+        throttle_window: Some(Window::new(s, 2 * s)),
+        expired_credentials_window: Some(Window::new(4 * s, 2 * s)),
+        ops: vec![Op::Get, Op::Receive],
+        ..InfraFaults::default()
+    });
+    let get = || async { local.blobs().get("b", "k").await };
+    assert!(get().await.is_ok());
+    assert!(q.receive(1, Duration::ZERO, VIS).await.is_ok());
+    tokio::time::advance(1500 * Duration::from_millis(1)).await;
+    let throttled = get().await.unwrap_err();
+    assert!(
+        matches!(&throttled, BackendError::Throttled { message } if message.contains("SlowDown")),
+        "{throttled:?}"
+    );
+    let sqs = q.receive(1, Duration::ZERO, VIS).await.unwrap_err();
+    assert!(
+        matches!(&sqs, BackendError::Throttled { message } if message.contains("RequestThrottled")),
+        "{sqs:?}"
+    );
+    // Sends are not aimed at.
+    send(q.as_ref(), &["a"]).await;
+    tokio::time::advance(2 * s).await;
+    assert!(get().await.is_ok(), "the burst is over");
+    tokio::time::advance(s).await;
+    let expired = get().await.unwrap_err();
+    // What the AWS backend makes of `ExpiredToken`.
+    assert_eq!(
+        std::mem::discriminant(&expired),
+        std::mem::discriminant(&BackendError::expired_credentials("x"))
+    );
+    assert!(expired.to_string().contains("ExpiredToken"), "{expired}");
+    tokio::time::advance(2 * s).await;
+    assert!(get().await.is_ok(), "new credentials");
+    assert_eq!(q.receive(1, Duration::ZERO, VIS).await.unwrap().len(), 1);
+    // Quiet again once cleared.
+    local.set_infra_faults(InfraFaults {
+        expired_credentials_rate: 1.0,
+        ..InfraFaults::default()
+    });
+    assert!(get().await.is_err());
+    local.set_infra_faults(InfraFaults::default());
+    assert!(get().await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_keeps_bounded_bookkeeping_whatever_it_has_carried() {
+    async fn churn(q: &ferry::backend::local::LocalQueue, n: usize, fifo: bool) {
+        for round in 0..n / 10 {
+            let batch = (0..10)
+                .map(|i| {
+                    let m = OutgoingMessage::new(format!("{round}-{i}"));
+                    if fifo {
+                        // A group and a deduplication id per message.
+                        m.group(format!("g{round}-{i}"))
+                            .dedup(format!("d{round}-{i}"))
+                    } else {
+                        m
+                    }
+                })
+                .collect();
+            for r in q.send_batch(batch).await.unwrap() {
+                r.unwrap();
+            }
+            let got = q.receive(10, Duration::ZERO, VIS).await.unwrap();
+            assert_eq!(got.len(), 10);
+            let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+            for r in q.delete_batch(&handles).await.unwrap() {
+                r.unwrap();
+            }
+        }
+    }
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    churn(&q, 5_000, false).await;
+    assert_eq!(q.depth_now().total(), 0);
+    let kept = q.bookkeeping();
+    assert!(kept <= 100, "{kept} entries kept for 5,000 messages gone");
+
+    let f = local.create_queue(
+        "f.fifo",
+        QueueOptions {
+            fifo: true,
+            ..QueueOptions::default()
+        },
+    );
+    churn(&f, 3_000, true).await;
+    // Deduplication ids count within the five-minute window, as on SQS ...
+    assert!(f.bookkeeping() >= 3_000);
+    // ... and not after it.
+    tokio::time::advance(ferry::backend::DEDUP_WINDOW + Duration::from_secs(1)).await;
+    churn(&f, 10, true).await;
+    let kept = f.bookkeeping();
+    assert!(
+        kept <= 100,
+        "{kept} entries kept for 3,000 FIFO messages gone"
+    );
+}

@@ -18,12 +18,21 @@ use crate::error::BackendError;
 pub mod aws;
 pub mod local;
 pub mod metadata;
+mod rules;
+
+pub use rules::{
+    attribute_name_problem, fifo_id_problem, MAX_ATTRIBUTE_NAME_CHARS, MAX_FIFO_ID_CHARS,
+};
 
 /// SQS: at most ten entries in one receive, delete, visibility or send batch.
 pub const MAX_BATCH: usize = 10;
 /// SNS: at most ten entries in one `PublishBatch`.
 pub const MAX_PUBLISH_BATCH: usize = 10;
-/// SQS caps a message's visibility at 12 hours from its first receive.
+/// SQS caps a message's visibility at 12 hours (43,200 s) from its receive:
+/// a receive, `ChangeMessageVisibility` or queue visibility over it, or an
+/// extension that would keep the message hidden past 12 hours from the
+/// receive that handed it out, is refused (`InvalidParameterValue`). The
+/// embedded queue refuses them too.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 /// SQS long polling waits at most 20 seconds.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);

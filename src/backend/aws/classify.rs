@@ -27,10 +27,13 @@ const ACCESS: &[&str] = &[
     "UnrecognizedClientException",
     "SignatureDoesNotMatch",
     "InvalidAccessKeyId",
-    "ExpiredToken",
     "InvalidSecurity",
     "KMS.AccessDeniedException",
 ];
+
+/// Temporary credentials that lapsed (a rotation): S3 and SQS say
+/// `ExpiredToken`, DynamoDB and STS `ExpiredTokenException`.
+const EXPIRED: &[&str] = &["ExpiredToken", "ExpiredTokenException"];
 
 const MISSING: &[&str] = &[
     "AWS.SimpleQueueService.NonExistentQueue",
@@ -63,6 +66,8 @@ pub(crate) fn classify_code(
         BackendError::Throttled {
             message: format!("{resource}: {code}: {message}"),
         }
+    } else if EXPIRED.contains(&code) {
+        BackendError::expired_credentials(format!("{resource} ({code}: {message})"))
     } else if ACCESS.contains(&code) {
         BackendError::AccessDenied {
             resource: format!("{resource} ({code}: {message})"),
@@ -149,6 +154,13 @@ mod tests {
             classify_code("AccessDenied", "no", false, "s3://b"),
             BackendError::AccessDenied { .. }
         ));
+        // Lapsed temporary credentials: what the embedded backend injects.
+        for code in ["ExpiredToken", "ExpiredTokenException"] {
+            assert_eq!(
+                classify_code(code, "expired", false, "s3://b"),
+                BackendError::expired_credentials(format!("s3://b ({code}: expired)"))
+            );
+        }
     }
 
     fn response(status: u16) -> HttpResponse {

@@ -5,9 +5,11 @@
 //! handle), redelivery after delete (a replica that missed the delete), calls
 //! that fail transiently at a rate, calls that panic (at a rate, or the next
 //! call of one operation), calls slowed by a random delay, receipt handles
-//! refused for good by deletes and visibility changes, latency per call, and
-//! gates that hold every call of one operation until opened (to freeze a
-//! worker between two steps).
+//! refused for good by deletes and visibility changes, latency per call,
+//! throttling and expired credentials (at a rate, or for every call in a
+//! window of time, aimed at chosen operations), and gates that hold every
+//! call of one operation until opened (to freeze a worker between two
+//! steps).
 //!
 //! The idempotency store a backend hands out
 //! ([`super::LocalBackend::idempotency_store`]) shares the same state, so its
@@ -22,6 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
+use super::infra::InfraFaults;
 use crate::error::BackendError;
 
 /// A backend operation, as counted and as faults are aimed at.
@@ -213,6 +216,9 @@ pub(crate) struct FaultState {
     gated: AtomicBool,
     /// One-shot panics armed per operation ([`FaultState::panic_next`]).
     armed: [AtomicBool; OPS],
+    /// Throttling and expired credentials, with when they were set
+    /// (their windows count from there); `None` when quiet.
+    infra: RwLock<Option<(InfraFaults, tokio::time::Instant)>>,
 }
 
 impl FaultState {
@@ -225,6 +231,7 @@ impl FaultState {
             gates: RwLock::new(HashMap::new()),
             gated: AtomicBool::new(false),
             armed: Default::default(),
+            infra: RwLock::new(None),
         };
         state.set(faults);
         state
@@ -232,12 +239,36 @@ impl FaultState {
 
     pub(crate) fn set(&self, faults: Faults) {
         *self.rng.lock().expect("rng lock") = StdRng::seed_from_u64(faults.seed);
-        self.active.store(!faults.is_quiet(), Ordering::Release);
         *self.faults.write().expect("faults lock") = faults;
+        self.refresh_active();
     }
 
     pub(crate) fn get(&self) -> Faults {
         self.faults.read().expect("faults lock").clone()
+    }
+
+    pub(crate) fn set_infra(&self, infra: InfraFaults) {
+        let quiet = infra.is_quiet();
+        *self.infra.write().expect("infra lock") =
+            (!quiet).then(|| (infra, tokio::time::Instant::now()));
+        self.refresh_active();
+    }
+
+    pub(crate) fn get_infra(&self) -> InfraFaults {
+        self.infra
+            .read()
+            .expect("infra lock")
+            .as_ref()
+            .map(|(f, _)| f.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether any fault is on: the fast path of every call skips the rest
+    /// when none is.
+    fn refresh_active(&self) {
+        let quiet = self.faults.read().expect("faults lock").is_quiet()
+            && self.infra.read().expect("infra lock").is_none();
+        self.active.store(!quiet, Ordering::Release);
     }
 
     pub(crate) fn calls(&self) -> CallCounts {
@@ -303,7 +334,10 @@ impl FaultState {
                 "injected failure of {op:?} on {resource}"
             )));
         }
-        Ok(())
+        match self.infra.read().expect("infra lock").as_ref() {
+            Some((f, at)) if f.hits(op) => f.check(op, resource, at.elapsed(), |p| self.roll(p)),
+            _ => Ok(()),
+        }
     }
 
     /// The permanent-refusal test for receipt handles on `resource`, while

@@ -19,8 +19,11 @@
 //! ```
 
 mod blob;
+mod dedup;
 mod faults;
+mod infra;
 mod queue;
+mod queue_state;
 mod topic;
 
 use std::collections::HashMap;
@@ -31,6 +34,7 @@ use crate::idempotency::LocalIdempotencyStore;
 
 pub use blob::LocalBlobStore;
 pub use faults::{CallCounts, Faults, Gate, Op};
+pub use infra::{InfraFaults, Window};
 pub use queue::{LocalQueue, QueueOptions, StoredMessage};
 pub use topic::LocalTopic;
 
@@ -100,6 +104,18 @@ impl LocalBackend {
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         self.inner.faults.get()
+    }
+
+    /// Replaces the throttling and expired-credential faults; their windows
+    /// count from now. Independent of [`LocalBackend::set_faults`], whose
+    /// seed their rates draw from.
+    pub fn set_infra_faults(&self, faults: InfraFaults) {
+        self.inner.faults.set_infra(faults);
+    }
+
+    /// The throttling and expired-credential faults in force.
+    pub fn infra_faults(&self) -> InfraFaults {
+        self.inner.faults.get_infra()
     }
 
     /// Calls so far, per operation.

@@ -5,11 +5,15 @@
 //! timeout, counts receives, and moves a message to the dead-letter queue when
 //! it would be received more often than the redrive policy allows. FIFO queues
 //! lock a message group while any of its messages is in flight and drop a
-//! resend with the same deduplication id within five minutes. Time is tokio's,
-//! so paused-clock tests drive it.
+//! resend with the same deduplication id within five minutes. As SQS, it
+//! refuses a visibility over 12 hours and an extension past 12 hours from
+//! the receive ([`MAX_VISIBILITY`]), and a waiting long poll returns as soon
+//! as a message becomes visible (sent, given back, or its visibility
+//! shortened). What it keeps besides its messages is bounded by them
+//! ([`LocalQueue::bookkeeping`]). Time is tokio's, so paused-clock tests
+//! drive it.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,10 +21,12 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::dedup::content_dedup_id;
 use super::faults::{FaultState, Op};
+use super::queue_state::{handle_of, Msg, State};
+use crate::backend::rules::validate;
 use crate::backend::{
-    EntryResult, OutgoingMessage, Queue, QueueDepth, ReceivedMessage, DEDUP_WINDOW, MAX_BATCH,
-    MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES,
+    EntryResult, OutgoingMessage, Queue, QueueDepth, ReceivedMessage, MAX_BATCH, MAX_VISIBILITY,
 };
 use crate::error::BackendError;
 
@@ -63,43 +69,6 @@ pub struct StoredMessage {
     pub in_flight: bool,
 }
 
-#[derive(Debug)]
-struct Msg {
-    message_id: String,
-    body: String,
-    attributes: HashMap<String, String>,
-    group_id: Option<String>,
-    dedup_id: Option<String>,
-    receive_count: u32,
-    /// Receipt generation: the handle `seq-gen` is current only while equal.
-    generation: u64,
-    in_flight: bool,
-    visible_at: Instant,
-    /// Bumped whenever `visible_at` changes; stale heap entries are skipped.
-    vis_version: u64,
-    /// A redelivery-after-delete fault already hit this message.
-    resurrected: bool,
-    /// Listed in `ready` (at most once).
-    queued: bool,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    msgs: HashMap<u64, Msg>,
-    /// Visible messages in delivery order (may name deleted ones: skipped).
-    ready: VecDeque<u64>,
-    /// Hidden messages by the time they become visible.
-    hidden: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    /// FIFO: in-flight messages per group.
-    group_in_flight: HashMap<String, usize>,
-    /// FIFO: deduplication ids with their send time and message id.
-    dedup: HashMap<String, (Instant, String)>,
-    next_seq: u64,
-    next_generation: u64,
-    /// Messages in flight now (kept so depth is O(1)).
-    in_flight: usize,
-}
-
 /// An embedded queue. Create it with [`super::LocalBackend::create_queue`].
 #[derive(Debug)]
 pub struct LocalQueue {
@@ -110,157 +79,16 @@ pub struct LocalQueue {
     faults: Arc<FaultState>,
 }
 
-fn handle_of(seq: u64, generation: u64) -> String {
-    format!("{seq:x}-{generation:x}")
-}
-
-fn parse_handle(handle: &str) -> Option<(u64, u64)> {
-    let (seq, generation) = handle.split_once('-')?;
-    Some((
-        u64::from_str_radix(seq, 16).ok()?,
-        u64::from_str_radix(generation, 16).ok()?,
-    ))
-}
-
-/// Checks one message as SQS (and SNS, for a notification) does before
-/// accepting it: at most [`MAX_MESSAGE_ATTRIBUTES`] attributes, none with an
-/// empty name or value, only characters SQS allows, and at most
-/// [`MAX_MESSAGE_BYTES`] as SQS counts it
-/// ([`message_size`](crate::backend::message_size)). `on` names the queue or topic.
-pub(crate) fn validate(on: &str, m: &OutgoingMessage) -> Result<(), BackendError> {
-    let n = m.attributes.len();
-    if n > MAX_MESSAGE_ATTRIBUTES {
-        return Err(BackendError::Invalid {
-            message: format!(
-                "{on}: the message has {n} message attributes; at most {MAX_MESSAGE_ATTRIBUTES}"
-            ),
-        });
+/// SQS's answer to a visibility over [`MAX_VISIBILITY`].
+fn visibility_refused(visibility: Duration) -> BackendError {
+    BackendError::Invalid {
+        message: format!(
+            "Value {} for parameter VisibilityTimeout is invalid. Reason: Must be between 0 and \
+             {}, if provided.",
+            visibility.as_secs(),
+            MAX_VISIBILITY.as_secs()
+        ),
     }
-    let empty = m
-        .attributes
-        .iter()
-        .filter(|(k, v)| k.is_empty() || v.is_empty())
-        // The first by name, so the error is the same every time.
-        .min_by(|a, b| a.0.cmp(b.0));
-    if let Some((name, _)) = empty {
-        let message = if name.is_empty() {
-            format!("{on}: a message attribute has an empty name")
-        } else {
-            format!("{on}: message attribute `{name}` has an empty value")
-        };
-        return Err(BackendError::Invalid { message });
-    }
-    let bad_text = std::iter::once(("the body", m.body.as_str()))
-        .chain(m.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .find(|(_, text)| !text.chars().all(crate::backend::sqs_allows));
-    if let Some((what, _)) = bad_text {
-        return Err(BackendError::Invalid {
-            message: format!(
-                "{on}: {} has a character SQS does not allow",
-                if what == "the body" {
-                    what.to_owned()
-                } else {
-                    format!("message attribute `{what}`")
-                }
-            ),
-        });
-    }
-    let size = crate::backend::message_size(&m.body, &m.attributes);
-    if size > MAX_MESSAGE_BYTES {
-        return Err(BackendError::PayloadTooLarge {
-            actual: size,
-            limit: MAX_MESSAGE_BYTES,
-        });
-    }
-    Ok(())
-}
-
-impl State {
-    fn hide(&mut self, seq: u64, until: Instant) {
-        if let Some(m) = self.msgs.get_mut(&seq) {
-            m.vis_version += 1;
-            m.visible_at = until;
-            self.hidden.push(Reverse((until, seq, m.vis_version)));
-        }
-    }
-
-    /// Makes every hidden message whose time has come visible again.
-    fn promote(&mut self, now: Instant, fifo: bool) -> bool {
-        let mut any = false;
-        while let Some(Reverse((at, seq, version))) = self.hidden.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.hidden.pop();
-            let Some(m) = self.msgs.get_mut(&seq) else {
-                continue;
-            };
-            if m.vis_version != version {
-                continue;
-            }
-            if m.in_flight {
-                m.in_flight = false;
-                self.in_flight -= 1;
-                if let Some(g) = &m.group_id {
-                    if let Some(n) = self.group_in_flight.get_mut(g) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
-            }
-            // A message hidden while it was visible (a delete that a replica
-            // missed, say) is listed once: listing it twice would let one
-            // receive take it twice and lock its FIFO group for good.
-            if std::mem::replace(&mut m.queued, true) {
-                continue;
-            }
-            if fifo {
-                // Keep send order, so a group's returning head comes first.
-                let pos = self.ready.partition_point(|s| *s < seq);
-                self.ready.insert(pos, seq);
-            } else {
-                self.ready.push_back(seq);
-            }
-            any = true;
-        }
-        any
-    }
-
-    fn next_hidden(&self) -> Option<Instant> {
-        self.hidden.peek().map(|Reverse((at, _, _))| *at)
-    }
-
-    /// Removes a message; returns it.
-    fn remove(&mut self, seq: u64) -> Option<Msg> {
-        let m = self.msgs.remove(&seq)?;
-        if m.in_flight {
-            self.in_flight -= 1;
-            if let Some(g) = &m.group_id {
-                if let Some(n) = self.group_in_flight.get_mut(g) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        Some(m)
-    }
-
-    /// Looks up the in-flight or visible message a handle is current for.
-    fn current(&self, handle: &str) -> Option<u64> {
-        let (seq, generation) = parse_handle(handle)?;
-        let m = self.msgs.get(&seq)?;
-        (m.generation == generation).then_some(seq)
-    }
-}
-
-/// The deduplication id content-based deduplication gives a message, as SQS
-/// does: the SHA-256 of its body (attributes not included), lowercase hex.
-/// It is the job id of a message sent without one, so it must not change
-/// between builds.
-fn content_dedup_id(body: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(body.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl LocalQueue {
@@ -317,6 +145,14 @@ impl LocalQueue {
         true
     }
 
+    /// Entries the queue keeps beside its messages (visible and hidden
+    /// lists, FIFO group locks, deduplication ids): bounded by the messages
+    /// it holds and the five-minute window, not by those it ever held.
+    #[doc(hidden)]
+    pub fn bookkeeping(&self) -> usize {
+        self.state.lock().expect("queue lock").bookkeeping()
+    }
+
     /// Visible and in-flight counts now, without counting a call.
     pub fn depth_now(&self) -> QueueDepth {
         let now = Instant::now();
@@ -354,9 +190,8 @@ impl LocalQueue {
                     })
                 }
             };
-            st.dedup
-                .retain(|_, (at, _)| now.duration_since(*at) < DEDUP_WINDOW);
-            if let Some((_, message_id)) = st.dedup.get(&id) {
+            st.dedup.prune(now);
+            if let Some(message_id) = st.dedup.get(&id) {
                 return Ok(message_id.clone());
             }
             Some(id)
@@ -367,7 +202,7 @@ impl LocalQueue {
         st.next_seq += 1;
         let message_id = format!("{}-{seq:08}", self.name);
         if let (true, Some(id)) = (self.options.fifo, &dedup_id) {
-            st.dedup.insert(id.clone(), (now, message_id.clone()));
+            st.dedup.insert(id.clone(), now, message_id.clone());
         }
         st.msgs.insert(
             seq,
@@ -380,6 +215,7 @@ impl LocalQueue {
                 receive_count: 0,
                 generation: 0,
                 in_flight: false,
+                received_at: now,
                 visible_at: now,
                 vis_version: 0,
                 resurrected: false,
@@ -453,6 +289,7 @@ impl LocalQueue {
             m.receive_count += 1;
             m.generation = generation;
             m.in_flight = true;
+            m.received_at = now;
             st.in_flight += 1;
             if let Some(g) = &m.group_id {
                 *st.group_in_flight.entry(g.clone()).or_default() += 1;
@@ -493,6 +330,7 @@ impl LocalQueue {
             }
         }
         let next = st.next_hidden();
+        st.compact();
         drop(st);
         if duplicated {
             self.notify.notify_waiters();
@@ -518,6 +356,9 @@ impl Queue for LocalQueue {
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, BackendError> {
         self.faults.before(Op::Receive, &self.name).await?;
+        if visibility > MAX_VISIBILITY {
+            return Err(visibility_refused(visibility));
+        }
         let max = max.clamp(1, MAX_BATCH);
         let deadline = Instant::now() + wait;
         loop {
@@ -564,6 +405,7 @@ impl Queue for LocalQueue {
                 Ok(())
             })
             .collect();
+        st.compact();
         drop(st);
         // A FIFO group may have unlocked.
         self.notify.notify_waiters();
@@ -578,7 +420,7 @@ impl Queue for LocalQueue {
         let refusals = self.faults.refusals(&self.name);
         let now = Instant::now();
         let mut st = self.state.lock().expect("queue lock");
-        let mut released = false;
+        let (mut released, mut sooner) = (false, false);
         let out = entries
             .iter()
             .map(|(h, vis)| {
@@ -586,9 +428,25 @@ impl Queue for LocalQueue {
                     return Err(refused);
                 }
                 let seq = st.current(h).ok_or(BackendError::ReceiptInvalid)?;
-                if !st.msgs[&seq].in_flight {
+                let m = &st.msgs[&seq];
+                if !m.in_flight {
                     return Err(BackendError::ReceiptInvalid);
                 }
+                if *vis > MAX_VISIBILITY {
+                    return Err(visibility_refused(*vis));
+                }
+                // As SQS: at most 12 hours from the receive, in all.
+                if now + *vis > m.received_at + MAX_VISIBILITY {
+                    return Err(BackendError::Invalid {
+                        message: format!(
+                            "Value {} for parameter VisibilityTimeout is invalid. Reason: Total \
+                             VisibilityTimeout for the message is beyond the limit [{} seconds]",
+                            vis.as_secs(),
+                            MAX_VISIBILITY.as_secs()
+                        ),
+                    });
+                }
+                sooner |= now + *vis < m.visible_at;
                 st.hide(seq, now + *vis);
                 released |= vis.is_zero();
                 Ok(())
@@ -597,8 +455,10 @@ impl Queue for LocalQueue {
         if released {
             st.promote(now, self.options.fifo);
         }
+        st.compact();
         drop(st);
-        if released {
+        // A long poll waiting for the message's old time wakes for its new one.
+        if released || sooner {
             self.notify.notify_waiters();
         }
         Ok(out)
@@ -619,44 +479,5 @@ impl Queue for LocalQueue {
 
     fn receive_is_cancel_safe(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn content_based_deduplication_ids_are_the_bodys_sha256() {
-        // FIPS 180-2's test vectors: a change of hash fails here.
-        assert_eq!(
-            content_dedup_id("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(
-            content_dedup_id(""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        let q = crate::backend::local::LocalBackend::new().create_queue(
-            "q.fifo",
-            QueueOptions {
-                fifo: true,
-                content_based_dedup: true,
-                ..Default::default()
-            },
-        );
-        q.enqueue(OutgoingMessage::new("abc").group("g")).unwrap();
-        // The same body within the window is dropped, whatever its attributes.
-        q.enqueue(OutgoingMessage::new("abc").group("g").attribute("a", "b"))
-            .unwrap();
-        let got = q
-            .receive(10, Duration::ZERO, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert_eq!(got.len(), 1);
-        assert_eq!(
-            got[0].dedup_id.as_deref(),
-            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        );
     }
 }

@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::dedup::DedupWindow;
 use super::faults::{FaultState, Op};
-use super::queue::{validate, LocalQueue};
-use crate::backend::{EntryResult, Notification, OutgoingMessage, Topic, DEDUP_WINDOW};
+use super::queue::LocalQueue;
+use crate::backend::rules::validate;
+use crate::backend::{EntryResult, Notification, OutgoingMessage, Topic};
 use crate::error::BackendError;
 
 #[derive(Debug)]
@@ -25,7 +27,7 @@ pub struct LocalTopic {
     name: String,
     fifo: bool,
     subscriptions: RwLock<Vec<Subscription>>,
-    dedup: Mutex<HashMap<String, Instant>>,
+    dedup: Mutex<DedupWindow<()>>,
     next_id: AtomicU64,
     faults: Arc<FaultState>,
 }
@@ -53,7 +55,7 @@ impl LocalTopic {
             name,
             fifo,
             subscriptions: RwLock::new(Vec::new()),
-            dedup: Mutex::new(HashMap::new()),
+            dedup: Mutex::new(DedupWindow::default()),
             next_id: AtomicU64::new(0),
             faults,
         }
@@ -83,11 +85,11 @@ impl LocalTopic {
             };
             let now = Instant::now();
             let mut seen = self.dedup.lock().expect("dedup lock");
-            seen.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
-            if seen.contains_key(&dedup) {
+            seen.prune(now);
+            if seen.get(&dedup).is_some() {
                 return Ok(id);
             }
-            seen.insert(dedup, now);
+            seen.insert(dedup, now, ());
         }
         for sub in self
             .subscriptions
