@@ -283,6 +283,7 @@ async fn main() -> Result<()> {
     if args.worker {
         return worker(&args, &r, stop).await;
     }
+    record::keep_order();
     let produced = produce::produce(&args, &r).await?;
     let total = produced.good.len() + produced.bad.len();
     if !args.json {
