@@ -14,6 +14,10 @@ mod pipeline;
 mod processor;
 pub mod producer;
 mod runtime;
+/// Switches that break the runtime on purpose, for ferry's own fault sweep
+/// (the `sabotage` feature); not an API.
+#[doc(hidden)]
+pub mod sabotage;
 mod seen;
 #[cfg(feature = "aws")]
 pub mod spot;

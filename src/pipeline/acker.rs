@@ -29,6 +29,7 @@ use crate::job::{
     JobId, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE,
     DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
 };
+use crate::idempotency::ClaimOutcome;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
@@ -607,7 +608,7 @@ impl Acker {
             self.call(
                 ctx,
                 async move { queue.send_batch(part).await },
-                |act, res, _| act.dead_lettered(leases, res),
+                |act, res, ctx| act.dead_lettered(leases, res, ctx),
             );
         }
     }
@@ -616,9 +617,11 @@ impl Acker {
         &mut self,
         batch: Vec<Arc<Lease>>,
         res: Result<Vec<Result<String, BackendError>>, BackendError>,
+        ctx: &mut Context<Self>,
     ) {
         let s = self.shared.clone();
         let results = Self::per_entry(batch.len(), res);
+        let mut sent = Vec::new();
         for (lease, r) in batch.into_iter().zip(results) {
             match r {
                 Ok(()) => {
@@ -632,7 +635,7 @@ impl Acker {
                         dead_lettered: true,
                     });
                     s.life.seen.dead_lettered(&lease.job.message_id);
-                    self.deletes.push(Delete::Job(lease.clone()));
+                    sent.push(lease.clone());
                     Stats::inc(&s.stats.dead_lettered);
                     if let Some(Ending::DeadLetter { reason }) = ending {
                         tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
@@ -648,6 +651,31 @@ impl Acker {
                 }
             }
         }
+        self.mark_dead_lettered(sent, ctx);
+    }
+
+    /// With an idempotency store, marks each message dead-lettered in the
+    /// store before it is deleted, so a return of it to another worker is
+    /// deleted there without a second entry (best effort: a failed mark
+    /// only loses that); then deletes them.
+    fn mark_dead_lettered(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let s = self.shared.clone();
+        let Some(store) = s.sinks.store.clone().filter(|_| !leases.is_empty()) else {
+            self.deletes.extend(leases.into_iter().map(Delete::Job));
+            return;
+        };
+        let (hold, keep) = (s.config.claim_hold(), s.config.seen_ttl);
+        let marks = futures_util::future::join_all(leases.iter().map(|l| {
+            let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
+            async move {
+                if let Ok(ClaimOutcome::Claimed) = store.claim(&key, &owner, hold).await {
+                    let _ = store.complete(&key, &owner, keep).await;
+                }
+            }
+        }));
+        self.call(ctx, marks, move |act, _, _| {
+            act.deletes.extend(leases.into_iter().map(Delete::Job));
+        });
     }
 
     fn check_idle(&mut self) {

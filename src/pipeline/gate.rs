@@ -20,7 +20,7 @@ use actix::prelude::*;
 
 use super::messages::{Leased, Probe, Restart};
 use super::Shared;
-use crate::idempotency::ClaimOutcome;
+use crate::idempotency::{ClaimOutcome, RecordStatus};
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
@@ -62,7 +62,8 @@ impl Groups {
         for lease in leases {
             let key = lease.job.group_id.clone().unwrap_or_default();
             let g = map.entry(key).or_default();
-            if g.running.is_none() {
+            if g.running.is_none() || crate::sabotage::on(crate::sabotage::Sabotage::LoseFifoOrder)
+            {
                 g.running = Some(lease.id);
                 go.push(lease);
             } else {
@@ -147,6 +148,14 @@ impl Groups {
         } else if let Some(i) = g.waiting.iter().position(|l| l.id == lease.id) {
             g.waiting.remove(i);
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if !finished {
+                // It comes back later (lost, given back): the leases behind
+                // it would overtake it, so they go back too and the queue
+                // hands the group out again in order.
+                let behind: Vec<_> = g.waiting.drain(i..).collect();
+                self.waiting.fetch_sub(behind.len(), Ordering::AcqRel);
+                next.release.extend(behind);
+            }
         }
         if g.running.is_none() && g.waiting.is_empty() {
             map.remove(key);
@@ -207,12 +216,30 @@ impl Gate {
             self.route(leases);
             return;
         }
-        let hold = self.shared.config.claim_hold();
-        let calls = self
-            .shared
-            .store_calls(&leases, |store, key, owner| async move {
-                store.claim(&key, &owner, hold).await
-            });
+        let s = &self.shared;
+        let hold = s.config.claim_hold();
+        let store = s.sinks.store.clone().expect("checked");
+        // A redelivery may be of a message another worker dead-lettered
+        // (its delete came back): then it is deleted, not run again.
+        let calls = futures_util::future::join_all(leases.iter().map(|l| {
+            let mark = (l.job.receive_count > 1).then(|| s.dead_letter_mark(l));
+            let (store, key, owner) = (store.clone(), s.claim_key(l), s.owner(l));
+            async move {
+                if let Some(Ok(Some(r))) = match &mark {
+                    Some(m) => Some(store.record(m).await),
+                    None => None,
+                } {
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis();
+                    if r.status == RecordStatus::Completed && u128::from(r.expires_at_ms) > now {
+                        return Ok(None);
+                    }
+                }
+                store.claim(&key, &owner, hold).await.map(Some)
+            }
+        }));
         ctx.spawn(
             calls
                 .into_actor(self)
@@ -223,25 +250,39 @@ impl Gate {
     fn claimed(
         &mut self,
         leases: Vec<Arc<Lease>>,
-        results: Vec<Result<ClaimOutcome, crate::BackendError>>,
+        results: Vec<Result<Option<ClaimOutcome>, crate::BackendError>>,
     ) {
         let s = &self.shared;
         let (mut go, mut settle) = (Vec::new(), Vec::new());
         for (lease, r) in leases.into_iter().zip(results) {
             if lease.state() != LeaseState::Gated {
                 // Given back or lost meanwhile: a claim it took is released.
-                if matches!(r, Ok(ClaimOutcome::Claimed)) {
+                if matches!(r, Ok(Some(ClaimOutcome::Claimed))) {
                     lease.set_claimed();
                     s.release_claim(&lease);
                 }
                 continue;
             }
             match r {
-                Ok(ClaimOutcome::Claimed) => {
+                Ok(None) => {
+                    // Its entry is in the dead-letter queue already.
+                    s.jobs_started(1);
+                    s.life.seen.dead_lettered(&lease.job.message_id);
+                    Stats::inc(&s.stats.duplicates_dropped);
+                    tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
+                        "message dead-lettered by another worker: deleting unprocessed");
+                    settle.push((
+                        lease,
+                        Ending::Delete {
+                            dead_lettered: true,
+                        },
+                    ));
+                }
+                Ok(Some(ClaimOutcome::Claimed)) => {
                     lease.set_claimed();
                     go.push(lease);
                 }
-                Ok(ClaimOutcome::Completed) => {
+                Ok(Some(ClaimOutcome::Completed)) => {
                     s.jobs_started(1);
                     Stats::inc(&s.stats.skipped_completed);
                     tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
@@ -253,7 +294,7 @@ impl Gate {
                         },
                     ));
                 }
-                Ok(ClaimOutcome::HeldElsewhere { until }) => {
+                Ok(Some(ClaimOutcome::HeldElsewhere { until })) => {
                     // Look again when that claim would lapse, at the latest
                     // one visibility timeout from now.
                     let most = s.config.visibility_timeout;

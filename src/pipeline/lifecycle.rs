@@ -119,6 +119,11 @@ impl Shared {
             if was == LeaseState::Settling {
                 self.life.settling.fetch_sub(1, Ordering::AcqRel);
             }
+            // Each lease's end, for whoever audits a run job by job (the
+            // fault sweep does).
+            tracing::debug!(target: "ferry::lease", pipeline = %self.name,
+                job_id = %lease.job.id, message_id = %lease.job.message_id, how = ?how,
+                ending = ending_kind(lease.ending().as_ref()), "lease ended");
             if matches!(
                 was,
                 LeaseState::Processed | LeaseState::Stored | LeaseState::Settling
@@ -141,7 +146,13 @@ impl Shared {
             }
             self.release_claim(lease);
             removed |= self.life.leases.remove(lease);
-            self.group_settled(lease, matches!(how, Ended::Deleted | Ended::DeadLettered));
+            // A dead-lettered job's other messages are given back (one may
+            // be its fixed re-send, behind it in its group): the group's
+            // later messages wait for them, given back too, so the queue
+            // hands all of them out again in order.
+            let finished =
+                how == Ended::Deleted || (how == Ended::DeadLettered && !lease.had_others());
+            self.group_settled(lease, finished);
         }
         self.life.seen.complete_keys(&done_keys);
         if removed {
@@ -196,5 +207,17 @@ impl Shared {
                     .collect(),
             );
         }
+    }
+}
+
+/// The kind of ending a lease was settled with, for the `ferry::lease` event.
+fn ending_kind(ending: Option<&Ending>) -> &'static str {
+    match ending {
+        None => "none",
+        Some(Ending::Delete { .. }) => "delete",
+        Some(Ending::Retry { .. }) => "retry",
+        Some(Ending::DeadLetter { .. }) => "dead-letter",
+        Some(Ending::Release) => "release",
+        Some(Ending::Defer { .. }) => "defer",
     }
 }

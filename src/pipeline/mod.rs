@@ -222,6 +222,17 @@ impl Shared {
         crate::idempotency::job_key(&self.name, &lease.job.id)
     }
 
+    /// The store key that marks a lease's message as dead-lettered, so that
+    /// its return is deleted without a second entry by whichever worker
+    /// receives it. Not a job's key: a job id never holds the unit
+    /// separator (SQS refuses it in an attribute).
+    pub(crate) fn dead_letter_mark(&self, lease: &Lease) -> String {
+        format!(
+            "{}\u{1f}dead-lettered\u{1f}{}",
+            self.name, lease.job.message_id
+        )
+    }
+
     /// The claim owner of one attempt: this process and the lease.
     pub(crate) fn owner(&self, lease: &Lease) -> String {
         format!("{}/{}", self.life.owner, lease.id)

@@ -163,6 +163,11 @@ pub(crate) fn finish(
             span.record("outcome", crate::trace::outcome_of(&err));
             tracing::info!(parent: span, error = %err, "processor failed");
             match err {
+                ProcessError::Retry { reason, .. }
+                    if crate::sabotage::on(crate::sabotage::Sabotage::DeadLetterRetries) =>
+                {
+                    Ending::DeadLetter { reason }
+                }
                 ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
                 ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
             }

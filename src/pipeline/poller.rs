@@ -208,7 +208,12 @@ impl Poller {
         Stats::add(&s.stats, &s.stats.received, messages.len() as u64);
         let (mut fresh, mut gated, mut probes, mut settle, mut copies) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // FIFO groups of this batch whose later messages go back: one of
+        // theirs joined a lease already held, which may be on its way back
+        // to the queue, and nothing of the group may overtake it.
+        let mut held_back: Vec<String> = Vec::new();
         for mut m in messages {
+            let group = m.group_id.clone();
             // The handle moves into the new lease, or stays here for a copy.
             let mut handle = Some(std::mem::take(&mut m.receipt_handle));
             let mut job = Job::from_message(m);
@@ -238,6 +243,9 @@ impl Poller {
                     );
                     Stats::inc(&s.stats.duplicates_merged);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate merged into lease");
+                    if let Some(g) = group.filter(|g| !held_back.contains(g)) {
+                        held_back.push(g);
+                    }
                 }
                 Claim::Done => {
                     Stats::inc(&s.stats.duplicates_dropped);
@@ -246,7 +254,8 @@ impl Poller {
                 }
                 Claim::New(lease) => {
                     let count = lease.job.receive_count;
-                    if self.stopped || s.is_escalated() {
+                    let behind = group.is_some_and(|g| held_back.contains(&g));
+                    if self.stopped || s.is_escalated() || behind {
                         settle.push((lease, Ending::Release));
                     } else if s.life.seen.was_dead_lettered(&lease.job.message_id) {
                         // Its entry is in the dead-letter queue already.

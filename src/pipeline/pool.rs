@@ -193,7 +193,12 @@ impl Worker {
             (Err(e), _) => Outcome::Done(Err(e)),
             (Ok(r), Some(p)) => {
                 let job = r.as_ref().unwrap_or(job);
-                match catch_unwind(AssertUnwindSafe(|| p.process(job, &ctx))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
+                        let _ = p.process(job, &ctx);
+                    }
+                    p.process(job, &ctx)
+                })) {
                     Ok(r) => Outcome::Done(r),
                     Err(e) => Outcome::Panicked(panic_message(&*e)),
                 }

@@ -87,6 +87,9 @@ impl Publisher {
                                         message: "a lease of the batch was lost".into(),
                                     });
                                 }
+                                if crate::sabotage::on(crate::sabotage::Sabotage::SkipPublish) {
+                                    return Ok(part.iter().map(|_| Ok(String::new())).collect());
+                                }
                                 topic.publish_batch(part).await
                             }
                         })

@@ -236,6 +236,9 @@ impl Tasks {
                     Ok(parts) => s.clone().send_split(parts, lease.cancel_arc()).await,
                 });
             }
+            if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
+                let _ = AssertUnwindSafe(p.process(job, &ctx)).catch_unwind().await;
+            }
             match AssertUnwindSafe(p.process(job, &ctx)).catch_unwind().await {
                 Ok(r) => Ran::Outcome(Outcome::Done(r)),
                 Err(e) => Ran::Outcome(Outcome::Panicked(panic_message(&*e))),
@@ -321,9 +324,13 @@ impl Tasks {
         let answer = tokio::select! {
             biased;
             _ = all_lost => None,
-            a = AssertUnwindSafe(p.process_batch(&jobs, &ctx))
-                .catch_unwind()
-                .instrument(span) => Some(a),
+            a = async {
+                if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
+                    let _ = AssertUnwindSafe(p.process_batch(&jobs, &ctx)).catch_unwind().await;
+                }
+                AssertUnwindSafe(p.process_batch(&jobs, &ctx)).catch_unwind().await
+            }
+            .instrument(span) => Some(a),
         };
         let mut outcomes: Vec<Outcome> = match answer {
             None => {

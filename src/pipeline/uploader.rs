@@ -44,11 +44,14 @@ impl Uploader {
         let body = output.body;
         let key = store.key(&lease.job.id);
         let cancelled = lease.cancel_arc();
+        let early_delete = crate::sabotage::on(crate::sabotage::Sabotage::DeleteBeforeUpload)
+            .then(|| (s.sinks.source.clone(), lease.handle()));
         ctx.spawn(
             async move {
                 with_retries(attempts, || {
                     let (store, key, body, meta) =
                         (store.clone(), key.clone(), body.clone(), meta.clone());
+                    let early_delete = early_delete.clone();
                     let lost = cancelled.load(std::sync::atomic::Ordering::Acquire);
                     async move {
                         // No retry after the lease was lost.
@@ -56,6 +59,9 @@ impl Uploader {
                             return Err(crate::BackendError::Invalid {
                                 message: "lease lost".into(),
                             });
+                        }
+                        if let Some((queue, handle)) = early_delete {
+                            let _ = queue.delete_batch(&[handle]).await;
                         }
                         store.blobs.put(&store.bucket, &key, body, meta).await
                     }

@@ -1,0 +1,297 @@
+//! Each job against what its own history allows, from the seed's log:
+//!
+//! - **Runs.** A successful run of a job that was not cancelled is the one
+//!   its effects may come from. Two such runs of one job in one stage never
+//!   overlap (one process merges copies; across workers, the claim keeps
+//!   the second out), and a later one follows only an earlier one whose
+//!   lease was then given back (retried or released) or lost: ferry reports
+//!   each lease's end, and an end of the earlier run's message must come
+//!   between the two runs (a deferral, which never ran the job, does not
+//!   count). With exactly-once on that holds across workers too.
+//! - **Result writes.** Only from such runs: never more writes of a job's
+//!   result than it had such runs.
+//! - **Notices.** Every job that stage 1 completes is announced; on a FIFO
+//!   topic all of a job's notices carry one deduplication id, so stage 2
+//!   gets one.
+//! - **Delete last.** No message of a job is deleted before the job's result
+//!   is written and (stage 1) announced, or, for a bad input, before its
+//!   dead-letter entry is sent.
+//! - **FIFO order.** On FIFO queues, every run of a group's message ends
+//!   before any run of the group's later messages starts (cancelled runs
+//!   aside: their output is never used), in each stage.
+//! - **Inputs.** Stage 2 reads exactly the result stage 1 wrote for the job.
+
+use std::collections::BTreeMap;
+
+use crate::jobs::{Flex, SentJob};
+use crate::record::{Effect, Log, Records, Run, RunEnd};
+use crate::world::{listed, result_key, some};
+
+/// Checks every job of the seed against its history.
+pub(crate) fn audit(jobs: &[SentJob], fifo: bool, log: &Log, v: &mut Vec<String>) {
+    log.with(|r| {
+        for a in &r.anomalies {
+            v.push(a.clone());
+        }
+        for stage in [1u8, 2] {
+            runs(r, stage, v);
+            effects(jobs, r, stage, fifo, v);
+            if fifo {
+                order(r, stage, v);
+            }
+        }
+    });
+}
+
+/// A job's successful, uncancelled runs in a stage, by id, in start order.
+fn used_runs(r: &Records, stage: u8) -> BTreeMap<&str, Vec<&Run>> {
+    let mut by_job: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+    for run in &r.runs {
+        if run.stage == stage && run.how == RunEnd::Ok && !run.cancelled {
+            by_job.entry(run.job.as_str()).or_default().push(run);
+        }
+    }
+    for runs in by_job.values_mut() {
+        runs.sort_by_key(|r| r.start);
+    }
+    by_job
+}
+
+fn runs(r: &Records, stage: u8, v: &mut Vec<String>) {
+    let mut bad = Vec::new();
+    for (job, runs) in used_runs(r, stage) {
+        for pair in runs.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if b.start < a.end {
+                bad.push(format!(
+                    "{job} ran twice at once (worker {} and {})",
+                    a.worker, b.worker
+                ));
+                continue;
+            }
+            let excused = r.ends.iter().any(|e| {
+                e.stage == stage
+                    && e.ending != "defer"
+                    && e.job == job
+                    && e.message == a.message
+                    && (e.how == "Released" || e.how == "Lost")
+                    && a.start < e.at
+                    && e.at < b.start
+            });
+            if !excused {
+                bad.push(format!(
+                    "{job} ran again (worker {} after worker {}) though its lease was not \
+                     given back or lost in between",
+                    b.worker, a.worker
+                ));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        v.push(format!(
+            "stage {stage} ran {} job(s) more than its history allows: {}",
+            bad.len(),
+            some(&bad)
+        ));
+    }
+}
+
+/// Whether a job is expected to complete `stage` (its result and notice),
+/// and so whether the effect checks apply to it there.
+fn completes(j: &SentJob, stage: u8) -> bool {
+    j.flex == Flex::Strict && (j.bad_at == 0 || (stage == 1 && j.bad_at == 2))
+}
+
+fn first<'a>(list: &'a [Effect], stage: u8, job: &str) -> Option<&'a Effect> {
+    list.iter()
+        .filter(|e| e.stage == stage && e.job == job)
+        .min_by_key(|e| e.at)
+}
+
+fn effects(jobs: &[SentJob], r: &Records, stage: u8, fifo: bool, v: &mut Vec<String>) {
+    let used = used_runs(r, stage);
+    let mut bad = Vec::new();
+    for j in jobs {
+        let deletes: Vec<&Effect> = r
+            .deletes
+            .iter()
+            .filter(|e| e.stage == stage && listed(&e.job) == listed(&j.id))
+            .collect();
+        if j.flex == Flex::Strict && j.bad_at == stage {
+            let entry = r
+                .dead_letters
+                .iter()
+                .filter(|e| e.stage == stage && listed(&e.job) == listed(&j.id))
+                .map(|e| e.at)
+                .min();
+            if let Some(d) = deletes.iter().find(|d| entry.is_none_or(|at| d.at < at)) {
+                bad.push(format!(
+                    "{}: message {} deleted before its dead-letter entry was sent",
+                    j.id,
+                    d.detail.as_deref().unwrap_or("?")
+                ));
+            }
+            continue;
+        }
+        if !completes(j, stage) {
+            continue;
+        }
+        let key = result_key(stage, &j.id);
+        let writes = r.puts.iter().filter(|p| p.job == key).count();
+        let runs = used.get(j.id.as_str()).map_or(0, Vec::len);
+        if writes > runs {
+            bad.push(format!(
+                "{}: result written {writes} times from {runs} successful run(s)",
+                j.id
+            ));
+        }
+        let written = first(&r.puts, stage, &key).map(|e| e.at);
+        let announced = if stage == 1 {
+            let notices: Vec<&Effect> = r.notices.iter().filter(|n| n.job == j.id).collect();
+            if notices.is_empty() && written.is_some() {
+                bad.push(format!("{}: result stored but never announced", j.id));
+            }
+            if fifo {
+                let mut ids: Vec<&str> =
+                    notices.iter().filter_map(|n| n.detail.as_deref()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() > 1 || notices.iter().any(|n| n.detail.is_none()) {
+                    bad.push(format!(
+                        "{}: notices under {} deduplication ids on a FIFO topic",
+                        j.id,
+                        ids.len()
+                    ));
+                }
+            }
+            notices.iter().map(|n| n.at).min()
+        } else {
+            written
+        };
+        for d in &deletes {
+            let before = |at: Option<u64>| at.is_none_or(|at| d.at < at);
+            if before(written) || before(announced) {
+                bad.push(format!(
+                    "{}: message {} deleted before its result was {}",
+                    j.id,
+                    d.detail.as_deref().unwrap_or("?"),
+                    if before(written) {
+                        "stored"
+                    } else {
+                        "announced"
+                    }
+                ));
+                break;
+            }
+        }
+    }
+    if !bad.is_empty() {
+        v.push(format!(
+            "stage {stage}: {} effect(s) out of order or repeated: {}",
+            bad.len(),
+            some(&bad)
+        ));
+    }
+}
+
+/// The queue's sequence number in a message id (`<queue>-<n>`): the order
+/// the queue took the messages in.
+fn sequence(message: &str) -> Option<u64> {
+    message.rsplit('-').next()?.parse().ok()
+}
+
+fn order(r: &Records, stage: u8, v: &mut Vec<String>) {
+    // Group → message sequence → the message's runs.
+    let mut groups: BTreeMap<&str, BTreeMap<u64, Vec<&Run>>> = BTreeMap::new();
+    for run in r.runs.iter().filter(|x| x.stage == stage && !x.cancelled) {
+        let Some(m) = r.messages.get(&(stage, run.message.clone())) else {
+            continue;
+        };
+        let (Some(group), Some(n)) = (m.group.as_deref(), sequence(&run.message)) else {
+            continue;
+        };
+        groups
+            .entry(group)
+            .or_default()
+            .entry(n)
+            .or_default()
+            .push(run);
+    }
+    let show = |run: &Run| {
+        format!(
+            "{} ({}, receive {}, worker {}, {:?}, {}–{})",
+            run.job, run.message, run.receive_count, run.worker, run.how, run.start, run.end
+        )
+    };
+    let mut bad = Vec::new();
+    for (group, messages) in &groups {
+        // The run that ended last among the group's earlier messages.
+        let mut last: Option<&Run> = None;
+        for runs in messages.values() {
+            if let Some(l) = last {
+                if let Some(early) = runs.iter().find(|x| x.start < l.end) {
+                    bad.push(format!(
+                        "group {group}: {} started before {} ended",
+                        show(early),
+                        show(l)
+                    ));
+                }
+            }
+            for run in runs {
+                if last.is_none_or(|l| run.end > l.end) {
+                    last = Some(run);
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        v.push(format!("stage {stage} broke FIFO order: {}", some(&bad)));
+    }
+}
+
+/// A job's history in a stage, for a report: its runs, lease ends and
+/// effects in stamp order.
+pub(crate) fn history(r: &Records, stage: u8, job: &str) -> String {
+    let mut events: Vec<(u64, String)> = Vec::new();
+    for x in r.runs.iter().filter(|x| x.stage == stage && x.job == job) {
+        events.push((
+            x.start,
+            format!(
+                "run {}–{} {:?}{} on worker {} ({}, receive {})",
+                x.start,
+                x.end,
+                x.how,
+                if x.cancelled { " cancelled" } else { "" },
+                x.worker,
+                x.message,
+                x.receive_count
+            ),
+        ));
+    }
+    for e in r.ends.iter().filter(|e| e.stage == stage && e.job == job) {
+        events.push((
+            e.at,
+            format!("lease {} ({}, {})", e.how, e.ending, e.message),
+        ));
+    }
+    for (what, list) in [("deleted", &r.deletes), ("dead-lettered", &r.dead_letters)] {
+        for e in list.iter().filter(|e| e.stage == stage && e.job == job) {
+            events.push((
+                e.at,
+                format!("{what} {}", e.detail.as_deref().unwrap_or("")),
+            ));
+        }
+    }
+    let key = result_key(stage, job);
+    for e in r.puts.iter().filter(|e| e.job == key) {
+        events.push((e.at, "result written".into()));
+    }
+    if stage == 1 {
+        for e in r.notices.iter().filter(|e| e.job == job) {
+            events.push((e.at, "announced".into()));
+        }
+    }
+    events.sort();
+    let lines: Vec<String> = events.iter().map(|(at, e)| format!("{at}: {e}")).collect();
+    format!("{job} at stage {stage}: {}", lines.join("; "))
+}

@@ -1,0 +1,232 @@
+//! The processor both stages run, as a sync, async or batch processor, with
+//! the seed's processor faults; it records every run in the seed's log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry::prelude::*;
+
+use crate::plan::ProcessorFaults;
+use crate::record::{Log, Run, RunEnd};
+use crate::world::result_key;
+use crate::{BAD_AT_1, BAD_AT_2, BUCKET};
+
+/// A stable draw from `[0, 1)` for a job, a stage, an attempt and a purpose
+/// (FNV-1a, the same on every machine).
+fn draw(seed: u64, purpose: u64, stage: u8, attempt: u32, id: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let salt = [seed, purpose, u64::from(stage), u64::from(attempt)];
+    for b in salt.iter().flat_map(|w| w.to_le_bytes()).chain(id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What stage 2 stores for a stage-1 result.
+pub(crate) fn stage2_of(stage1: &str) -> String {
+    format!(
+        "{}:{}",
+        stage1.len(),
+        stage1.chars().rev().collect::<String>()
+    )
+}
+
+/// The processor of both stages, with the seed's processor faults.
+#[derive(Clone)]
+pub(crate) struct SweepProcessor {
+    pub(crate) stage: u8,
+    pub(crate) worker: u8,
+    pub(crate) seed: u64,
+    pub(crate) faults: ProcessorFaults,
+    pub(crate) visibility: Duration,
+    pub(crate) log: Arc<Log>,
+}
+
+/// One run's injected faults.
+struct Draws {
+    panic: bool,
+    stall: Duration,
+    retry: bool,
+}
+
+impl SweepProcessor {
+    /// The seed's faults for one run: a panic on a first attempt, how long
+    /// to stall, whether to ask for a retry.
+    fn faults_of(&self, job: &Job) -> Draws {
+        let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
+        let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
+        Draws {
+            panic: n == 1 && d(1) < f.panic_rate,
+            stall: if d(2) < f.stall_rate {
+                self.visibility.mul_f64(1.0 + 2.0 * d(3))
+            } else {
+                Duration::ZERO
+            },
+            retry: d(4) < f.retry_rate,
+        }
+    }
+
+    /// Records a run that started at `start`.
+    fn record(&self, job: &Job, start: u64, how: RunEnd, cancelled: bool) {
+        let end = self.log.tick();
+        self.log.run(Run {
+            stage: self.stage,
+            worker: self.worker,
+            job: job.id.to_string(),
+            message: job.message_id.clone(),
+            receive_count: job.receive_count,
+            start,
+            end,
+            how,
+            cancelled,
+        });
+    }
+
+    /// Records a panicking run, then panics.
+    fn panic(&self, job: &Job, start: u64) -> ! {
+        self.record(job, start, RunEnd::Panicked, false);
+        panic!(
+            "injected processor panic: stage {} job {}",
+            self.stage, job.id
+        );
+    }
+
+    /// Where stage 2 reads its input: the stage-1 result its notice names,
+    /// which must be exactly the job's own.
+    fn input_of(&self, job: &Job) -> Result<Option<ResultNotice>, ProcessError> {
+        if self.stage == 1 {
+            return Ok(None);
+        }
+        let n = job.notice()?;
+        let own = result_key(1, job.id.as_str());
+        if n.bucket != BUCKET || n.key != own || n.job_id != job.id {
+            self.log.anomaly(format!(
+                "stage 2 got a notice for {} naming s3://{}/{} of job {} (its own: s3://{BUCKET}/{own})",
+                job.id, n.bucket, n.key, n.job_id
+            ));
+        }
+        Ok(Some(n))
+    }
+
+    fn output(&self, job: &Job, input: Option<bytes::Bytes>) -> Result<Output, ProcessError> {
+        if self.stage == 1 {
+            if job.body.starts_with(BAD_AT_1) {
+                return Err(ProcessError::bad_input(format!(
+                    "stage 1 cannot use {}: marked bad",
+                    job.id
+                )));
+            }
+            return Ok(Output::text(job.body.to_uppercase()));
+        }
+        let bytes = input.expect("stage 2 reads its input");
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ProcessError::bad_input("stage-1 result is not UTF-8"))?;
+        if text.contains(&BAD_AT_2.to_uppercase()) {
+            return Err(ProcessError::bad_input(format!(
+                "stage 2 cannot use {}: marked bad",
+                job.id
+            )));
+        }
+        Ok(Output::text(stage2_of(&text)))
+    }
+}
+
+fn end_of<T>(r: &Result<T, ProcessError>) -> RunEnd {
+    if r.is_ok() {
+        RunEnd::Ok
+    } else {
+        RunEnd::Failed
+    }
+}
+
+impl Processor for SweepProcessor {
+    fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+        let start = self.log.tick();
+        let d = self.faults_of(job);
+        if d.panic {
+            self.panic(job, start);
+        }
+        std::thread::sleep(d.stall);
+        let r = (|| {
+            if d.retry {
+                return Err(ProcessError::retry("injected retry"));
+            }
+            let input = match self.input_of(job)? {
+                Some(n) => Some(ctx.fetch(&n.bucket, &n.key)?),
+                None => None,
+            };
+            self.output(job, input)
+        })();
+        self.record(job, start, end_of(&r), ctx.is_cancelled());
+        r
+    }
+}
+
+#[ferry::async_trait]
+impl AsyncProcessor for SweepProcessor {
+    async fn process(&self, job: &Job, ctx: &TaskContext) -> Result<Output, ProcessError> {
+        let start = self.log.tick();
+        let d = self.faults_of(job);
+        if d.panic {
+            self.panic(job, start);
+        }
+        tokio::time::sleep(d.stall).await;
+        let r = async {
+            if d.retry {
+                return Err(ProcessError::retry("injected retry"));
+            }
+            let input = match self.input_of(job)? {
+                Some(n) => Some(ctx.fetch(&n.bucket, &n.key).await?),
+                None => None,
+            };
+            self.output(job, input)
+        }
+        .await;
+        self.record(job, start, end_of(&r), ctx.is_cancelled());
+        r
+    }
+}
+
+#[ferry::async_trait]
+impl BatchProcessor for SweepProcessor {
+    async fn process_batch(
+        &self,
+        jobs: &[Job],
+        ctx: &TaskContext,
+    ) -> Vec<Result<Output, ProcessError>> {
+        // A panic in any job's faults fails the whole batch; the longest
+        // stall holds the whole batch.
+        let start = self.log.tick();
+        let draws: Vec<Draws> = jobs.iter().map(|j| self.faults_of(j)).collect();
+        if let Some(i) = draws.iter().position(|d| d.panic) {
+            for (j, job) in jobs.iter().enumerate() {
+                if j != i {
+                    self.record(job, start, RunEnd::Panicked, false);
+                }
+            }
+            self.panic(&jobs[i], start);
+        }
+        let stall = draws.iter().map(|d| d.stall).max().unwrap_or_default();
+        tokio::time::sleep(stall).await;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (job, d) in jobs.iter().zip(draws) {
+            let r = async {
+                if d.retry {
+                    return Err(ProcessError::retry("injected retry"));
+                }
+                let input = match self.input_of(job)? {
+                    Some(n) => Some(ctx.fetch(&n.bucket, &n.key).await?),
+                    None => None,
+                };
+                self.output(job, input)
+            }
+            .await;
+            out.push(r);
+        }
+        for (i, (job, r)) in jobs.iter().zip(&out).enumerate() {
+            self.record(job, start, end_of(r), ctx.is_job_cancelled(i));
+        }
+        out
+    }
+}

@@ -1,0 +1,283 @@
+//! One seed from start to verdict: send the jobs, start each worker's
+//! runtime with the faults on, redrive mid-run when the plan says so, wait
+//! until everything settled, shut down, and check.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use ferry::backend::local::Faults;
+use ferry::backend::{BlobStore, OutgoingMessage, Queue};
+use ferry::prelude::*;
+use ferry::{PipelineStats, ShutdownReport, JOB_ID_ATTRIBUTE};
+
+use crate::audit::audit;
+use crate::check::check;
+use crate::jobs::{jobs_of, SentJob};
+use crate::plan::Plan;
+use crate::record::unregister;
+use crate::world::{job_of_entry, result_key, World};
+use crate::{Args, Sabotage, BUCKET, GRACE, SHUTDOWN_LIMIT};
+
+/// What one seed found.
+pub(crate) struct Outcome {
+    pub(crate) violations: Vec<String>,
+    /// Printed with --verbose.
+    pub(crate) details: String,
+    pub(crate) elapsed: Duration,
+}
+
+/// How long the operator waits for a dead-letter entry to redrive before
+/// redriving an empty queue.
+const REDRIVE_PATIENCE: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
+    let started = Instant::now();
+    let mut v = Vec::new();
+    let mut details = String::new();
+    let jobs = jobs_of(&plan);
+    let world = World::new(&plan);
+    let done = |v, details| Outcome {
+        violations: v,
+        details,
+        elapsed: started.elapsed(),
+    };
+    if let Err(e) = world.send(&plan, &jobs).await {
+        v.push(e);
+        return done(v, details);
+    }
+    world.local.set_faults(plan.faults.clone());
+    let mut runtimes = Vec::new();
+    for worker in 0..plan.workers {
+        let mut builder = Runtime::builder().shutdown_grace(GRACE);
+        for p in world.pipelines(&plan, worker) {
+            builder = builder.pipeline(p);
+        }
+        match builder.start().await {
+            Ok(r) => runtimes.push(r),
+            Err(e) => v.push(format!("worker {worker}'s runtime did not start: {e}")),
+        }
+    }
+    if runtimes.len() < usize::from(plan.workers) {
+        world.local.set_faults(Faults::none());
+        for r in runtimes {
+            let _ = tokio::time::timeout(SHUTDOWN_LIMIT, r.shutdown()).await;
+        }
+        unregister(plan.seed);
+        return done(v, details);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
+    let mut redrive_at = plan.hostile.redrive_at.map(|d| Instant::now() + d);
+    let settled = loop {
+        if let Some(at) = redrive_at.filter(|at| Instant::now() >= *at) {
+            // The operator moves stage 1's dead letters back, as after a
+            // fix that fixed nothing: each is dead-lettered again, once.
+            // They wait for an entry to move (for a while); faults pause
+            // meanwhile (a redrive half done under faults can leave an
+            // entry both moved and kept: the operator's to sort).
+            let waiting = world.dlq1.depth_now().total() == 0;
+            if waiting && Instant::now() < at + REDRIVE_PATIENCE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            redrive_at = None;
+            redrive(&world, &plan, &mut v, &mut details).await;
+            continue;
+        }
+        // The run may not settle while the operator is yet to act.
+        if redrive_at.is_none() && world.settled(&jobs).await {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if redrive_at.is_some() {
+        v.push("the operator's redrive never happened".into());
+    }
+    let run_time = started.elapsed();
+    let readers: Vec<_> = runtimes.iter().map(|r| r.stats_reader()).collect();
+    // Shut down on tasks of their own: if one hangs, the checks still run
+    // and say so (the seed's thread is then left behind).
+    let mut reports: Vec<Option<ShutdownReport>> = Vec::new();
+    let shutdowns: Vec<_> = runtimes
+        .into_iter()
+        .map(|r| tokio::spawn(r.shutdown()))
+        .collect();
+    for (worker, mut shutdown) in shutdowns.into_iter().enumerate() {
+        reports.push(
+            match tokio::time::timeout(SHUTDOWN_LIMIT, &mut shutdown).await {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => {
+                    v.push(format!("worker {worker}'s shutdown panicked: {e}"));
+                    None
+                }
+                Err(_) => {
+                    v.push(format!(
+                        "worker {worker}'s shutdown did not finish within {} s",
+                        SHUTDOWN_LIMIT.as_secs()
+                    ));
+                    None
+                }
+            },
+        );
+    }
+    world.local.set_faults(Faults::none());
+    unregister(plan.seed);
+    let stats: Vec<PipelineStats> = readers.iter().flat_map(|r| r.stats()).collect();
+    sabotage(args.sabotage, &world, &jobs).await;
+
+    if !settled {
+        v.push(format!(
+            "did not settle within {} s (stalled): {}",
+            args.deadline_secs,
+            progress(&world, &jobs, &stats).await
+        ));
+    }
+    for r in reports.iter().flatten() {
+        if r.held_at_exit != 0 {
+            v.push(format!("the shutdown left {} leases held", r.held_at_exit));
+        }
+    }
+    check(&world, &jobs, &stats, &mut v).await;
+    audit(&jobs, plan.fifo, &world.log, &mut v);
+    if let Some(job) = &args.history {
+        for stage in [1, 2] {
+            let h = world.log.with(|r| crate::audit::history(r, stage, job));
+            let _ = writeln!(details, "  {h}");
+        }
+    }
+
+    if args.verbose {
+        let _ = writeln!(details, "{}", plan.describe());
+        let _ = writeln!(
+            details,
+            "  settled {} after {:.2} s; shutdown {}",
+            settled,
+            run_time.as_secs_f64(),
+            reports
+                .iter()
+                .map(|r| r.as_ref().map_or("hung".into(), |r| format!(
+                    "{} ms, {} held",
+                    r.elapsed_ms, r.held_at_exit
+                )))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        for s in &stats {
+            let _ = writeln!(
+                details,
+                "  {}{}: {}",
+                s.name,
+                if s.escalated { " (escalated)" } else { "" },
+                serde_json::to_string(&s.stats).unwrap_or_default()
+            );
+        }
+        let calls = world.local.calls();
+        let _ = writeln!(
+            details,
+            "  backend calls: {}",
+            ferry::backend::local::Op::ALL
+                .iter()
+                .map(|op| format!("{op:?} {}", calls.get(*op)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    done(v, details)
+}
+
+/// The operator's redrive of stage 1's dead-letter queue, with faults off:
+/// every entry that was there and may be redriven (not one whose job id
+/// was cut) must move.
+async fn redrive(world: &World, plan: &Plan, v: &mut Vec<String>, details: &mut String) {
+    world.local.set_faults(Faults::none());
+    let before: Vec<String> = world
+        .dlq1
+        .snapshot()
+        .iter()
+        .map(job_of_entry)
+        .filter(|id| id.len() < ferry::MAX_JOB_ID_BYTES)
+        .collect();
+    let moved = ferry::dlq::redrive(
+        world.dlq1.as_ref(),
+        world.stage1.as_ref(),
+        &ferry::dlq::RedriveOptions::default(),
+    )
+    .await;
+    world.local.set_faults(plan.faults.clone());
+    match moved {
+        Ok(r) => {
+            let _ = writeln!(details, "  redrive of {} entries: {r:?}", before.len());
+            // Entries dead-lettered during the redrive may move too.
+            if r.moved < before.len() || r.failed > 0 {
+                v.push(format!(
+                    "the redrive moved {} of the {} entries it should have ({r:?}): {}",
+                    r.moved,
+                    before.len(),
+                    crate::world::some(&before)
+                ));
+            }
+        }
+        Err(e) => v.push(format!("the redrive failed: {e}")),
+    }
+}
+
+/// Where a seed that did not settle got to.
+async fn progress(world: &World, jobs: &[SentJob], stats: &[PipelineStats]) -> String {
+    let done = world
+        .local
+        .blobs()
+        .list(BUCKET, "stage2/")
+        .await
+        .unwrap_or_default();
+    let good = jobs.iter().filter(|j| j.bad_at == 0).count();
+    let held: Vec<String> = stats
+        .iter()
+        .map(|s| format!("{} holds {}", s.name, s.in_flight))
+        .collect();
+    format!(
+        "{}/{} stage-2 results, dead-letter entries {} + {}, queues hold {} + {}, {}",
+        done.len(),
+        good,
+        world.dlq1.depth_now().total(),
+        world.dlq2.depth_now().total(),
+        world.stage1.depth_now().total(),
+        world.stage2.depth_now().total(),
+        held.join(", ")
+    )
+}
+
+/// Breaks the end state on purpose, after the run (the runtime's own
+/// sabotage is switched on before it).
+async fn sabotage(what: Option<Sabotage>, world: &World, jobs: &[SentJob]) {
+    let Some(what) = what else { return };
+    let good = jobs.iter().find(|j| j.bad_at == 0).expect("a good job");
+    match what {
+        Sabotage::LoseResult => {
+            let _ = world
+                .local
+                .blobs()
+                .delete(BUCKET, &result_key(2, &good.id))
+                .await;
+        }
+        Sabotage::LeftoverMessage => {
+            let _ = world
+                .stage1
+                .send_batch(vec![OutgoingMessage::new("left over")
+                    .group("g")
+                    .dedup("left-over")])
+                .await;
+        }
+        Sabotage::BareDeadLetter => {
+            let _ = world
+                .dlq1
+                .send_batch(vec![OutgoingMessage::new("no reason")
+                    .attribute(JOB_ID_ATTRIBUTE, &good.id)
+                    .group("g")
+                    .dedup("bare")])
+                .await;
+        }
+        _ => {}
+    }
+}
