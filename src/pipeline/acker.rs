@@ -664,7 +664,7 @@ impl Acker {
             self.deletes.extend(leases.into_iter().map(Delete::Job));
             return;
         };
-        let (hold, keep) = (s.config.claim_hold(), s.config.seen_ttl);
+        let (hold, keep) = (s.config.claim_hold(), s.config.completed_ttl);
         let marks = futures_util::future::join_all(leases.iter().map(|l| {
             let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
             async move {
