@@ -25,10 +25,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{OutgoingMessage, Queue, MAX_MESSAGE_ATTRIBUTES};
+use rand::Rng;
+
+use crate::backend::{
+    attribute_name_problem, fifo_id_problem, sqs_allows, OutgoingMessage, Queue,
+    MAX_MESSAGE_ATTRIBUTES,
+};
 use crate::error::BackendError;
-use crate::job::{JobId, JOB_ID_ATTRIBUTE};
-use crate::payload::LargePayloads;
+use crate::job::{job_id_problem, JobId, JOB_ID_ATTRIBUTE};
+use crate::payload::{LargePayloads, LEGACY_PAYLOAD_SIZE_ATTRIBUTE, PAYLOAD_SIZE_ATTRIBUTE};
 use crate::pipeline::IntoShared;
 
 /// Why a job was not sent.
@@ -124,9 +129,24 @@ pub struct ProduceReport {
 /// Sends jobs to one queue, ten per call, each failing entry retried on its
 /// own. The rules, the same a pipeline reads by:
 ///
-/// - **Job id**: an explicit [`NewJob::id`] is sent as `ferry-job-id`;
-///   without one, the pipeline takes the FIFO deduplication id, else the
-///   message id — the id returned in [`Sent`] is that one either way.
+/// - **Job id, fixed before the first attempt**: what [`Producer::job_id`]
+///   derives (as the pipeline does), else an explicit [`NewJob::id`], sent
+///   as `ferry-job-id`, else on a FIFO queue the deduplication id, else a
+///   random id (32 hex digits) given as `ferry-job-id` before the job is
+///   first sent.
+///   A send retried after a failure that hid a success (a timeout after the
+///   queue took the message) is then the same job, which the pipeline runs
+///   once — never a second job under another id. The id returned in
+///   [`Sent`] is the one the pipeline will see.
+/// - **What the pipeline would dead-letter is refused here**, with the
+///   reason, before anything is sent: a job id the pipeline refuses (the
+///   pipeline's own check: over [`MAX_JOB_ID_BYTES`](crate::MAX_JOB_ID_BYTES)
+///   bytes, or a character SQS does not allow in an attribute) — the
+///   explicit id, the deduplication id it falls back to, or what
+///   [`Producer::job_id`] derives; a group or deduplication id SQS refuses
+///   ([`fifo_id_problem`]); an attribute name SQS refuses
+///   ([`attribute_name_problem`]), a value with a character it does not
+///   allow, or the large-payload size attribute (only offloading sets it).
 /// - **FIFO queues**: a group is required (a job without one is refused
 ///   before anything is sent); the deduplication id defaults to one derived
 ///   from the explicit job id, so a re-send of the same job within SQS's
@@ -295,11 +315,24 @@ impl Producer {
         if job.attributes.contains_key(JOB_ID_ATTRIBUTE) {
             return invalid("set the job id with NewJob::id, not as an attribute");
         }
+        if let Some(e) = attribute_problem(&job.attributes) {
+            return Err(e);
+        }
+        for (what, id) in [
+            ("message group id", &job.group),
+            ("deduplication id", &job.dedup),
+        ] {
+            if let Some(why) = id.as_deref().and_then(|id| fifo_id_problem(what, id)) {
+                return Err(ProduceError::Invalid(why));
+            }
+        }
         let mut attributes = job.attributes;
-        if let Some(id) = &job.id {
+        let id = job.id;
+        if let Some(id) = &id {
             if id.as_str().is_empty() {
                 return invalid("an empty job id");
             }
+            id_problem(id)?;
             attributes.insert(JOB_ID_ATTRIBUTE.to_owned(), id.to_string());
         }
         // Offloading adds its size attribute: room for it counts too.
@@ -311,7 +344,7 @@ impl Producer {
             )));
         }
         let dedup = fifo.then(|| {
-            job.dedup.clone().unwrap_or_else(|| match &job.id {
+            job.dedup.clone().unwrap_or_else(|| match &id {
                 Some(id) => id.dedup_id("produce"),
                 None => {
                     let group = job.group.as_deref().unwrap_or("");
@@ -321,9 +354,11 @@ impl Producer {
                 }
             })
         });
-        // The id the pipeline will see: the attribute, else the dedup id;
-        // else the message id, known once sent.
-        let id = job.id.clone().or_else(|| dedup.clone().map(JobId::new));
+        // The id the pipeline will see: the attribute, else the dedup id.
+        let id = id.or_else(|| dedup.clone().map(JobId::new));
+        if let Some(id) = &id {
+            id_problem(id)?;
+        }
         let mut m = OutgoingMessage {
             body: job.body,
             attributes,
@@ -355,6 +390,66 @@ impl Producer {
             .job_id
             .as_ref()
             .and_then(|f| f(&crate::Job::as_received(&m)));
-        Ok((m, derived.or(id), offloaded))
+        if let Some(id) = &derived {
+            id_problem(id)?;
+        }
+        let id = match derived.or(id) {
+            Some(id) => id,
+            // Known to the pipeline only by its message id, which each
+            // attempt would make anew: fixed now, before the first attempt,
+            // so that a retry sends the same job.
+            None => {
+                if m.attributes.len() >= MAX_MESSAGE_ATTRIBUTES {
+                    return invalid(
+                        "no room for the job id fixed before sending (ten attributes): give \
+                         the job an id (NewJob::id) in place of one of its attributes",
+                    );
+                }
+                let id = JobId::new(format!("{:032x}", rand::thread_rng().gen::<u128>()));
+                m.attributes
+                    .insert(JOB_ID_ATTRIBUTE.to_owned(), id.to_string());
+                id
+            }
+        };
+        Ok((m, Some(id), offloaded))
     }
+}
+
+/// A job id the pipeline would dead-letter, refused with the pipeline's own
+/// reason ([`job_id_problem`], the check its poller makes at receive).
+fn id_problem(id: &JobId) -> Result<(), ProduceError> {
+    match job_id_problem(id) {
+        Some(why) => Err(ProduceError::Invalid(format!(
+            "job id {:?}: {why}; the pipeline would dead-letter it",
+            id.as_str().chars().take(80).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why SQS would refuse one of a job's own attributes, if it would: its
+/// name, a character of its value, or the large-payload size attribute,
+/// which only offloading sets (the pipeline would read the body as a
+/// pointer).
+fn attribute_problem(attributes: &HashMap<String, String>) -> Option<ProduceError> {
+    let mut names: Vec<&String> = attributes.keys().collect();
+    // The first by name, so the error is the same every time.
+    names.sort();
+    for name in names {
+        if let Some(why) = attribute_name_problem(name) {
+            return Some(ProduceError::Invalid(why));
+        }
+        if name == PAYLOAD_SIZE_ATTRIBUTE || name == LEGACY_PAYLOAD_SIZE_ATTRIBUTE {
+            return Some(ProduceError::Invalid(format!(
+                "attribute `{name}` marks a large-payload pointer; offloading sets it \
+                 (Producer::large_payloads)"
+            )));
+        }
+        if !attributes[name].chars().all(sqs_allows) {
+            return Some(ProduceError::Invalid(format!(
+                "attribute `{name}` has a character SQS does not allow"
+            )));
+        }
+    }
+    None
 }
