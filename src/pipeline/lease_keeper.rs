@@ -836,6 +836,23 @@ mod tests {
         });
     }
 
+    /// The tick is a tenth of the visibility, within 5 ms and 5 s.
+    #[test]
+    fn the_tick_is_a_tenth_of_the_visibility() {
+        paused_system().block_on(async {
+            for (vis, tick) in [(30_000, 3_000), (2_000, 200), (20, 5), (600_000, 5_000)] {
+                let local = LocalBackend::new();
+                let q = one_queue(&local, 0);
+                let shared = over(q, &local, Duration::from_millis(vis), None);
+                assert_eq!(
+                    LeaseKeeper::new(shared).tick_every(),
+                    Duration::from_millis(tick),
+                    "visibility {vis} ms"
+                );
+            }
+        });
+    }
+
     #[test]
     fn a_lease_with_nine_other_messages_fills_one_call() {
         let table = crate::lease::LeaseTable::default();
@@ -852,12 +869,21 @@ mod tests {
             "h".into(),
             Instant::now(),
         );
-        let mut due: Vec<_> = (0..9)
-            .map(|o| (l.clone(), format!("other-{o}"), false))
-            .collect();
-        due.push((l.clone(), "h".into(), true));
-        let sizes: Vec<usize> = chunks_by_lease(due).iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![10]);
-        assert!(chunks_by_lease(Vec::new()).is_empty());
+        // Leases with these many other messages, in calls of these sizes.
+        let sizes = |others: &[usize]| -> Vec<usize> {
+            let mut due = Vec::new();
+            for (i, n) in others.iter().enumerate() {
+                for o in 0..*n {
+                    due.push((l.clone(), format!("other-{i}-{o}"), false));
+                }
+                due.push((l.clone(), format!("h{i}"), true));
+            }
+            chunks_by_lease(due).iter().map(Vec::len).collect()
+        };
+        assert_eq!(sizes(&[9]), [10]);
+        assert_eq!(sizes(&[0, 9]), [1, 10]);
+        assert_eq!(sizes(&[0, 0, 5]), [8]);
+        assert_eq!(sizes(&[0, 0, 8]), [2, 9]);
+        assert!(sizes(&[]).is_empty());
     }
 }
