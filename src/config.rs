@@ -64,7 +64,8 @@ pub struct PipelineConfig {
     /// while receives come back full and drops one after an empty receive.
     /// A FIFO source always has one, so batches arrive in the queue's order.
     pub receive_concurrency: usize,
-    /// Long-polling wait of one receive (SQS allows up to 20 s).
+    /// Long-polling wait of one receive (SQS allows up to 20 s), at most two
+    /// fifths of the visibility ([`PipelineConfig::poll_wait`]).
     pub receive_wait: Duration,
     /// Visibility set on receive and by each extension.
     pub visibility_timeout: Duration,
@@ -165,6 +166,110 @@ impl PipelineConfig {
     pub fn retry_backoff(&self, receive_count: u32) -> Duration {
         let factor = 1u32 << receive_count.saturating_sub(1).min(16);
         (self.retry_backoff_base * factor).min(self.retry_backoff_max)
+    }
+}
+
+/// A setting [`PipelineConfig::validate`] refuses, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field of [`PipelineConfig`] at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl PipelineConfig {
+    /// The shortest visibility a lease can be kept under: the keeper looks
+    /// at its leases a tenth of the visibility apart but at most every
+    /// 5 ms, so below 50 ms a look would come too late to extend in time.
+    pub const MIN_VISIBILITY: Duration = Duration::from_millis(50);
+
+    /// The share of the visibility one long poll may wait, in fifths.
+    const POLL_FIFTHS: u32 = 2;
+
+    /// How long one receive waits for messages: `receive_wait`, but at
+    /// most two fifths of the visibility. A lease's deadline counts from
+    /// when its receive was sent (the queue may start the visibility clock
+    /// any time before it answers), so a message arriving at the end of
+    /// the wait still has three fifths of its lease: more than the half at
+    /// which the keeper extends it, with a look to spare.
+    pub fn poll_wait(&self) -> Duration {
+        self.receive_wait
+            .min(self.visibility_timeout * Self::POLL_FIFTHS / 5)
+    }
+
+    /// Why a lease held `age` since its receive was sent is not extended
+    /// again, if it is not: the next extension would keep its message
+    /// hidden past `max_lease_age`, or, given the quarter of the visibility
+    /// an extension has to land in, past SQS's 12 hours from the receive
+    /// ([`crate::backend::MAX_VISIBILITY`]), which SQS refuses. The lease
+    /// keeper then cancels the job and releases the message.
+    pub fn lease_age_limit(&self, age: Duration) -> Option<&'static str> {
+        let hidden_until = age + self.visibility_timeout;
+        if hidden_until > self.max_lease_age {
+            Some("max_lease_age")
+        } else if hidden_until + self.visibility_timeout / 4 > crate::backend::MAX_VISIBILITY {
+            Some("SQS's 12 hours from the receive")
+        } else {
+            None
+        }
+    }
+
+    /// Refuses, naming the field, a setting SQS cannot serve or ferry
+    /// cannot work with: a visibility or maximum lease age over SQS's
+    /// 12 hours ([`crate::backend::MAX_VISIBILITY`]), a visibility under
+    /// [`PipelineConfig::MIN_VISIBILITY`] (too short to extend), and a
+    /// count of zero where at least one is needed. `Runtime::start` calls
+    /// it for every pipeline.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, message: String| Err(ConfigError { field, message });
+        let cap = crate::backend::MAX_VISIBILITY;
+        let secs = |d: Duration| d.as_secs_f64();
+        for (field, value) in [
+            ("visibility_timeout", self.visibility_timeout),
+            ("max_lease_age", self.max_lease_age),
+        ] {
+            if value > cap {
+                return fail(
+                    field,
+                    format!(
+                        "of {} s is over SQS's 12 hours ({} s) from the receive",
+                        secs(value),
+                        cap.as_secs()
+                    ),
+                );
+            }
+        }
+        if self.visibility_timeout < Self::MIN_VISIBILITY {
+            return fail(
+                "visibility_timeout",
+                format!(
+                    "of {} s is too short to extend: at least {} ms",
+                    secs(self.visibility_timeout),
+                    Self::MIN_VISIBILITY.as_millis()
+                ),
+            );
+        }
+        for (field, value) in [
+            ("workers", self.workers),
+            ("max_in_flight", self.max_in_flight),
+            ("concurrency", self.concurrency),
+            ("receive_concurrency", self.receive_concurrency),
+            ("max_receives", self.max_receives as usize),
+        ] {
+            if value == 0 {
+                return fail(field, "must be at least 1".into());
+            }
+        }
+        Ok(())
     }
 }
 

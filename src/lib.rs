@@ -28,7 +28,7 @@ pub mod trace;
 /// The attribute macro async and batch processors are written with.
 pub use async_trait::async_trait;
 pub use backend::{BlobStore, Queue, Topic};
-pub use config::{PipelineConfig, RestartPolicy};
+pub use config::{ConfigError, PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
 pub use job::{
     is_s3_test_event, Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE,

@@ -323,22 +323,8 @@ impl Pipeline {
         if self.source.as_ref().is_some_and(|q| q.is_fifo()) && !dlq.is_fifo() {
             return fail("a FIFO source needs a FIFO dead-letter queue");
         }
-        let c = &self.config;
-        if c.workers == 0
-            || c.max_in_flight == 0
-            || c.receive_concurrency == 0
-            || c.concurrency == 0
-        {
-            return fail(
-                "workers, concurrency, max_in_flight and receive_concurrency must be at least 1",
-            );
-        }
-        if c.visibility_timeout < std::time::Duration::from_millis(10) {
-            return fail("visibility_timeout must be at least 10 ms");
-        }
-        if c.max_receives == 0 {
-            return fail("max_receives must be at least 1");
-        }
-        Ok(())
+        self.config
+            .validate()
+            .or_else(|e| fail(&format!("configuration: {e}")))
     }
 }

@@ -66,9 +66,12 @@ impl LeaseKeeper {
             if until > now + margin {
                 continue;
             }
-            if now.duration_since(lease.received_at) + visibility > s.config.max_lease_age {
+            if let Some(limit) = s
+                .config
+                .lease_age_limit(now.duration_since(lease.received_at))
+            {
                 if state != LeaseState::Settling {
-                    expired.push(lease);
+                    expired.push((lease, limit));
                 }
             } else if lease.begin_extend() {
                 // Other messages of the same job go with the lease's own.
@@ -80,8 +83,8 @@ impl LeaseKeeper {
         }
         if !expired.is_empty() {
             let mut settle = Vec::new();
-            for lease in expired {
-                tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+            for (lease, limit) in expired {
+                tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, limit,
                     "lease reached its maximum age: job cancelled, message released");
                 Stats::inc(&s.stats.leases_lost);
                 s.life.leases.cancel(&lease);

@@ -120,7 +120,9 @@ impl Poller {
             }
             let max = room.min(MAX_BATCH);
             let queue = self.shared.sinks.source.clone();
-            let (wait, visibility) = (cfg.receive_wait, cfg.visibility_timeout);
+            // The wait is bounded by the visibility (`poll_wait`): a message
+            // arriving late in it still lands with most of its lease.
+            let (wait, visibility) = (cfg.poll_wait(), cfg.visibility_timeout);
             self.shared
                 .flow
                 .receives_in_flight
