@@ -13,10 +13,10 @@ use super::split::Split;
 use super::Shared;
 use crate::backend::MAX_RECEIVED_BYTES;
 use crate::error::ProcessError;
-use crate::job::Job;
+use crate::job::{Job, RESULT_JOB_TAG};
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::payload::{LargePayloads, PayloadPointer};
-use crate::processor::Output;
+use crate::processor::{blocking, Output};
 use crate::stats::Stats;
 
 /// Longest an outcome waits for others to share its message.
@@ -30,6 +30,10 @@ pub(crate) enum Outcome {
     Done(Result<Output, ProcessError>),
     /// It panicked, with this message.
     Panicked(String),
+    /// It never ran: its large payload is gone and its result is stored,
+    /// so another delivery finished it (a late duplicate). It resumes at
+    /// publish, as a redelivery whose result the probe found.
+    Resumed,
 }
 
 /// The checks before a job runs: a body no queue delivers is bad input, and
@@ -52,6 +56,73 @@ pub(crate) fn prepare(
     Ok(payloads
         .pointer(job, s.config.max_fetch_bytes)?
         .map(|p| (payloads.clone(), p)))
+}
+
+/// What a job runs on once its checks pass and its large payload, if it
+/// has one, is read: `None` for the lease's own job; else the outcome it
+/// has without running.
+pub(crate) async fn input(s: &Arc<Shared>, job: &Job) -> Result<Option<Job>, Outcome> {
+    match prepare(s, job) {
+        Err(e) => Err(Outcome::Done(Err(e))),
+        Ok(None) => Ok(None),
+        Ok(Some((payloads, p))) => resolve(s.clone(), job.clone(), payloads, p).await.map(Some),
+    }
+}
+
+/// [`input`] from a worker thread: the reads run on the I/O runtime.
+pub(crate) fn input_blocking(
+    s: &Arc<Shared>,
+    io: &tokio::runtime::Handle,
+    job: &Job,
+) -> Result<Option<Job>, Outcome> {
+    match prepare(s, job) {
+        Err(e) => Err(Outcome::Done(Err(e))),
+        Ok(None) => Ok(None),
+        Ok(Some((payloads, p))) => {
+            let read = resolve(s.clone(), job.clone(), payloads, p);
+            blocking(io, async move { Ok(read.await) })
+                .unwrap_or_else(|e| Err(Outcome::Done(Err(e))))
+                .map(Some)
+        }
+    }
+}
+
+/// Reads a checked pointer's payload into the job. A payload that cannot
+/// be read as the job's input (a missing object, most often) is bad input
+/// only if the job is not done: a job whose result is stored was finished
+/// by another delivery, which deleted the payload after its delete, and it
+/// resumes at publish instead of being dead-lettered. The result is looked
+/// for only then, so a first delivery still makes no call for it (DESIGN
+/// rule 3).
+async fn resolve(
+    s: Arc<Shared>,
+    job: Job,
+    payloads: Arc<LargePayloads>,
+    p: PayloadPointer,
+) -> Result<Job, Outcome> {
+    let unreadable = match payloads.fetch(&p, s.config.max_fetch_bytes).await {
+        Ok(bytes) => {
+            return LargePayloads::with_payload(&job, &p, bytes).map_err(|e| Outcome::Done(Err(e)))
+        }
+        Err(e @ ProcessError::BadInput { .. }) => e,
+        Err(e) => return Err(Outcome::Done(Err(e))),
+    };
+    let Some(store) = s.sinks.results.clone() else {
+        return Err(Outcome::Done(Err(unreadable)));
+    };
+    let key = store.key(&job.id);
+    match store.blobs.head(&store.bucket, &key).await {
+        Ok(Some(meta))
+            if meta.metadata.get(RESULT_JOB_TAG).map(String::as_str) == Some(job.id.as_str()) =>
+        {
+            Err(Outcome::Resumed)
+        }
+        Ok(_) => Err(Outcome::Done(Err(unreadable))),
+        // Whether the job is done is unknown: not bad input yet.
+        Err(e) => Err(Outcome::Done(Err(ProcessError::retry(format!(
+            "{unreadable}; looking for its stored result failed: {e}"
+        ))))),
+    }
 }
 
 /// A job offered to the split function ends by what became of its parts:
@@ -171,6 +242,22 @@ pub(crate) fn finish(
                 ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
                 ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
             }
+        }
+        Outcome::Resumed => {
+            span.record("outcome", "resumed");
+            Stats::inc(&s.stats.resumed);
+            tracing::info!(parent: span,
+                "large payload gone and result already stored: a duplicate of a finished job; resuming at publish");
+            let moved = lease
+                .transition(&[LeaseState::Running], LeaseState::Stored)
+                .is_some();
+            outbox.add(s, io, now, |o| {
+                o.started += 1;
+                if moved {
+                    o.stored.push(lease);
+                }
+            });
+            return;
         }
         Outcome::Panicked(message) => {
             Stats::inc(&s.stats.panics);

@@ -18,14 +18,11 @@ use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Restart};
-use super::outcome::{finish, finish_split, prepare, Outbox, Outcome};
+use super::outcome::{finish, finish_split, input_blocking, Outbox, Outcome};
 use super::split::Split;
 use super::{panic_message, Shared};
 use crate::lease::{Ending, Lease, LeaseState};
-use crate::payload::LargePayloads;
-use crate::processor::{
-    blocking, run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo,
-};
+use crate::processor::{run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
 use crate::stats::Stats;
 
 pub(crate) struct ProcessorPool {
@@ -165,13 +162,7 @@ impl Worker {
             cancelled: lease.cancel_arc(),
         };
         let began = Instant::now();
-        let prepared = prepare(s, job).and_then(|pointer| match pointer {
-            None => Ok(None),
-            Some((payloads, p)) => {
-                let bytes = blocking(&self.io, payloads.fetch(&p, s.config.max_fetch_bytes))?;
-                LargePayloads::with_payload(job, &p, bytes).map(Some)
-            }
-        });
+        let prepared = input_blocking(s, &self.io, job);
         if let Ok(r) = &prepared {
             if let Some(parts) = s.parts_of(r.as_ref().unwrap_or(job)) {
                 let split = match parts {
@@ -190,7 +181,7 @@ impl Worker {
             }
         }
         let outcome = match (prepared, processor.as_mut()) {
-            (Err(e), _) => Outcome::Done(Err(e)),
+            (Err(outcome), _) => outcome,
             (Ok(r), Some(p)) => {
                 let job = r.as_ref().unwrap_or(job);
                 match catch_unwind(AssertUnwindSafe(|| {
@@ -208,7 +199,7 @@ impl Worker {
         s.stats.processing.record(began.elapsed());
         let panicked = match &outcome {
             Outcome::Panicked(m) => Some(m.clone()),
-            Outcome::Done(_) => None,
+            _ => None,
         };
         let now = self.rx.is_empty() || panicked.is_some();
         finish(s, &self.outbox, &self.io, lease, outcome, now, &span);

@@ -19,13 +19,12 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::messages::{Leased, Restart};
-use super::outcome::{finish, finish_split, prepare, Outbox, Outcome};
+use super::outcome::{finish, finish_split, Outbox, Outcome};
 use super::split::Split;
 use super::{panic_message, Shared};
 use crate::error::ProcessError;
 use crate::job::Job;
 use crate::lease::{Ending, Lease, LeaseState};
-use crate::payload::LargePayloads;
 use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContext};
 
 pub(crate) struct AsyncRunner {
@@ -200,15 +199,8 @@ impl Tasks {
 
     /// Checks and reads a job's input: the job to process (the lease's
     /// own, or with its large payload in place), or why it cannot run.
-    async fn input(&self, lease: &Lease) -> Result<Option<Job>, ProcessError> {
-        let s = &self.shared;
-        match prepare(s, &lease.job)? {
-            None => Ok(None),
-            Some((payloads, p)) => {
-                let bytes = payloads.fetch(&p, s.config.max_fetch_bytes).await?;
-                LargePayloads::with_payload(&lease.job, &p, bytes).map(Some)
-            }
-        }
+    async fn input(&self, lease: &Lease) -> Result<Option<Job>, Outcome> {
+        super::outcome::input(&self.shared, &lease.job).await
     }
 
     async fn run_one(&self, p: Arc<dyn AsyncProcessor>, lease: Arc<Lease>) {
@@ -227,7 +219,7 @@ impl Tasks {
         let work = async {
             let resolved = match self.input(&lease).await {
                 Ok(r) => r,
-                Err(e) => return Ran::Outcome(Outcome::Done(Err(e))),
+                Err(outcome) => return Ran::Outcome(outcome),
             };
             let job = resolved.as_ref().unwrap_or(&lease.job);
             if let Some(parts) = s.parts_of(job) {
@@ -291,17 +283,9 @@ impl Tasks {
                     jobs.push(job);
                     leases.push(lease);
                 }
-                Err(e) => {
+                Err(outcome) => {
                     let span = crate::trace::job_span(&s.name, &lease.job);
-                    finish(
-                        s,
-                        &self.outbox,
-                        &self.io,
-                        lease,
-                        Outcome::Done(Err(e)),
-                        false,
-                        &span,
-                    );
+                    finish(s, &self.outbox, &self.io, lease, outcome, false, &span);
                 }
             }
         }
