@@ -72,8 +72,17 @@ pub struct PipelineConfig {
     /// A lease is not extended past this age (SQS caps it at 12 h); the job
     /// is then cancelled and its message released.
     pub max_lease_age: Duration,
-    /// After this many receives a failing job goes to the dead-letter queue.
+    /// After this many failed attempts of its own (its processor returned an
+    /// error, panicked or hung) a job goes to the dead-letter queue. Receives
+    /// that never ran it and failures of the infrastructure are not
+    /// attempts; the count is kept per process (see DESIGN rule 7).
     pub max_receives: u32,
+    /// A backstop on SQS's receive count, for a message that never gets an
+    /// outcome (a worker killed during it every time): past this many
+    /// receives it is dead-lettered unrun. Off by default: the queue's own
+    /// redrive policy (`maxReceiveCount`) is the usual backstop, and SQS
+    /// counts receives that never ran the job (deferrals, FIFO waits) too.
+    pub max_deliveries: Option<u32>,
     /// Visibility after the first failed attempt; doubles per receive.
     pub retry_backoff_base: Duration,
     /// Longest retry backoff.
@@ -131,6 +140,7 @@ impl Default for PipelineConfig {
             visibility_timeout: Duration::from_secs(30),
             max_lease_age: Duration::from_secs(11 * 3600 + 50 * 60),
             max_receives: 5,
+            max_deliveries: None,
             retry_backoff_base: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(15 * 60),
             flush_interval: Duration::from_millis(100),

@@ -2,8 +2,9 @@
 //!
 //! The retry decision lives in the error type: [`BackendError::is_retryable`]
 //! tells the actors whether to try a call again, and a processor's
-//! [`ProcessError`] says whether its job should come back later or go to the
-//! dead-letter queue.
+//! [`ProcessError`] says whether its job failed (and should come back
+//! later, charged an attempt), can never succeed (the dead-letter queue), or
+//! met an unavailable dependency (back later, charged nothing).
 
 use std::time::Duration;
 
@@ -52,6 +53,13 @@ pub enum BackendError {
         /// What the service said.
         message: String,
     },
+    /// The temporary credentials the call was signed with have expired: the
+    /// next call, with refreshed credentials, may succeed.
+    #[error("expired credentials: {detail}")]
+    ExpiredCredentials {
+        /// The resource, and the service's code and words.
+        detail: String,
+    },
 }
 
 impl BackendError {
@@ -83,14 +91,33 @@ impl BackendError {
     /// the embedded backend's injected credential faults both build it
     /// here, so they answer alike.
     pub fn expired_credentials(detail: impl Into<String>) -> Self {
-        Self::AccessDenied {
-            resource: detail.into(),
+        Self::ExpiredCredentials {
+            detail: detail.into(),
         }
     }
 
     /// Whether the same call may succeed if tried again after a pause.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::Transient { .. })
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::Transient { .. } | Self::ExpiredCredentials { .. }
+        )
+    }
+
+    /// Whether the failure is the infrastructure's, not anything a message
+    /// named or carried: throttling, a transient failure, expired
+    /// credentials, a denial of the pipeline's own resource, a request or
+    /// answer the service could not parse. A job that meets one is not
+    /// charged an attempt; the pipeline waits and tries again.
+    pub fn is_infrastructure(&self) -> bool {
+        matches!(
+            self,
+            Self::Throttled { .. }
+                | Self::Transient { .. }
+                | Self::ExpiredCredentials { .. }
+                | Self::AccessDenied { .. }
+                | Self::Invalid { .. }
+        )
     }
 }
 
@@ -113,6 +140,18 @@ pub enum ProcessError {
     BadInput {
         /// Why, as the dead-letter entry will say.
         reason: String,
+    },
+    /// Something the job needs is unavailable (a dependency throttling or
+    /// down, credentials refreshing): not the job's fault. The job comes
+    /// back later without using up an attempt, however often this
+    /// happens, and the pipeline slows its receives while it lasts
+    /// (`health()` names the dependency).
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// What is unavailable.
+        reason: String,
+        /// A delay to use instead of the pipeline's own.
+        after: Option<Duration>,
     },
 }
 
@@ -140,10 +179,34 @@ impl ProcessError {
         }
     }
 
+    /// A dependency is unavailable: try again later, charging the job
+    /// nothing.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
     /// The reason text.
     pub fn reason(&self) -> &str {
         match self {
-            Self::Retry { reason, .. } | Self::BadInput { reason } => reason,
+            Self::Retry { reason, .. }
+            | Self::BadInput { reason }
+            | Self::Unavailable { reason, .. } => reason,
+        }
+    }
+
+    /// A failed backend call as the job's outcome: an object the job named
+    /// that is missing or too large is bad input; every other failure is
+    /// the infrastructure's ([`BackendError::is_infrastructure`], a stale
+    /// receipt too), never the job's.
+    pub fn from_backend(context: &str, e: BackendError) -> Self {
+        match e {
+            BackendError::NotFound { .. } | BackendError::PayloadTooLarge { .. } => {
+                Self::bad_input(format!("{context}: {e}"))
+            }
+            e => Self::unavailable(format!("{context}: {e}")),
         }
     }
 }

@@ -107,6 +107,13 @@ pub(crate) enum Ending {
     /// Give the message back for a later look without counting an attempt
     /// (another worker holds the job's claim).
     Defer { after: Duration },
+    /// Try again later without counting an attempt: the infrastructure
+    /// failed (an upload, a notice, a dependency the processor needs), not
+    /// the job. `after` overrides the pipeline's own wait.
+    Wait {
+        reason: String,
+        after: Option<Duration>,
+    },
 }
 
 /// One message's lease.
@@ -361,7 +368,9 @@ impl Lease {
     pub(crate) fn gives_back(&self) -> bool {
         matches!(
             *self.ending.lock().expect("lease lock"),
-            Some(Ending::Retry { .. } | Ending::Release | Ending::Defer { .. })
+            Some(
+                Ending::Retry { .. } | Ending::Release | Ending::Defer { .. } | Ending::Wait { .. }
+            )
         )
     }
 

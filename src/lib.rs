@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+mod attempts;
 mod config;
 pub mod dlq;
 mod error;
@@ -35,7 +36,7 @@ pub use job::{
     DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
     RESULT_JOB_TAG,
 };
-pub use pipeline::{IntoShared, Pipeline, PipelineHealth, ResultStore};
+pub use pipeline::{DegradedDependency, IntoShared, Pipeline, PipelineHealth, ResultStore};
 pub use processor::{
     ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, Context, Output, ProcessJob,
     Processor, TaskContext, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,

@@ -197,11 +197,11 @@ pub(crate) fn blocking<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, ProcessError>> + Send + 'static,
 ) -> Result<T, ProcessError> {
     run_blocking(io, fut)
-        .unwrap_or_else(|| Err(ProcessError::retry("the runtime stopped during a fetch")))
+        .unwrap_or_else(|| Err(ProcessError::unavailable("the runtime stopped during a fetch")))
 }
 
 /// Reads at most `limit` bytes of an object: bad input when it is missing
-/// or larger, a retry when the call failed.
+/// or larger, unavailable (charging the job nothing) when the call failed.
 pub(crate) fn fetch_limited(
     blobs: Arc<dyn BlobStore>,
     bucket: &str,
@@ -218,12 +218,10 @@ pub(crate) fn fetch_limited(
             Err(BackendError::NotFound { .. }) => Err(ProcessError::bad_input(format!(
                 "missing object s3://{bucket}/{key}"
             ))),
-            Err(e) if e.is_retryable() => Err(ProcessError::retry(format!(
-                "reading s3://{bucket}/{key}: {e}"
-            ))),
-            Err(e) => Err(ProcessError::bad_input(format!(
-                "reading s3://{bucket}/{key}: {e}"
-            ))),
+            Err(e) => Err(ProcessError::from_backend(
+                &format!("reading s3://{bucket}/{key}"),
+                e,
+            )),
         }
     }
 }

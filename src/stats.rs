@@ -112,8 +112,13 @@ counters! {
     published,
     /// Messages deleted after success.
     acked,
-    /// Jobs put back with a backoff to be tried again.
+    /// Jobs put back with a backoff to be tried again after they failed
+    /// (an attempt charged).
     retried,
+    /// Jobs put back for a while because the infrastructure failed (an
+    /// upload, a notice, a dependency the processor needs): no attempt
+    /// charged.
+    waited,
     /// Messages sent to the dead-letter queue.
     dead_lettered,
     /// Leases given back (visibility 0) without processing to the end.

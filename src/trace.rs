@@ -176,6 +176,7 @@ pub(crate) fn outcome_of(err: &crate::error::ProcessError) -> &'static str {
     match err {
         crate::error::ProcessError::Retry { .. } => "retry",
         crate::error::ProcessError::BadInput { .. } => "bad_input",
+        crate::error::ProcessError::Unavailable { .. } => "unavailable",
     }
 }
 

@@ -269,7 +269,7 @@ async fn failures_route_to_the_dead_letter_queue_with_reasons() {
     assert_eq!(entries[0], ("bad".into(), "unusable payload".into()));
     assert_eq!(entries[1].0, "flaky");
     assert!(
-        entries[1].1.contains("failed on all 2 receives")
+        entries[1].1.contains("failed on all 2 attempts")
             && entries[1].1.contains("downstream busy"),
         "{:?}",
         entries[1]

@@ -79,7 +79,7 @@ async fn retries_back_off_then_dead_letter_after_max_receives(kind: Kind) {
     for m in h.dlq.snapshot() {
         let reason = &m.attributes[DLQ_REASON_ATTRIBUTE];
         assert!(
-            reason.contains("failed on all 4 receives") && reason.contains("not yet"),
+            reason.contains("failed on all 4 attempts") && reason.contains("not yet"),
             "{reason}"
         );
         assert_eq!(m.attributes[DLQ_RECEIVES_ATTRIBUTE], "4");

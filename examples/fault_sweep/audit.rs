@@ -4,10 +4,14 @@
 //!   its effects may come from. Two such runs of one job in one stage never
 //!   overlap (one process merges copies; across workers, the claim keeps
 //!   the second out), and a later one follows only an earlier one whose
-//!   lease was then given back (retried or released) or lost: ferry reports
-//!   each lease's end, and an end of the earlier run's message must come
-//!   between the two runs (a deferral, which never ran the job, does not
-//!   count). With exactly-once on that holds across workers too.
+//!   lease was then given back (retried, released, waiting out a failed
+//!   effect) or lost: ferry reports each lease's end, and an end of the
+//!   earlier run's message must come after that run started (a deferral,
+//!   which never ran the job, does not count). It may come after the later
+//!   run: a lease that gives its message back stops renewing its claim
+//!   while its give-back is under way, and another worker may take the job
+//!   meanwhile — harmless, as the first run's effects failed. With
+//!   exactly-once on that holds across workers too.
 //! - **Result writes.** Only from such runs: never more writes of a job's
 //!   result than it had such runs.
 //! - **Notices.** Every job that stage 1 completes is announced; on a FIFO
@@ -32,6 +36,31 @@ pub(crate) fn audit(jobs: &[SentJob], fifo: bool, log: &Log, v: &mut Vec<String>
     log.with(|r| {
         for a in &r.anomalies {
             v.push(a.clone());
+        }
+        // The audit reads ferry's words: any it does not know means it
+        // would be checking nothing.
+        const HOW: &[&str] = &["Deleted", "DeadLettered", "Released", "Lost"];
+        const ENDING: &[&str] = &[
+            "delete",
+            "retry",
+            "dead-letter",
+            "release",
+            "defer",
+            "wait",
+            "none",
+        ];
+        if let Some(e) = r
+            .ends
+            .iter()
+            .find(|e| !HOW.contains(&e.how.as_str()) || !ENDING.contains(&e.ending.as_str()))
+        {
+            v.push(format!("a lease end the audit cannot read: {e:?}"));
+        }
+        if let Some(run) = r.runs.iter().find(|x| sequence(&x.message).is_none()) {
+            v.push(format!(
+                "a message id the audit cannot order: {}",
+                run.message
+            ));
         }
         for stage in [1u8, 2] {
             runs(r, stage, v);
@@ -74,24 +103,26 @@ fn runs(r: &Records, stage: u8, v: &mut Vec<String>) {
                     && e.ending != "defer"
                     && e.job == job
                     && e.message == a.message
+                    && e.receive_count == a.receive_count
                     && (e.how == "Released" || e.how == "Lost")
                     && a.start < e.at
-                    && e.at < b.start
             });
             if !excused {
                 bad.push(format!(
                     "{job} ran again (worker {} after worker {}) though its lease was not \
-                     given back or lost in between",
+                     given back or lost after the first run",
                     b.worker, a.worker
                 ));
             }
         }
     }
     if !bad.is_empty() {
+        let first = bad[0].split(' ').next().unwrap_or_default().to_owned();
         v.push(format!(
-            "stage {stage} ran {} job(s) more than its history allows: {}",
+            "stage {stage} ran {} job(s) more than its history allows: {} [history: {}]",
             bad.len(),
-            some(&bad)
+            some(&bad),
+            history(r, stage, &first)
         ));
     }
 }
@@ -150,6 +181,27 @@ fn effects(jobs: &[SentJob], r: &Records, stage: u8, fifo: bool, v: &mut Vec<Str
             let notices: Vec<&Effect> = r.notices.iter().filter(|n| n.job == j.id).collect();
             if notices.is_empty() && written.is_some() {
                 bad.push(format!("{}: result stored but never announced", j.id));
+            }
+            // A lease publishes at most once (the embedded topic fails a
+            // call before it publishes), so never more notices than the
+            // job's leases at stage 1; and never before its result.
+            let leases = r
+                .ends
+                .iter()
+                .filter(|e| e.stage == 1 && e.job == j.id)
+                .count();
+            if notices.len() > leases {
+                bad.push(format!(
+                    "{}: announced {} times by {leases} lease(s)",
+                    j.id,
+                    notices.len()
+                ));
+            }
+            let first_notice = notices.iter().map(|n| n.at).min();
+            if let (Some(n), Some(w)) = (first_notice, written) {
+                if n < w {
+                    bad.push(format!("{}: announced before its result was stored", j.id));
+                }
             }
             if fifo {
                 let mut ids: Vec<&str> =

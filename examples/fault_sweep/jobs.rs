@@ -6,7 +6,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::plan::Plan;
-use crate::{BAD_AT_1, BAD_AT_2};
+use crate::{BAD_AT_1, BAD_AT_2, POISON};
 
 /// One job as sent.
 #[derive(Debug, Clone)]
@@ -83,6 +83,13 @@ pub(crate) fn jobs_of(plan: &Plan) -> Vec<SentJob> {
         let marker = if *stage == 1 { BAD_AT_1 } else { BAD_AT_2 };
         let body = format!("{marker} {}", text(&mut rng));
         jobs.push(SentJob::new(format!("bad-{i}"), body, *stage));
+    }
+    // Jobs that fail every attempt, dead-lettered by stage 1 once they used
+    // all; on FIFO they hold their group's followers meanwhile.
+    let mut prng = StdRng::seed_from_u64(plan.seed ^ 0x706f_6973_6f6e);
+    for i in 0..plan.poison {
+        let body = format!("{POISON} {}", text(&mut prng));
+        jobs.push(SentJob::new(format!("poison-{i}"), body, 1));
     }
     // Hostile messages, drawn apart so the rest stays as it was.
     let h = plan.hostile;

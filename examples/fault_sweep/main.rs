@@ -78,9 +78,13 @@ const PAYLOAD_BUCKET: &str = "payloads";
 const BAD_AT_1: &str = "reject-at-stage-1";
 /// A body containing this (upper-cased by stage 1) is rejected by stage 2.
 const BAD_AT_2: &str = "reject-at-stage-2";
-/// Receives before ferry dead-letters a failing job: high, so a good job
-/// never gets there through the injected faults alone.
-const MAX_RECEIVES: u32 = 50;
+/// Failed attempts of its own before ferry dead-letters a job. The
+/// processor's injected failures stop before a good job gets there, so
+/// nothing else may dead-letter one: not the backend's faults, throttling,
+/// expired credentials, deferrals, waits behind a FIFO group's poison head.
+const MAX_RECEIVES: u32 = 5;
+/// A body starting with this fails every attempt at stage 1.
+const POISON: &str = "poison-every-attempt";
 /// The queue's own redrive, the backstop past ferry's limit (an entry it
 /// moves carries no `ferry-dlq-reason`, which the checks would report).
 const REDRIVE_AFTER: u32 = 60;
@@ -150,6 +154,10 @@ enum FaultClass {
     Stall,
     /// Hostile messages and the operator's redrive.
     Hostile,
+    /// The services throttling and credentials expiring, in bursts.
+    Infra,
+    /// Jobs that fail every attempt (dead-lettered once they used all).
+    Poison,
 }
 
 /// A deliberately broken promise.
@@ -178,10 +186,10 @@ impl Sabotage {
     fn caught_by(self) -> &'static str {
         match self {
             Self::LoseResult => "lost (no stage-2 result)",
-            Self::LeftoverMessage => "queue still holds",
+            Self::LeftoverMessage => "(received 0×)",
             Self::BareDeadLetter => "dead-letter entries without a",
             Self::DoubleRun => "more than its history allows",
-            Self::DeleteBeforeUpload => "deleted before its result was",
+            Self::DeleteBeforeUpload => "deleted before its result was stored",
             Self::SkipPublish => "never announced",
             Self::LoseFifoOrder => "broke FIFO order",
             Self::DeadLetterRetries => "holds job(s) that are not bad inputs",

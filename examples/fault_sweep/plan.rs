@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry::backend::local::Faults;
+use ferry::backend::local::{Faults, InfraFaults, Op, Window};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -44,6 +44,10 @@ pub(crate) struct Plan {
     /// The kind of processor each stage runs.
     pub(crate) kinds: [Kind; 2],
     pub(crate) hostile: Hostile,
+    /// Throttling and expired credentials, at a rate and in bursts.
+    pub(crate) infra: InfraFaults,
+    /// Jobs that fail every attempt at stage 1.
+    pub(crate) poison: usize,
 }
 
 /// Messages an attacker adds, and what an operator does mid-run.
@@ -149,10 +153,14 @@ impl Plan {
         };
         let kinds = [kind(), kind()];
         let hostile = Hostile::new(seed, large_payloads.is_some());
+        let infra = infra_faults(seed, visibility);
+        let poison = StdRng::seed_from_u64(seed ^ 0x706f_6973).gen_range(0..=2) / 2;
         let mut plan = Self {
             seed,
             kinds,
             hostile,
+            infra,
+            poison,
             jobs: args.jobs.unwrap_or(jobs),
             fifo,
             groups,
@@ -169,6 +177,7 @@ impl Plan {
         if args.no_faults {
             plan.faults = Faults::none();
             plan.processor = ProcessorFaults::default();
+            plan.infra = InfraFaults::default();
         }
         for class in &args.disable {
             let (f, p) = (&mut plan.faults, &mut plan.processor);
@@ -183,6 +192,8 @@ impl Plan {
                 FaultClass::Retry => p.retry_rate = 0.0,
                 FaultClass::Stall => p.stall_rate = 0.0,
                 FaultClass::Hostile => plan.hostile = Hostile::default(),
+                FaultClass::Infra => plan.infra = InfraFaults::default(),
+                FaultClass::Poison => plan.poison = 0,
             }
         }
         plan
@@ -198,7 +209,8 @@ impl Plan {
              backend faults: fail {:.3}, duplicate {:.3}, redeliver-after-delete {:.3}, panic {:.3}, \
              slow {:.3} (max {} ms), refuse {:.3}\n  \
              processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}\n  \
-             hostile: {:?}",
+             hostile: {:?}\n  \
+             infra: {:?}, poison jobs {}",
             self.jobs,
             if self.fifo {
                 format!("FIFO in {} groups", self.groups)
@@ -229,6 +241,49 @@ impl Plan {
             p.retry_rate,
             p.stall_rate,
             self.hostile,
+            self.infra,
+            self.poison,
         )
+    }
+}
+
+/// The services' own faults, drawn apart so a seed's other choices stay:
+/// none in 60 % of seeds, else throttling at a rate, and a burst of
+/// throttling or of expired credentials lasting up to three visibility
+/// timeouts, aimed at a few operations.
+fn infra_faults(seed: u64, visibility: Duration) -> InfraFaults {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x696e_6672);
+    if rng.gen_bool(0.6) {
+        return InfraFaults::default();
+    }
+    let window = |rng: &mut StdRng| {
+        rng.gen_bool(0.6).then(|| {
+            Window::new(
+                Duration::from_millis(rng.gen_range(0..=1000)),
+                visibility.mul_f64(rng.gen_range(0.2..3.0)),
+            )
+        })
+    };
+    let throttle_window = window(&mut rng);
+    let expired_credentials_window = window(&mut rng);
+    let all = [
+        Op::Receive,
+        Op::Delete,
+        Op::ChangeVisibility,
+        Op::Send,
+        Op::Publish,
+        Op::Put,
+        Op::Get,
+        Op::Head,
+        Op::Claim,
+        Op::Complete,
+    ];
+    let ops = all.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+    InfraFaults {
+        throttle_rate: some_rate(&mut rng, 0.05),
+        throttle_window,
+        expired_credentials_rate: 0.0,
+        expired_credentials_window,
+        ops,
     }
 }

@@ -9,7 +9,7 @@ use ferry::prelude::*;
 use crate::plan::ProcessorFaults;
 use crate::record::{Log, Run, RunEnd};
 use crate::world::result_key;
-use crate::{BAD_AT_1, BAD_AT_2, BUCKET};
+use crate::{BAD_AT_1, BAD_AT_2, BUCKET, MAX_RECEIVES, POISON};
 
 /// A stable draw from `[0, 1)` for a job, a stage, an attempt and a purpose
 /// (FNV-1a, the same on every machine).
@@ -52,7 +52,10 @@ struct Draws {
 
 impl SweepProcessor {
     /// The seed's faults for one run: a panic on a first attempt, how long
-    /// to stall, whether to ask for a retry.
+    /// to stall, whether to ask for a retry. Failures stop from the
+    /// `MAX_RECEIVES - 1`th receive on, so a good job fails at most
+    /// `MAX_RECEIVES - 2` times of its own and is never dead-lettered for
+    /// failing: whatever else happens to it is not its fault.
     fn faults_of(&self, job: &Job) -> Draws {
         let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
         let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
@@ -63,7 +66,7 @@ impl SweepProcessor {
             } else {
                 Duration::ZERO
             },
-            retry: d(4) < f.retry_rate,
+            retry: d(4) < f.retry_rate && n + 1 < MAX_RECEIVES,
         }
     }
 
@@ -111,6 +114,9 @@ impl SweepProcessor {
 
     fn output(&self, job: &Job, input: Option<bytes::Bytes>) -> Result<Output, ProcessError> {
         if self.stage == 1 {
+            if job.body.starts_with(POISON) {
+                return Err(ProcessError::retry("poisoned: fails every attempt"));
+            }
             if job.body.starts_with(BAD_AT_1) {
                 return Err(ProcessError::bad_input(format!(
                     "stage 1 cannot use {}: marked bad",

@@ -56,8 +56,10 @@ pub(crate) struct End {
     /// `Deleted`, `DeadLettered`, `Released` or `Lost`.
     pub(crate) how: String,
     /// The ending it was settled with: `delete`, `retry`, `dead-letter`,
-    /// `release`, `defer`, or `none` (lost before settling).
+    /// `release`, `defer`, `wait`, or `none` (lost before settling).
     pub(crate) ending: String,
+    /// The receive count of the delivery the lease was made from.
+    pub(crate) receive_count: u32,
 }
 
 /// A record of one effect on a job: a result written, a notice published,
@@ -182,9 +184,28 @@ struct Fields {
     message: String,
     how: String,
     ending: String,
+    receive_count: u32,
 }
 
 impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let slot = match field.name() {
+            "pipeline" => &mut self.pipeline,
+            "job_id" => &mut self.job,
+            "message_id" => &mut self.message,
+            "how" => &mut self.how,
+            "ending" => &mut self.ending,
+            _ => return,
+        };
+        *slot = value.to_owned();
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "receive_count" {
+            self.receive_count = u32::try_from(value).unwrap_or(u32::MAX);
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let slot = match field.name() {
             "pipeline" => &mut self.pipeline,
@@ -222,6 +243,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LeaseEnds {
                 message: f.message,
                 how: f.how,
                 ending: f.ending,
+                receive_count: f.receive_count,
             })
         });
     }

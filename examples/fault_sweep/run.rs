@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use ferry::backend::local::Faults;
+use ferry::backend::local::{Faults, InfraFaults};
 use ferry::backend::{BlobStore, OutgoingMessage, Queue};
 use ferry::prelude::*;
 use ferry::{PipelineStats, ShutdownReport, JOB_ID_ATTRIBUTE};
@@ -46,6 +46,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         return done(v, details);
     }
     world.local.set_faults(plan.faults.clone());
+    world.local.set_infra_faults(plan.infra.clone());
     let mut runtimes = Vec::new();
     for worker in 0..plan.workers {
         let mut builder = Runtime::builder().shutdown_grace(GRACE);
@@ -59,6 +60,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
     }
     if runtimes.len() < usize::from(plan.workers) {
         world.local.set_faults(Faults::none());
+        world.local.set_infra_faults(InfraFaults::default());
         for r in runtimes {
             let _ = tokio::time::timeout(SHUTDOWN_LIMIT, r.shutdown()).await;
         }
@@ -74,7 +76,11 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
             // They wait for an entry to move (for a while); faults pause
             // meanwhile (a redrive half done under faults can leave an
             // entry both moved and kept: the operator's to sort).
-            let waiting = world.dlq1.depth_now().total() == 0;
+            let waiting = !world
+                .dlq1
+                .snapshot()
+                .iter()
+                .any(|m| job_of_entry(m).len() < ferry::MAX_JOB_ID_BYTES);
             if waiting && Instant::now() < at + REDRIVE_PATIENCE {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -123,6 +129,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         );
     }
     world.local.set_faults(Faults::none());
+    world.local.set_infra_faults(InfraFaults::default());
     unregister(plan.seed);
     let stats: Vec<PipelineStats> = readers.iter().flat_map(|r| r.stats()).collect();
     sabotage(args.sabotage, &world, &jobs).await;
@@ -192,6 +199,8 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
 /// was cut) must move.
 async fn redrive(world: &World, plan: &Plan, v: &mut Vec<String>, details: &mut String) {
     world.local.set_faults(Faults::none());
+    let infra = world.local.infra_faults();
+    world.local.set_infra_faults(InfraFaults::default());
     let before: Vec<String> = world
         .dlq1
         .snapshot()
@@ -206,6 +215,7 @@ async fn redrive(world: &World, plan: &Plan, v: &mut Vec<String>, details: &mut 
     )
     .await;
     world.local.set_faults(plan.faults.clone());
+    world.local.set_infra_faults(infra);
     match moved {
         Ok(r) => {
             let _ = writeln!(details, "  redrive of {} entries: {r:?}", before.len());

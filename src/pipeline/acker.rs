@@ -106,18 +106,27 @@ impl Acker {
         match lease.ending() {
             Some(Ending::Delete { .. }) if lease.is_claimed() => self.completing.push(lease),
             Some(Ending::Delete { .. }) => self.deletes.push(Delete::Job(lease)),
-            Some(Ending::Retry { reason, .. }) if lease.job.receive_count >= cfg.max_receives => {
-                let count = lease.job.receive_count;
-                let reason = format!("failed on all {count} receives; last error: {reason}");
+            Some(Ending::Retry { reason, .. })
+                if self.shared.life.attempts.of(&lease.job.id) >= cfg.max_receives =>
+            {
+                let n = self.shared.life.attempts.of(&lease.job.id);
+                let reason = format!("failed on all {n} attempts; last error: {reason}");
                 lease.set_ending(Ending::DeadLetter { reason });
                 self.dead.push(lease);
             }
-            Some(Ending::Retry { reason, after }) => {
-                let count = lease.job.receive_count;
-                let after = after.unwrap_or_else(|| cfg.retry_backoff(count));
+            Some(Ending::Retry { reason, .. }) => {
+                let attempts = self.shared.life.attempts.of(&lease.job.id);
+                let after = self.visibility_of(&lease);
                 tracing::info!(pipeline = %self.shared.name, job_id = %lease.job.id,
-                    receive_count = count, retry_in_ms = after.as_millis() as u64,
+                    attempts, retry_in_ms = after.as_millis() as u64,
                     reason = %reason, "job will be retried");
+                self.visibility.push(lease);
+            }
+            Some(Ending::Wait { reason, .. }) => {
+                let after = self.visibility_of(&lease);
+                tracing::info!(pipeline = %self.shared.name, job_id = %lease.job.id,
+                    back_in_ms = after.as_millis() as u64, reason = %reason,
+                    "the infrastructure failed: job back later, no attempt charged");
                 self.visibility.push(lease);
             }
             Some(Ending::DeadLetter { .. }) => self.dead.push(lease),
@@ -135,9 +144,13 @@ impl Acker {
     fn visibility_of(&self, lease: &Lease) -> Duration {
         let cfg = &self.shared.config;
         match lease.ending() {
-            Some(Ending::Retry { after, .. }) => {
-                after.unwrap_or_else(|| cfg.retry_backoff(lease.job.receive_count))
-            }
+            Some(Ending::Retry { after, .. }) => after.unwrap_or_else(|| {
+                cfg.retry_backoff(self.shared.life.attempts.of(&lease.job.id).max(1))
+            }),
+            Some(Ending::Wait { after, .. }) => after.unwrap_or_else(|| {
+                let deps = &self.shared.care.dependencies;
+                deps.pause().unwrap_or_else(|| deps.wait_after(1))
+            }),
             Some(Ending::Defer { after }) => after,
             _ => Duration::ZERO,
         }
@@ -501,6 +514,7 @@ impl Acker {
                     self.succeeded();
                     match lease.ending() {
                         Some(Ending::Retry { .. }) => Stats::inc(&s.stats.retried),
+                        Some(Ending::Wait { .. }) => Stats::inc(&s.stats.waited),
                         Some(Ending::Release) => Stats::inc(&s.stats.released),
                         _ => {}
                     }
@@ -597,7 +611,47 @@ impl Acker {
         }
     }
 
-    fn send_dead(&mut self, mut batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+    /// Sends dead-letter entries. With an idempotency store each message's
+    /// dead-letter mark is claimed first, so two workers holding copies of
+    /// one message (their attempts counted apart) make one entry: a message
+    /// already marked is deleted without one; one being marked elsewhere
+    /// is given back until that worker is done (it may yet fail to send).
+    fn send_dead(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let s = self.shared.clone();
+        let Some(store) = s.sinks.store.clone().filter(|_| !batch.is_empty()) else {
+            self.send_dead_entries(batch, ctx);
+            return;
+        };
+        let hold = s.config.claim_hold();
+        let marks = futures_util::future::join_all(batch.iter().map(|l| {
+            let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
+            async move { store.claim(&key, &owner, hold).await }
+        }));
+        self.call(ctx, marks, move |act, results, ctx| {
+            let mut send = Vec::new();
+            for (lease, r) in batch.into_iter().zip(results) {
+                match r {
+                    Ok(ClaimOutcome::Completed) => {
+                        s.life.seen.dead_lettered(&lease.job.message_id);
+                        lease.set_ending(Ending::Delete {
+                            dead_lettered: true,
+                        });
+                        act.deletes.push(Delete::Job(lease));
+                    }
+                    Ok(ClaimOutcome::HeldElsewhere { .. }) => {
+                        lease.set_ending(Ending::Defer { after: hold });
+                        act.visibility.push(lease);
+                    }
+                    // Claimed, or the store failed: send (a failed mark
+                    // costs at most a second entry).
+                    _ => send.push(lease),
+                }
+            }
+            act.send_dead_entries(send, ctx);
+        });
+    }
+
+    fn send_dead_entries(&mut self, mut batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let mut messages: Vec<OutgoingMessage> =
             batch.iter().map(|l| self.dead_letter_entry(l)).collect();
         // Entries can be as large as a message: cut to the request's limit.
@@ -654,10 +708,10 @@ impl Acker {
         self.mark_dead_lettered(sent, ctx);
     }
 
-    /// With an idempotency store, marks each message dead-lettered in the
-    /// store before it is deleted, so a return of it to another worker is
-    /// deleted there without a second entry (best effort: a failed mark
-    /// only loses that); then deletes them.
+    /// With an idempotency store, completes each message's dead-letter mark
+    /// before it is deleted, so a return of it to another worker is deleted
+    /// there without a second entry (best effort: a failed mark only loses
+    /// that); then deletes them.
     fn mark_dead_lettered(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let s = self.shared.clone();
         let Some(store) = s.sinks.store.clone().filter(|_| !leases.is_empty()) else {
@@ -668,8 +722,12 @@ impl Acker {
         let marks = futures_util::future::join_all(leases.iter().map(|l| {
             let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
             async move {
-                if let Ok(ClaimOutcome::Claimed) = store.claim(&key, &owner, hold).await {
-                    let _ = store.complete(&key, &owner, keep).await;
+                // Claimed before the send (`send_dead`); a claim that
+                // failed then is taken now.
+                if !matches!(store.complete(&key, &owner, keep).await, Ok(true)) {
+                    if let Ok(ClaimOutcome::Claimed) = store.claim(&key, &owner, hold).await {
+                        let _ = store.complete(&key, &owner, keep).await;
+                    }
                 }
             }
         }));
@@ -869,14 +927,18 @@ mod tests {
         };
         a.accept(settling(&a, 2, retry(None)));
         assert_eq!(a.visibility.len(), 1);
-        // The last receive's retry is dead-lettered.
+        // The retry of a job that has failed its last attempt is
+        // dead-lettered (attempts are the job's own, not receives).
+        for _ in 0..3 {
+            a.shared.life.attempts.failed(&crate::job::JobId::new("j"));
+        }
         let last = settling(&a, 3, retry(None));
         a.accept(last.clone());
         assert_eq!(a.dead.len(), 1);
         assert_eq!(
             last.ending(),
             Some(Ending::DeadLetter {
-                reason: "failed on all 3 receives; last error: r".into()
+                reason: "failed on all 3 attempts; last error: r".into()
             })
         );
         a.accept(settling(&a, 1, Ending::DeadLetter { reason: "x".into() }));
@@ -930,6 +992,10 @@ mod tests {
             ),
             Duration::from_secs(7)
         );
+        // The backoff grows with the job's own failed attempts.
+        for _ in 0..2 {
+            a.shared.life.attempts.failed(&crate::job::JobId::new("j"));
+        }
         assert_eq!(
             of(
                 2,

@@ -233,8 +233,14 @@ impl Gate {
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_millis();
-                    if r.status == RecordStatus::Completed && u128::from(r.expires_at_ms) > now {
-                        return Ok(None);
+                    if u128::from(r.expires_at_ms) > now {
+                        if r.status == RecordStatus::Completed {
+                            return Ok(None);
+                        }
+                        // Being dead-lettered by another worker now: look
+                        // again once that is done (or has lapsed).
+                        let until = SystemTime::UNIX_EPOCH + Duration::from_millis(r.expires_at_ms);
+                        return Ok(Some(ClaimOutcome::HeldElsewhere { until }));
                     }
                 }
                 store.claim(&key, &owner, hold).await.map(Some)

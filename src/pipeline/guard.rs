@@ -21,6 +21,8 @@ use crate::error::BackendError;
 use crate::idempotency::{ClaimOutcome, IdempotencyRecord, IdempotencyStore};
 use crate::stats::Stats;
 
+use super::dependencies::{degrades, Dependencies};
+
 /// The text of a panic's payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -30,21 +32,46 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-/// What the guards of one pipeline share: its counters and the time limit.
+/// What the guards of one pipeline share: its counters, the time limit,
+/// and the record of which dependencies fail now.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
     stats: Arc<Stats>,
     /// Longest a call may take (a receive: its long-poll wait on top).
     limit: Duration,
+    dependencies: Arc<Dependencies>,
 }
 
 impl Guard {
-    pub(crate) fn new(stats: Arc<Stats>, limit: Duration) -> Self {
-        Self { stats, limit }
+    pub(crate) fn new(stats: Arc<Stats>, limit: Duration, dependencies: Arc<Dependencies>) -> Self {
+        Self {
+            stats,
+            limit,
+            dependencies,
+        }
+    }
+
+    /// Runs `call` under [`Guard::contain`], and records whether the
+    /// resource it names works: a failure of the infrastructure marks it
+    /// degraded (the pipeline slows down), a success clears it.
+    pub(crate) async fn run<T>(
+        &self,
+        what: &'static str,
+        resource: &str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let r = self.contain(what, resource, limit, call).await;
+        match &r {
+            Ok(_) => self.dependencies.succeeded(resource),
+            Err(e) if degrades(e) => self.dependencies.failed(resource, &e.to_string()),
+            Err(_) => {}
+        }
+        r
     }
 
     /// Runs `call` with a panic guard and a time limit.
-    pub(crate) async fn run<T>(
+    async fn contain<T>(
         &self,
         what: &'static str,
         resource: &str,

@@ -63,7 +63,12 @@ impl Shared {
     pub(crate) fn begin_settle(&self, endings: Vec<(Arc<Lease>, Ending)>) -> Vec<Arc<Lease>> {
         let mut out = Vec::with_capacity(endings.len());
         for (lease, ending) in endings {
+            // A retry is the job's own failure: one attempt charged.
+            let charged = matches!(ending, Ending::Retry { .. });
             if lease.begin_settling(SETTLEABLE, ending) {
+                if charged {
+                    self.life.attempts.failed(&lease.job.id);
+                }
                 self.life.settling.fetch_add(1, Ordering::AcqRel);
                 out.push(lease);
             }
@@ -122,7 +127,8 @@ impl Shared {
             // Each lease's end, for whoever audits a run job by job (the
             // fault sweep does).
             tracing::debug!(target: "ferry::lease", pipeline = %self.name,
-                job_id = %lease.job.id, message_id = %lease.job.message_id, how = ?how,
+                job_id = %lease.job.id, message_id = %lease.job.message_id,
+                receive_count = lease.job.receive_count, how = ?how,
                 ending = ending_kind(lease.ending().as_ref()), "lease ended");
             if matches!(
                 was,
@@ -130,6 +136,9 @@ impl Shared {
             ) && (self.sinks.results.is_some() || self.sinks.topic.is_some())
             {
                 lease.set_output(None);
+            }
+            if matches!(how, Ended::Deleted | Ended::DeadLettered) {
+                self.life.attempts.forget(&lease.job.id);
             }
             match how {
                 Ended::Deleted => done_keys.push(lease.seen_key),
@@ -219,5 +228,6 @@ fn ending_kind(ending: Option<&Ending>) -> &'static str {
         Some(Ending::DeadLetter { .. }) => "dead-letter",
         Some(Ending::Release) => "release",
         Some(Ending::Defer { .. }) => "defer",
+        Some(Ending::Wait { .. }) => "wait",
     }
 }

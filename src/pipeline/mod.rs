@@ -12,6 +12,7 @@
 
 mod acker;
 mod builder;
+mod dependencies;
 mod gate;
 mod guard;
 mod lease_keeper;
@@ -46,6 +47,7 @@ use crate::processor::ProcessorKind;
 use crate::seen::SeenCache;
 use crate::stats::Stats;
 
+pub use dependencies::DegradedDependency;
 pub(crate) use guard::{panic_message, Guard};
 pub(crate) use lifecycle::Ended;
 use messages::{DropCopies, Leased, Probe, Processed, Settle, Uploaded};
@@ -109,6 +111,8 @@ pub(crate) struct Life {
     pub(crate) settling: AtomicUsize,
     /// This process's claim owner prefix (host, pid, random).
     owner: String,
+    /// Each job's own failed attempts in this process.
+    pub(crate) attempts: crate::attempts::Attempts,
 }
 
 /// Flow control between the poller and the processors.
@@ -126,6 +130,8 @@ pub(crate) struct Flow {
 /// addresses.
 pub(crate) struct Care {
     pub(crate) health: supervisor::HealthState,
+    /// The dependencies failing now.
+    pub(crate) dependencies: Arc<dependencies::Dependencies>,
     pub(crate) supervisor: OnceLock<Addr<supervisor::PipelineSupervisor>>,
     /// Set when the runtime drains: restarts and resumes stop.
     stopping: std::sync::atomic::AtomicBool,
@@ -136,7 +142,11 @@ impl Shared {
     pub(crate) fn new(p: Pipeline) -> Arc<Self> {
         let config = p.config;
         let stats = Arc::new(Stats::new(&p.name));
-        let g = guard::Guard::new(stats.clone(), config.call_timeout);
+        let deps = Arc::new(dependencies::Dependencies::new(
+            config.retry_backoff_base,
+            config.retry_backoff_max,
+        ));
+        let g = guard::Guard::new(stats.clone(), config.call_timeout, deps.clone());
         let mut readable = p.reads.clone();
         readable.extend(p.results.as_ref().map(|r| r.bucket.clone()));
         readable.extend(p.payloads.as_ref().map(|l| l.bucket().to_owned()));
@@ -178,6 +188,12 @@ impl Shared {
                 groups,
                 settling: AtomicUsize::new(0),
                 owner: owner_prefix(),
+                attempts: crate::attempts::Attempts::new(
+                    config.seen_capacity,
+                    config
+                        .seen_ttl
+                        .max(config.retry_backoff_max * (config.max_receives + 1)),
+                ),
             },
             flow: Flow {
                 capacity: Notify::new(),
@@ -187,6 +203,7 @@ impl Shared {
             },
             care: Care {
                 health: supervisor::HealthState::default(),
+                dependencies: deps,
                 supervisor: OnceLock::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 addrs: OnceLock::new(),

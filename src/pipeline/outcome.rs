@@ -195,6 +195,9 @@ pub(crate) fn finish(
             span.record("outcome", "processed");
             tracing::debug!(parent: span, "processed");
             s.care.health.success();
+            s.care
+                .dependencies
+                .succeeded(super::dependencies::PROCESSOR);
             let to = if s.sinks.results.is_some() {
                 LeaseState::Processed
             } else if s.sinks.topic.is_some() {
@@ -241,6 +244,12 @@ pub(crate) fn finish(
                 }
                 ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
                 ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
+                ProcessError::Unavailable { reason, after } => {
+                    s.care
+                        .dependencies
+                        .failed(super::dependencies::PROCESSOR, &reason);
+                    Ending::Wait { reason, after }
+                }
             }
         }
         Outcome::Resumed => {

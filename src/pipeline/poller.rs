@@ -187,20 +187,37 @@ impl Poller {
                 } else if empty || (full && !starving) {
                     self.target = self.target.saturating_sub(1).max(1);
                 }
-                self.fill(ctx);
+                match self.shared.care.dependencies.pause() {
+                    // A dependency is failing: the pipeline slows down as a
+                    // whole, one receive at a time after a jittered wait,
+                    // until calls succeed again.
+                    Some(wait) => {
+                        self.target = 1;
+                        self.fill_after(wait, ctx);
+                    }
+                    None => self.fill(ctx),
+                }
             }
             Err(e) => {
                 self.error_streak += 1;
-                let delay = Duration::from_millis(50 * (1 << self.error_streak.min(6)));
+                let delay =
+                    self.shared.care.dependencies.pause().unwrap_or_else(|| {
+                        Duration::from_millis(50 * (1 << self.error_streak.min(6)))
+                    });
                 tracing::warn!(pipeline = %self.shared.name, queue = self.shared.sinks.source.name(),
                     error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
-                self.retrying = true;
-                ctx.run_later(delay, |act, ctx| {
-                    act.retrying = false;
-                    act.fill(ctx);
-                });
+                self.fill_after(delay, ctx);
             }
         }
+    }
+
+    /// Starts receives again after `wait`.
+    fn fill_after(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        self.retrying = true;
+        ctx.run_later(wait, |act, ctx| {
+            act.retrying = false;
+            act.fill(ctx);
+        });
     }
 
     /// Classifies each delivery and sends new jobs on.
@@ -282,10 +299,12 @@ impl Poller {
                         ));
                     } else if let Some(reason) = crate::job::job_id_problem(&lease.job.id) {
                         settle.push((lease, Ending::DeadLetter { reason }));
-                    } else if count > s.config.max_receives {
+                    } else if let Some(most) = s.config.max_deliveries.filter(|m| count > *m) {
+                        // The backstop for a message that never gets an
+                        // outcome; attempts of the job's own are counted
+                        // where it fails.
                         let reason = format!(
-                            "received {count} times, over the limit of {}",
-                            s.config.max_receives
+                            "received {count} times without an outcome, over max_deliveries {most}"
                         );
                         settle.push((lease, Ending::DeadLetter { reason }));
                     } else if self.gate.is_some() {

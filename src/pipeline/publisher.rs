@@ -163,10 +163,7 @@ impl Publisher {
                 }
                 Err(e) => settle.push((
                     lease,
-                    Ending::Retry {
-                        reason: format!("publishing the notification: {e}"),
-                        after: None,
-                    },
+                    super::dependencies::effect_failed("publishing the notification", &e),
                 )),
             }
         }

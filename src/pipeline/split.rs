@@ -84,7 +84,7 @@ impl Shared {
         }
         match sent {
             Ok(()) => Split::Sent(n),
-            Err(e) if e.is_retryable() => Split::Failed(Ending::Retry {
+            Err(e) if e.is_retryable() => Split::Failed(Ending::Wait {
                 reason: format!("splitting into {n} parts: sending them failed: {e}"),
                 after: None,
             }),

@@ -45,7 +45,8 @@ use crate::stats::Stats;
 pub struct PipelineHealth {
     /// The pipeline's name.
     pub name: String,
-    /// `running`, `escalated` or `stalled`.
+    /// `running`, `escalated`, `stalled` or `degraded` (a dependency is
+    /// failing: see `degraded`).
     pub status: &'static str,
     /// Why it escalated (the last escalation), if it ever did.
     pub reason: Option<String>,
@@ -58,6 +59,10 @@ pub struct PipelineHealth {
     pub stalled_leases: usize,
     /// Leases per lifecycle state, by state name.
     pub states: Vec<(&'static str, usize)>,
+    /// The dependencies failing now (throttled, down, refusing the
+    /// pipeline's credentials), since when: the pipeline waits them out
+    /// without charging its jobs.
+    pub degraded: Vec<super::DegradedDependency>,
 }
 
 /// The supervision state of one pipeline, kept in [`Shared`].
@@ -137,12 +142,15 @@ impl Shared {
         states.sort();
         let stalled = self.care.health.stalled.load(Ordering::Acquire) as usize;
         let escalated = self.is_escalated();
+        let degraded = self.care.dependencies.degraded();
         PipelineHealth {
             name: self.name.to_string(),
             status: if escalated {
                 "escalated"
             } else if stalled > 0 {
                 "stalled"
+            } else if !degraded.is_empty() {
+                "degraded"
             } else {
                 "running"
             },
@@ -151,6 +159,7 @@ impl Shared {
             leases: self.life.leases.len(),
             stalled_leases: stalled,
             states: states.into_iter().map(|(s, n)| (s.name(), n)).collect(),
+            degraded,
         }
     }
 }

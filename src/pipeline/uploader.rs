@@ -13,7 +13,7 @@ use super::messages::{Leased, Probe, Processed, Restart};
 use super::{with_retries, Shared};
 use crate::backend::ObjectMeta;
 use crate::job::RESULT_JOB_TAG;
-use crate::lease::{Ending, Lease, LeaseState};
+use crate::lease::{Lease, LeaseState};
 use crate::stats::Stats;
 
 pub(crate) struct Uploader {
@@ -83,10 +83,7 @@ impl Uploader {
                     }
                     Err(e) => s.settle_one(
                         lease,
-                        Ending::Retry {
-                            reason: format!("storing the result: {e}"),
-                            after: None,
-                        },
+                        super::dependencies::effect_failed("storing the result", &e),
                     ),
                 }
             }),
@@ -120,10 +117,20 @@ impl Uploader {
                                 "result already stored by an earlier attempt; resuming at publish");
                             s.announce(vec![lease]);
                         }
+                    } else if let (Err(e), false) = (&res, lease.is_cancelled()) {
+                        // The infrastructure's failure: running the job
+                        // again might repeat what an earlier attempt did, so
+                        // it waits to be looked at again.
+                        tracing::debug!(error = %e, "result check failed; the job waits");
+                        s.jobs_started(1);
+                        s.settle_one(
+                            lease,
+                            crate::lease::Ending::Wait {
+                                reason: format!("checking for a stored result: {e}"),
+                                after: None,
+                            },
+                        );
                     } else {
-                        if let Err(e) = res {
-                            tracing::debug!(error = %e, "result check failed; processing");
-                        }
                         if lease
                             .transition(&[LeaseState::Probing], LeaseState::Pending)
                             .is_some()
