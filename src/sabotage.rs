@@ -19,6 +19,8 @@ pub enum Sabotage {
     LoseFifoOrder = 4,
     /// A job whose processor asked for a retry is dead-lettered instead.
     DeadLetterRetries = 5,
+    /// The infrastructure's failures are charged to the job as attempts.
+    ChargeInfrastructure = 6,
 }
 
 #[cfg(feature = "sabotage")]

@@ -62,6 +62,7 @@ pub(crate) fn audit(jobs: &[SentJob], fifo: bool, log: &Log, v: &mut Vec<String>
                 run.message
             ));
         }
+        charged(r, v);
         for stage in [1u8, 2] {
             runs(r, stage, v);
             effects(jobs, r, stage, fifo, v);
@@ -123,6 +124,40 @@ fn runs(r: &Records, stage: u8, v: &mut Vec<String>) {
             bad.len(),
             some(&bad),
             history(r, stage, &first)
+        ));
+    }
+}
+
+/// A lease that ended as a retry charged its job an attempt: its run must
+/// have failed by its own doing (an error or a panic), not succeeded or met
+/// an unavailable dependency — the infrastructure's failures are the
+/// pipeline's to wait out.
+fn charged(r: &Records, v: &mut Vec<String>) {
+    let mut bad = Vec::new();
+    for e in r.ends.iter().filter(|e| e.ending == "retry") {
+        let runs: Vec<&Run> = r
+            .runs
+            .iter()
+            .filter(|x| {
+                x.stage == e.stage
+                    && x.job == e.job
+                    && x.message == e.message
+                    && x.receive_count == e.receive_count
+            })
+            .collect();
+        if !runs.is_empty()
+            && runs
+                .iter()
+                .all(|x| matches!(x.how, RunEnd::Ok | RunEnd::Unavailable))
+        {
+            bad.push(format!("{} at stage {} ({})", e.job, e.stage, e.message));
+        }
+    }
+    if !bad.is_empty() {
+        v.push(format!(
+            "{} job(s) charged an attempt for the infrastructure's failure: {}",
+            bad.len(),
+            some(&bad)
         ));
     }
 }

@@ -179,6 +179,8 @@ enum Sabotage {
     LoseFifoOrder,
     /// The runtime dead-letters jobs that asked for a retry.
     DeadLetterRetries,
+    /// The runtime charges the infrastructure's failures to the jobs.
+    ChargeInfrastructure,
 }
 
 impl Sabotage {
@@ -193,6 +195,7 @@ impl Sabotage {
             Self::SkipPublish => "never announced",
             Self::LoseFifoOrder => "broke FIFO order",
             Self::DeadLetterRetries => "holds job(s) that are not bad inputs",
+            Self::ChargeInfrastructure => "charged an attempt for the infrastructure",
         }
     }
 
@@ -206,6 +209,7 @@ impl Sabotage {
             Self::SkipPublish => Some(S::SkipPublish),
             Self::LoseFifoOrder => Some(S::LoseFifoOrder),
             Self::DeadLetterRetries => Some(S::DeadLetterRetries),
+            Self::ChargeInfrastructure => Some(S::ChargeInfrastructure),
         }
     }
 }

@@ -139,10 +139,10 @@ impl SweepProcessor {
 }
 
 fn end_of<T>(r: &Result<T, ProcessError>) -> RunEnd {
-    if r.is_ok() {
-        RunEnd::Ok
-    } else {
-        RunEnd::Failed
+    match r {
+        Ok(_) => RunEnd::Ok,
+        Err(ProcessError::Unavailable { .. }) => RunEnd::Unavailable,
+        Err(_) => RunEnd::Failed,
     }
 }
 

@@ -27,6 +27,9 @@ pub(crate) enum RunEnd {
     Ok,
     /// It returned an error (a retry request or bad input).
     Failed,
+    /// It met an unavailable dependency (`ProcessError::Unavailable`): not
+    /// the job's own failure.
+    Unavailable,
     /// It panicked.
     Panicked,
 }

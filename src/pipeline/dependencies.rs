@@ -50,7 +50,8 @@ pub(crate) fn degrades(e: &BackendError) -> bool {
 /// failed attempt.
 pub(crate) fn effect_failed(what: &str, e: &BackendError) -> crate::lease::Ending {
     let reason = format!("{what}: {e}");
-    if degrades(e) {
+    let charge = crate::sabotage::on(crate::sabotage::Sabotage::ChargeInfrastructure);
+    if degrades(e) && !charge {
         crate::lease::Ending::Wait {
             reason,
             after: None,

@@ -244,6 +244,11 @@ pub(crate) fn finish(
                 }
                 ProcessError::Retry { reason, after } => Ending::Retry { reason, after },
                 ProcessError::BadInput { reason } => Ending::DeadLetter { reason },
+                ProcessError::Unavailable { reason, after }
+                    if crate::sabotage::on(crate::sabotage::Sabotage::ChargeInfrastructure) =>
+                {
+                    Ending::Retry { reason, after }
+                }
                 ProcessError::Unavailable { reason, after } => {
                     s.care
                         .dependencies
