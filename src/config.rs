@@ -126,6 +126,19 @@ pub struct PipelineConfig {
     /// `s3_test_events` (and `acked`). Off: the processor sees it like any
     /// other message.
     pub drop_s3_test_events: bool,
+
+    // Stuck user code.
+    /// How long a sync job may go on running after its cancellation (its
+    /// lease lost, or its maximum age reached) before its worker thread is
+    /// abandoned: a new thread takes its place in the pool and the old one
+    /// is left, detached, to finish or hang on its own. A job still running
+    /// at its lease's maximum age counts one failed attempt ("timed out"),
+    /// so a job that hangs every time ends in the dead-letter queue.
+    pub hang_grace: Duration,
+    /// Abandoned worker threads alive at once, at most. Past it a stuck
+    /// worker is not replaced (threads are never spawned without bound) and
+    /// `health()` reports the pipeline degraded.
+    pub max_abandoned_workers: usize,
 }
 
 impl Default for PipelineConfig {
@@ -155,6 +168,8 @@ impl Default for PipelineConfig {
             claim_ttl: None,
             completed_ttl: Duration::from_secs(7 * 24 * 3600),
             drop_s3_test_events: true,
+            hang_grace: Duration::from_secs(10),
+            max_abandoned_workers: 16,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod spot;
 mod stats;
 pub mod testkit;
 pub mod trace;
+mod watchdog;
 
 /// The attribute macro async and batch processors are written with.
 pub use async_trait::async_trait;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::error::FerryError;
 use crate::pipeline::{self, Flush, Pipeline, PipelineHealth, Running, Shared, StopPolling};
 use crate::stats::StatsSnapshot;
+use crate::watchdog::Heartbeat;
 
 /// Entry point: `Runtime::builder().pipeline(…).start().await`.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ impl RuntimeBuilder {
     }
 
     /// Checks the pipelines and starts them on the runtime's I/O thread.
-    pub async fn start(self) -> Result<RuntimeHandle, FerryError> {
+    pub async fn start(mut self) -> Result<RuntimeHandle, FerryError> {
         let mut names = std::collections::HashSet::new();
         for p in &self.pipelines {
             p.check()?;
@@ -61,16 +62,19 @@ impl RuntimeBuilder {
                 });
             }
         }
+        let (jobs_rt, heartbeat) = watched_runtimes(&mut self.pipelines)?;
         let shared: Vec<Arc<Shared>> = self.pipelines.into_iter().map(Shared::new).collect();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (cmd_tx, cmd_rx) = oneshot::channel::<Duration>();
         let (done_tx, done_rx) = oneshot::channel();
         let for_thread = shared.clone();
+        let beats = heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-io".into())
             .spawn(move || {
                 let system = actix_rt::System::new();
                 system.block_on(async move {
+                    actix_rt::spawn(beats.keep_beating());
                     let running: Vec<Running> =
                         for_thread.into_iter().map(pipeline::start).collect();
                     let _ = ready_tx.send(());
@@ -85,12 +89,17 @@ impl RuntimeBuilder {
         ready_rx
             .await
             .map_err(|_| FerryError::Runtime("the I/O thread died while starting".into()))?;
+        heartbeat
+            .watch()
+            .map_err(|e| FerryError::Runtime(format!("could not start the watchdog: {e}")))?;
         Ok(RuntimeHandle {
             shared,
             grace: self.grace,
             cmd: Some(cmd_tx),
             done: Some(done_rx),
             thread: Some(thread),
+            jobs_rt,
+            heartbeat,
         })
     }
 }
@@ -121,6 +130,11 @@ pub struct ShutdownReport {
     pub held_at_exit: usize,
     /// How long the shutdown took, in milliseconds.
     pub elapsed_ms: u64,
+    /// Times the watchdog saw ferry's I/O thread blocked (not running for
+    /// longer than its bound) while the runtime ran.
+    pub io_thread_blocks: u64,
+    /// The longest of those blocks, in milliseconds.
+    pub longest_io_block_ms: u64,
 }
 
 /// A running runtime. Dropping it without [`RuntimeHandle::shutdown`] stops
@@ -132,6 +146,31 @@ pub struct RuntimeHandle {
     cmd: Option<oneshot::Sender<Duration>>,
     done: Option<oneshot::Receiver<ShutdownReport>>,
     thread: Option<JoinHandle<()>>,
+    /// Where async and batch jobs run (see `Pipeline::runtime`).
+    jobs_rt: Option<tokio::runtime::Runtime>,
+    heartbeat: Arc<Heartbeat>,
+}
+
+/// The runtimes a `Runtime` owns beside its I/O thread: one for async and
+/// batch jobs (when a pipeline needs it), and the I/O thread's watchdog.
+fn watched_runtimes(
+    pipelines: &mut [Pipeline],
+) -> Result<(Option<tokio::runtime::Runtime>, Arc<Heartbeat>), FerryError> {
+    let jobs_rt = pipeline::jobs_runtime(pipelines)
+        .map_err(|e| FerryError::Runtime(format!("could not start the jobs' runtime: {e}")))?;
+    let heartbeat =
+        Heartbeat::for_visibilities(pipelines.iter().map(|p| p.config.visibility_timeout));
+    Ok((jobs_rt, heartbeat))
+}
+
+impl RuntimeHandle {
+    /// Stops the watchdog and the jobs' runtime (after the I/O thread).
+    fn stop_owned(&mut self) {
+        self.heartbeat.stop();
+        if let Some(rt) = self.jobs_rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -210,10 +249,19 @@ impl RuntimeHandle {
         self.shared.iter().map(|s| s.life.leases.len()).sum()
     }
 
-    /// Every pipeline's health: running, escalated (with the reason) or
-    /// stalled (leases an actor has not moved past the stall timeout).
+    /// Every pipeline's health: running, escalated (with the reason),
+    /// blocked (ferry's I/O thread has not run for a while), degraded
+    /// (worker threads abandoned) or stalled (leases an actor has not moved
+    /// past the stall timeout).
     pub fn health(&self) -> Vec<PipelineHealth> {
-        self.shared.iter().map(|s| s.health_report()).collect()
+        self.shared
+            .iter()
+            .map(|s| {
+                let mut h = s.health_report();
+                self.heartbeat.annotate(&mut h);
+                h
+            })
+            .collect()
     }
 
     /// The first pipeline that has escalated, as an error.
@@ -231,16 +279,19 @@ impl RuntimeHandle {
     /// started jobs finish within the grace period, flushes pending deletes,
     /// then releases whatever remains.
     pub async fn shutdown(mut self) -> ShutdownReport {
-        let report = match (self.cmd.take(), self.done.take()) {
+        let mut report = match (self.cmd.take(), self.done.take()) {
             (Some(cmd), Some(done)) => {
                 let _ = cmd.send(self.grace);
                 done.await.unwrap_or_default()
             }
             _ => ShutdownReport::default(),
         };
+        self.heartbeat.stop();
+        self.heartbeat.report(&mut report);
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        self.stop_owned();
         report
     }
 
@@ -290,9 +341,11 @@ impl RuntimeHandle {
 
     fn stop_now(&mut self) {
         self.cmd.take();
+        self.heartbeat.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.stop_owned();
     }
 }
 

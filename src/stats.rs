@@ -141,6 +141,9 @@ counters! {
     /// Messages split into parts sent back to the source queue, then
     /// deleted (see `Pipeline::split`).
     split_messages,
+    /// Worker threads replaced because their job ran past its cancellation
+    /// by more than `hang_grace` (the old thread abandoned, detached).
+    workers_replaced,
 }
 
 impl StatsSnapshot {

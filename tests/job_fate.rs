@@ -318,3 +318,71 @@ async fn fifo_followers_of_a_poison_head_keep_their_attempts() {
     assert_eq!(received, 0, "nothing left");
     rt.shutdown().await;
 }
+
+/// Runs 600 ms, watching its cancellation; counts runs and cancellations.
+#[derive(Clone, Default)]
+struct Watchful {
+    runs: Arc<AtomicU32>,
+    cancelled: Arc<AtomicU32>,
+}
+
+impl Processor for Watchful {
+    fn process(&mut self, _: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+        self.runs.fetch_add(1, Ordering::AcqRel);
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(10));
+            if ctx.is_cancelled() {
+                self.cancelled.fetch_add(1, Ordering::AcqRel);
+                return Err(ProcessError::retry("cancelled"));
+            }
+        }
+        Ok(Output::text("done"))
+    }
+}
+
+/// An exactly-once claim whose renewal fails may lapse before the next
+/// renewal, and another worker take the job: the attempt stops before its
+/// effects (charged nothing), and the job runs again once the store works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_renewal_that_fails_cancels_its_job_before_its_effects() {
+    let h = Harness::new();
+    let store = Arc::new(h.local.idempotency_store());
+    h.send_named(&["renewed".to_string()]).await;
+    // Renewals are throttled for the first second.
+    h.local.set_infra_faults(InfraFaults {
+        throttle_window: Some(Window::new(Duration::ZERO, Duration::from_secs(1))),
+        ops: vec![Op::Renew],
+        ..InfraFaults::default()
+    });
+    let p = Watchful::default();
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .idempotency(store)
+                .processor({
+                    let p = p.clone();
+                    move || p.clone()
+                })
+                .configure(|c| {
+                    fast(c);
+                    c.visibility_timeout = Duration::from_millis(200);
+                    c.max_receives = 2;
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the job stored", || {
+        h.jobs.depth_now().total() == 0 && h.dlq.depth_now().total() == 0
+    })
+    .await;
+    let stats = rt.stats_of("stage").unwrap();
+    assert!(stats.claims_lost >= 1, "{stats:?}");
+    assert!(p.cancelled.load(Ordering::Acquire) >= 1, "{stats:?}");
+    assert_eq!(stats.uploaded, 1, "only the run that kept its claim stored: {stats:?}");
+    assert!(entries(&h).is_empty());
+    rt.shutdown().await;
+}

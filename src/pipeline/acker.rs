@@ -325,6 +325,11 @@ impl Acker {
 
     /// Marks claimed jobs completed in the idempotency store; deletes follow.
     fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
+        let (batch, lapsed) = super::deadline::split_lapsed(&self.shared, batch, |l| Some(l));
+        lapsed.into_iter().for_each(|l| self.let_go(l));
+        if batch.is_empty() {
+            return;
+        }
         let s = &self.shared;
         let keep = s.config.completed_ttl;
         let calls = s.store_calls(&batch, |store, key, owner| async move {
@@ -363,6 +368,14 @@ impl Acker {
     }
 
     fn send_deletes(&mut self, batch: Vec<Delete>, ctx: &mut Context<Self>) {
+        let (batch, lapsed) = super::deadline::split_lapsed(&self.shared, batch, |d| match d {
+            Delete::Job(lease) => Some(lease),
+            Delete::Copy(_) => None,
+        });
+        lapsed.into_iter().for_each(|l| self.let_go(l));
+        if batch.is_empty() {
+            return;
+        }
         self.delete_others(&batch);
         let handles: Vec<String> = batch
             .iter()

@@ -207,9 +207,10 @@ impl Pipeline {
         self
     }
 
-    /// The tokio runtime async and batch processors run on (default:
-    /// ferry's own I/O runtime, one thread shared with ferry's actors — hand
-    /// in a multi-threaded runtime when jobs also compute).
+    /// The tokio runtime async and batch processors run on (default: a
+    /// multi-thread runtime the [`crate::Runtime`] owns and shuts down with
+    /// itself, one thread per core, shared by its pipelines; never ferry's
+    /// I/O thread, which keeps the leases).
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self

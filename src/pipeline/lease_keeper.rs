@@ -85,10 +85,11 @@ impl LeaseKeeper {
             let mut settle = Vec::new();
             for (lease, limit) in expired {
                 tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, limit,
-                    "lease reached its maximum age: job cancelled, message released");
+                    "lease reached its maximum age: job cancelled, message given back");
                 Stats::inc(&s.stats.leases_lost);
                 s.life.leases.cancel(&lease);
-                settle.push((lease, Ending::Release));
+                let ending = s.past_max_age(&lease, limit);
+                settle.push((lease, ending));
             }
             s.settle(settle);
         }
@@ -176,13 +177,16 @@ impl LeaseKeeper {
     }
 
     /// The heartbeat renews the idempotency claims of the leases it extended.
-    /// A renewal refused means another worker took the job over: this
-    /// attempt is cancelled before its effects and its message given back.
+    /// A renewal refused means another worker took the job over, and one
+    /// that fails (after quick retries) may let the claim lapse before the
+    /// next: either way this attempt is cancelled before its effects and
+    /// its message given back.
     fn renew_claims(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let s = &self.shared;
         let hold = s.config.claim_hold();
+        let attempts = s.config.effect_attempts;
         let calls = s.store_calls(&leases, |store, key, owner| async move {
-            store.renew(&key, &owner, hold).await
+            super::with_retries(attempts, || store.renew(&key, &owner, hold)).await
         });
         ctx.spawn(calls.into_actor(self).map(move |results, act, _| {
             let s = &act.shared;
@@ -203,9 +207,23 @@ impl LeaseKeeper {
                         lost.push((lease, Ending::Release));
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::debug!(pipeline = %s.name,
-                                job_id = %lease.job.id, error = %e,
-                                "renewing a claim failed; will retry with the next extension"),
+                    // Unconfirmed, the claim may lapse before the next
+                    // renewal (it was last renewed half a visibility ago)
+                    // and another worker take the job: this attempt stops
+                    // before its effects, charged nothing.
+                    Err(e)
+                        if lease.is_claimed()
+                            && !lease.is_cancelled()
+                            && lease.state() != LeaseState::Settling =>
+                    {
+                        tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
+                            "renewing the idempotency claim failed: job cancelled before its effects");
+                        Stats::inc(&s.stats.claims_lost);
+                        lease.take_claim();
+                        s.life.leases.cancel(&lease);
+                        lost.push((lease, Ending::Release));
+                    }
+                    Err(_) => {}
                 }
             }
             s.settle(lost);

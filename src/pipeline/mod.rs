@@ -12,6 +12,7 @@
 
 mod acker;
 mod builder;
+mod deadline;
 mod dependencies;
 mod gate;
 mod guard;
@@ -24,6 +25,7 @@ mod pool;
 mod publisher;
 mod runner;
 mod split;
+mod stuck;
 mod supervisor;
 mod uploader;
 
@@ -52,6 +54,7 @@ pub(crate) use guard::{panic_message, Guard};
 pub(crate) use lifecycle::Ended;
 use messages::{DropCopies, Leased, Probe, Processed, Settle, Uploaded};
 pub(crate) use messages::{Flush, StopPolling};
+pub(crate) use runner::jobs_runtime;
 pub use supervisor::PipelineHealth;
 
 /// The addresses the lifecycle and the actors send to, known by the

@@ -8,11 +8,14 @@
 //! A job's outcome reaches the I/O side when the job ends: at once when no
 //! other job is queued, else within [`OUTCOME_WAIT`] (a timer on the I/O
 //! thread flushes the shared outbox), whatever the worker does next.
+//!
+//! A job still running past its cancellation by more than `hang_grace` has
+//! its thread given up and replaced (see [`super::stuck`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
@@ -20,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::messages::{Leased, Restart};
 use super::outcome::{finish, finish_split, input_blocking, Outbox, Outcome};
 use super::split::Split;
+use super::stuck::{Look, Slot};
 use super::{panic_message, Shared};
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::processor::{run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
@@ -32,6 +36,9 @@ pub(crate) struct ProcessorPool {
     io: tokio::runtime::Handle,
     outbox: Arc<Outbox>,
     spawned: bool,
+    /// Each worker thread's place, by index (a replaced thread's place is
+    /// a new one).
+    slots: Vec<Arc<Slot>>,
 }
 
 impl ProcessorPool {
@@ -44,33 +51,70 @@ impl ProcessorPool {
             io,
             outbox: Arc::default(),
             spawned: false,
+            slots: Vec::new(),
         }
+    }
+
+    /// Starts worker thread `index` in a place of its own.
+    fn spawn_worker(&self, index: usize) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        let worker = Worker {
+            shared: self.shared.clone(),
+            rx: self.rx.clone(),
+            io: self.io.clone(),
+            outbox: self.outbox.clone(),
+            info: WorkerInfo {
+                pipeline: self.shared.name.to_string(),
+                index,
+            },
+            slot: slot.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("ferry-{}-{index}", self.shared.name))
+            .spawn(move || worker.run())
+            .expect("spawn a processor thread");
+        slot
+    }
+
+    /// Gives up each worker thread whose job has run on past its
+    /// cancellation by more than `hang_grace`, and starts another in its
+    /// place (at most `max_abandoned_workers` given up at once).
+    fn watch_hangs(&mut self) {
+        let s = self.shared.clone();
+        let (grace, cap) = (s.config.hang_grace, s.config.max_abandoned_workers);
+        let workers = &s.care.health.workers;
+        let mut stuck = 0;
+        for index in 0..self.slots.len() {
+            match self.slots[index].look(grace, || workers.abandon_one(cap)) {
+                Look::Fine => {}
+                Look::Stuck => stuck += 1,
+                Look::Abandoned { job, past } => {
+                    tracing::error!(pipeline = %s.name, worker = index, job_id = %job,
+                        past_ms = past.as_millis() as u64,
+                        "job still running past its cancellation: worker thread abandoned \
+                         and replaced");
+                    Stats::inc(&s.stats.workers_replaced);
+                    self.slots[index] = self.spawn_worker(index);
+                }
+            }
+        }
+        workers.set_stuck(stuck);
     }
 }
 
 impl Actor for ProcessorPool {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = (self.shared.config.hang_grace / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        ctx.run_interval(every, |act, _| act.watch_hangs());
         if std::mem::replace(&mut self.spawned, true) {
             return;
         }
-        for index in 0..self.shared.config.workers {
-            let worker = Worker {
-                shared: self.shared.clone(),
-                rx: self.rx.clone(),
-                io: self.io.clone(),
-                outbox: self.outbox.clone(),
-                info: WorkerInfo {
-                    pipeline: self.shared.name.to_string(),
-                    index,
-                },
-            };
-            std::thread::Builder::new()
-                .name(format!("ferry-{}-{index}", self.shared.name))
-                .spawn(move || worker.run())
-                .expect("spawn a processor thread");
-        }
+        self.slots = (0..self.shared.config.workers)
+            .map(|index| self.spawn_worker(index))
+            .collect();
     }
 }
 
@@ -113,6 +157,18 @@ struct Worker {
     io: tokio::runtime::Handle,
     outbox: Arc<Outbox>,
     info: WorkerInfo,
+    /// This thread's place in the pool.
+    slot: Arc<Slot>,
+}
+
+/// How one job on a worker thread ended.
+enum Ran {
+    /// The job's outcome went on (or it never started).
+    Done,
+    /// The processor panicked, with this message.
+    Panicked(String),
+    /// The thread was given up while the job ran: it must end.
+    Abandoned,
 }
 
 impl Worker {
@@ -143,16 +199,13 @@ impl Worker {
         }
     }
 
-    /// Runs one job; returns the panic message if the processor panicked.
-    fn run_one(
-        &self,
-        lease: Arc<Lease>,
-        processor: &mut Option<Box<dyn Processor>>,
-    ) -> Option<String> {
+    /// Runs one job.
+    fn run_one(&self, lease: Arc<Lease>, processor: &mut Option<Box<dyn Processor>>) -> Ran {
         let s = &self.shared;
         if !lease.try_start() {
-            return None;
+            return Ran::Done;
         }
+        self.slot.begin(&lease);
         let job = &lease.job;
         let span = crate::trace::job_span(&s.name, job);
         let _entered = span.enter();
@@ -167,17 +220,18 @@ impl Worker {
             if let Some(parts) = s.parts_of(r.as_ref().unwrap_or(job)) {
                 let split = match parts {
                     Err(message) => Split::Panicked(message),
-                    Ok(parts) => {
-                        run_blocking(&self.io, s.clone().send_split(parts, lease.cancel_arc()))
-                            .unwrap_or(Split::Failed(Ending::Retry {
-                                reason: "the runtime stopped while the parts were sent".into(),
-                                after: None,
-                            }))
-                    }
+                    Ok(parts) => run_blocking(&self.io, s.clone().send_split(parts, lease.clone()))
+                        .unwrap_or(Split::Failed(Ending::Retry {
+                            reason: "the runtime stopped while the parts were sent".into(),
+                            after: None,
+                        })),
                 };
+                if !self.slot.end() {
+                    return Ran::Abandoned;
+                }
                 let now = self.rx.is_empty();
                 finish_split(s, &self.outbox, &self.io, lease, split, now, &span);
-                return None;
+                return Ran::Done;
             }
         }
         let outcome = match (prepared, processor.as_mut()) {
@@ -197,26 +251,34 @@ impl Worker {
             (Ok(_), None) => Outcome::Panicked("processor could not be built".into()),
         };
         s.stats.processing.record(began.elapsed());
-        let panicked = match &outcome {
-            Outcome::Panicked(m) => Some(m.clone()),
-            _ => None,
+        if !self.slot.end() {
+            return Ran::Abandoned;
+        }
+        let ran = match &outcome {
+            Outcome::Panicked(m) => Ran::Panicked(m.clone()),
+            _ => Ran::Done,
         };
-        let now = self.rx.is_empty() || panicked.is_some();
+        let now = self.rx.is_empty() || matches!(ran, Ran::Panicked(_));
         finish(s, &self.outbox, &self.io, lease, outcome, now, &span);
-        panicked
+        ran
     }
 
-    /// Serves jobs until the pool is gone. `current` names the job in hand,
-    /// so a panic that escapes is charged to it.
+    /// Serves jobs until the pool is gone or gives this thread up. `current`
+    /// names the job in hand, so a panic that escapes is charged to it.
     fn serve(&self, current: &mut Option<Arc<Lease>>) {
         let s = self.shared.clone();
         let mut processor = self.build();
         let mut consecutive = 0u32;
         while let Ok(lease) = self.rx.recv() {
             *current = Some(lease.clone());
-            let panicked = self.run_one(lease, &mut processor);
+            let ran = self.run_one(lease, &mut processor);
             *current = None;
-            if let Some(message) = panicked {
+            if matches!(ran, Ran::Abandoned) {
+                // Its processor may be in any state: dropped, not stopped.
+                self.discard(processor.take());
+                return;
+            }
+            if let Ran::Panicked(message) = ran {
                 self.discard(processor.take());
                 consecutive += 1;
                 s.restarted(&format!("processor panicked: {message}"));
@@ -240,6 +302,8 @@ impl Worker {
             let mut current = None;
             match catch_unwind(AssertUnwindSafe(|| self.serve(&mut current))) {
                 Ok(()) => break,
+                // Given up while its job ran: the job is not its to end.
+                Err(_) if self.slot.abandoned() => break,
                 Err(payload) => {
                     let message = panic_message(&*payload);
                     crashes += 1;
@@ -263,5 +327,10 @@ impl Worker {
             }
         }
         self.outbox.flush(&s);
+        if self.slot.abandoned() {
+            s.care.health.workers.abandoned_ended();
+            tracing::warn!(pipeline = %s.name, worker = self.info.index,
+                "an abandoned worker thread's job returned at last: the thread ends");
+        }
     }
 }

@@ -4,7 +4,6 @@
 //! every Stored lease again (a notice is a function of the job id).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -49,7 +48,11 @@ impl Publisher {
             let mut leases = Vec::with_capacity(n);
             let mut batch = Vec::with_capacity(n);
             for lease in chunk {
-                if lease.is_cancelled() || lease.state() != LeaseState::Stored {
+                if lease.state() != LeaseState::Stored
+                    || self
+                        .shared
+                        .lost_before(&lease, "publishing the notification")
+                {
                     continue;
                 }
                 let Some(n) = self.notification(&lease, fifo) else {
@@ -62,7 +65,7 @@ impl Publisher {
                 continue;
             }
             let topic = topic.clone();
-            let flags: Vec<_> = leases.iter().map(|l| l.cancel_arc()).collect();
+            let held = leases.clone();
             let attempts = self.shared.config.effect_attempts;
             let payloads = self.shared.sinks.payloads.clone();
             ctx.spawn(
@@ -76,10 +79,11 @@ impl Publisher {
                     let mut answers = Vec::with_capacity(batch.len());
                     for range in crate::backend::batches(&batch) {
                         let part = &batch[range.clone()];
-                        let part_flags = &flags[range];
+                        let part_leases = &held[range];
                         let res = with_retries(attempts, || {
-                            // No retry once a lease of the batch was lost.
-                            let lost = part_flags.iter().any(|f| f.load(Ordering::Acquire));
+                            // No retry once a lease of the batch was lost
+                            // or lapsed.
+                            let lost = part_leases.iter().any(|l| super::deadline::gone(l));
                             let (topic, part) = (topic.clone(), part.to_vec());
                             async move {
                                 if lost {
@@ -161,6 +165,10 @@ impl Publisher {
                         },
                     ));
                 }
+                Err(_)
+                    if self
+                        .shared
+                        .lost_before(&lease, "publishing the notification") => {}
                 Err(e) => settle.push((
                     lease,
                     super::dependencies::effect_failed("publishing the notification", &e),

@@ -1,6 +1,8 @@
 //! The async runner: jobs of an [`AsyncProcessor`] or a [`BatchProcessor`]
-//! as tasks on a tokio runtime (ferry's I/O runtime unless the pipeline was
-//! handed one), at most `PipelineConfig::concurrency` jobs at once.
+//! as tasks on a tokio runtime (a multi-thread runtime the `Runtime` owns,
+//! [`jobs_runtime`], unless the pipeline was handed one; never the I/O
+//! thread that keeps the leases), at most `PipelineConfig::concurrency`
+//! jobs at once.
 //!
 //! A task holds nothing a restart would lose: it owns its lease, which is
 //! Pending until the task has a permit and Running while it works. A lost
@@ -26,6 +28,36 @@ use crate::error::ProcessError;
 use crate::job::Job;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContext};
+
+/// The runtime for the async and batch processors not handed one
+/// (`Pipeline::runtime`): multi-threaded, so a job that blocks its thread
+/// (a `std::thread::sleep`, a blocking client) holds up neither the I/O
+/// thread that keeps every lease nor the other jobs. `None` when no
+/// pipeline needs it; the `Runtime` owns it and shuts it down with itself.
+pub(crate) fn jobs_runtime(
+    pipelines: &mut [super::Pipeline],
+) -> std::io::Result<Option<tokio::runtime::Runtime>> {
+    let needs = |p: &super::Pipeline| {
+        p.runtime.is_none()
+            && matches!(
+                p.processor,
+                Some(ProcessorKind::Async(_) | ProcessorKind::Batch(..))
+            )
+    };
+    if !pipelines.iter().any(needs) {
+        return Ok(None);
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("ferry-jobs")
+        .enable_all()
+        .build()?;
+    for p in pipelines.iter_mut().filter(|p| needs(p)) {
+        p.runtime = Some(rt.handle().clone());
+    }
+    Ok(Some(rt))
+}
 
 pub(crate) struct AsyncRunner {
     task: Arc<Tasks>,
@@ -225,7 +257,7 @@ impl Tasks {
             if let Some(parts) = s.parts_of(job) {
                 return Ran::Split(match parts {
                     Err(message) => Split::Panicked(message),
-                    Ok(parts) => s.clone().send_split(parts, lease.cancel_arc()).await,
+                    Ok(parts) => s.clone().send_split(parts, lease.clone()).await,
                 });
             }
             if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
@@ -274,7 +306,7 @@ impl Tasks {
                         // A message that splits is not processed: its parts are.
                         let split = match parts {
                             Err(message) => Split::Panicked(message),
-                            Ok(parts) => s.clone().send_split(parts, lease.cancel_arc()).await,
+                            Ok(parts) => s.clone().send_split(parts, lease.clone()).await,
                         };
                         let span = crate::trace::job_span(&s.name, &lease.job);
                         finish_split(s, &self.outbox, &self.io, lease, split, false, &span);

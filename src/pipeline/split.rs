@@ -11,7 +11,6 @@
 //! deduplication) drop.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use super::{panic_message, with_retries, Shared};
 use crate::backend::OutgoingMessage;
 use crate::error::BackendError;
 use crate::job::{Job, JobId, JOB_ID_ATTRIBUTE};
-use crate::lease::Ending;
+use crate::lease::{Ending, Lease};
 use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 /// What became of a job offered to the split function.
@@ -72,14 +71,16 @@ impl Shared {
     pub(crate) async fn send_split(
         self: Arc<Self>,
         parts: Vec<OutgoingMessage>,
-        cancelled: Arc<AtomicBool>,
+        lease: Arc<Lease>,
     ) -> Split {
         let n = parts.len();
-        let flag = cancelled.clone();
+        // Before each batch: the lease still held, within its deadline.
         let sent = self
-            .send_parts(parts, move || flag.load(Ordering::Acquire))
+            .send_parts(parts, || {
+                self.lost_before(&lease, "sending a split's parts")
+            })
             .await;
-        if cancelled.load(Ordering::Acquire) {
+        if lease.is_cancelled() {
             return Split::Cancelled;
         }
         match sent {

@@ -45,8 +45,10 @@ use crate::stats::Stats;
 pub struct PipelineHealth {
     /// The pipeline's name.
     pub name: String,
-    /// `running`, `escalated`, `stalled` or `degraded` (a dependency is
-    /// failing: see `degraded`).
+    /// `running`, `escalated`, `blocked` (ferry's I/O thread has not run
+    /// for a while: see `io_blocked_ms`), `stalled` or `degraded` (a
+    /// dependency is failing: see `degraded`; or worker threads are
+    /// abandoned or stuck: see `problems`).
     pub status: &'static str,
     /// Why it escalated (the last escalation), if it ever did.
     pub reason: Option<String>,
@@ -63,6 +65,18 @@ pub struct PipelineHealth {
     /// pipeline's credentials), since when: the pipeline waits them out
     /// without charging its jobs.
     pub degraded: Vec<super::DegradedDependency>,
+    /// Worker threads replaced so far because their job ran past its
+    /// cancellation by more than `hang_grace`.
+    pub workers_replaced: u64,
+    /// Replaced worker threads still running their abandoned job now.
+    pub abandoned_workers: usize,
+    /// How long ferry's I/O thread (every pipeline's actors, lease keeping
+    /// included) has not run, when longer than the watchdog's bound: it is
+    /// blocked now.
+    pub io_blocked_ms: Option<u64>,
+    /// What is wrong now, in words: a blocked I/O thread, worker threads
+    /// abandoned or stuck.
+    pub problems: Vec<String>,
 }
 
 /// The supervision state of one pipeline, kept in [`Shared`].
@@ -74,6 +88,8 @@ pub(crate) struct HealthState {
     /// Restarts since the last job that succeeded.
     failing: AtomicU32,
     stalled: AtomicU64,
+    /// Worker threads abandoned or stuck in a job past its cancellation.
+    pub(crate) workers: super::stuck::Workers,
 }
 
 impl HealthState {
@@ -143,13 +159,16 @@ impl Shared {
         let stalled = self.care.health.stalled.load(Ordering::Acquire) as usize;
         let escalated = self.is_escalated();
         let degraded = self.care.dependencies.degraded();
+        let workers = &self.care.health.workers;
+        let replaced = self.stats.snapshot().workers_replaced;
+        let problems = workers.problems(replaced, self.config.max_abandoned_workers);
         PipelineHealth {
             name: self.name.to_string(),
             status: if escalated {
                 "escalated"
             } else if stalled > 0 {
                 "stalled"
-            } else if !degraded.is_empty() {
+            } else if !degraded.is_empty() || !problems.is_empty() {
                 "degraded"
             } else {
                 "running"
@@ -160,6 +179,10 @@ impl Shared {
             stalled_leases: stalled,
             states: states.into_iter().map(|(s, n)| (s.name(), n)).collect(),
             degraded,
+            workers_replaced: replaced,
+            abandoned_workers: workers.abandoned_now(),
+            io_blocked_ms: None,
+            problems,
         }
     }
 }

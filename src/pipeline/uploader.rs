@@ -32,7 +32,7 @@ impl Uploader {
         else {
             return;
         };
-        if lease.is_cancelled() || !lease.take_in() {
+        if s.lost_before(&lease, "storing the result") || !lease.take_in() {
             return;
         }
         let attempts = s.config.effect_attempts;
@@ -43,7 +43,7 @@ impl Uploader {
         };
         let body = output.body;
         let key = store.key(&lease.job.id);
-        let cancelled = lease.cancel_arc();
+        let held = lease.clone();
         let early_delete = crate::sabotage::on(crate::sabotage::Sabotage::DeleteBeforeUpload)
             .then(|| (s.sinks.source.clone(), lease.handle()));
         ctx.spawn(
@@ -52,9 +52,9 @@ impl Uploader {
                     let (store, key, body, meta) =
                         (store.clone(), key.clone(), body.clone(), meta.clone());
                     let early_delete = early_delete.clone();
-                    let lost = cancelled.load(std::sync::atomic::Ordering::Acquire);
+                    let lost = super::deadline::gone(&held);
                     async move {
-                        // No retry after the lease was lost.
+                        // No retry after the lease was lost or lapsed.
                         if lost {
                             return Err(crate::BackendError::Invalid {
                                 message: "lease lost".into(),
@@ -81,6 +81,7 @@ impl Uploader {
                             s.announce(vec![lease]);
                         }
                     }
+                    Err(_) if s.lost_before(&lease, "storing the result") => {}
                     Err(e) => s.settle_one(
                         lease,
                         super::dependencies::effect_failed("storing the result", &e),

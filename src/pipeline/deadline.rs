@@ -1,0 +1,87 @@
+//! Effects only within a lease's deadline. The lease keeper loses a lease
+//! whose deadline passed unconfirmed (DESIGN rule 5), but only when it
+//! runs: after ferry's I/O thread was blocked, an effect already queued
+//! could run first. So every effect (upload, publish, split, claim
+//! completion, delete) checks the deadline itself, not only the cancel
+//! flag, right before its call; and a job still running at its lease's
+//! maximum age is charged an attempt ("timed out").
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::lease::{Ending, Lease, LeaseState};
+use crate::stats::Stats;
+
+/// Whether a lease's deadline has passed: another reader may hold its
+/// message now.
+pub(crate) fn lapsed(lease: &Lease) -> bool {
+    lease.handle_and_deadline().1 <= Instant::now()
+}
+
+/// Whether no further effect may happen for a lease: it is cancelled, or
+/// its deadline has passed.
+pub(crate) fn gone(lease: &Lease) -> bool {
+    lease.is_cancelled() || lapsed(lease)
+}
+
+/// Splits what the acker is about to settle by one call into what may go
+/// on and the leases past their deadline, which the acker lets go instead
+/// (the queue hands their messages out again; a job whose effects are done
+/// stays remembered, so its return here is deleted as a copy).
+pub(crate) fn split_lapsed<T>(
+    s: &Shared,
+    items: Vec<T>,
+    lease_of: impl Fn(&T) -> Option<&Arc<Lease>>,
+) -> (Vec<T>, Vec<Arc<Lease>>) {
+    let mut lapsed_leases = Vec::new();
+    let kept = items
+        .into_iter()
+        .filter(|item| match lease_of(item) {
+            Some(lease) if lapsed(lease) => {
+                tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
+                    "visibility deadline passed before the lease was settled: letting it go");
+                Stats::inc(&s.stats.leases_lost);
+                lapsed_leases.push(lease.clone());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (kept, lapsed_leases)
+}
+
+impl Shared {
+    /// Before an effect: true (and the lease lost, its job cancelled) when
+    /// the lease is cancelled or its deadline has passed, so the effect must
+    /// not happen. A lease the acker is settling is left to the acker.
+    pub(crate) fn lost_before(&self, lease: &Arc<Lease>, effect: &str) -> bool {
+        if lease.is_cancelled() {
+            return true;
+        }
+        if !lapsed(lease) {
+            return false;
+        }
+        self.lose(
+            lease,
+            &format!("visibility deadline passed before {effect}"),
+        );
+        true
+    }
+
+    /// How a lease cancelled at its age limit (`limit` names it) ends: a
+    /// job still running then ran past its limit, a failed attempt ("timed
+    /// out"); any other lease is given back.
+    pub(crate) fn past_max_age(&self, lease: &Lease, limit: &str) -> Ending {
+        if lease.state() != LeaseState::Running {
+            return Ending::Release;
+        }
+        Ending::Retry {
+            reason: format!(
+                "timed out: still running when its lease reached its age limit ({limit})"
+            ),
+            after: None,
+        }
+    }
+}
