@@ -129,10 +129,44 @@ async fn bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once(kind: K
 
 async fn a_message_received_too_often_is_dead_lettered_unprocessed(kind: Kind) {
     // A poison message that killed earlier workers arrives with a receive
-    // count over the limit (no redrive policy on this queue).
+    // count over the backstop (no redrive policy on this queue).
     let h = Harness::new();
     h.send_jobs(1).await;
     for _ in 0..3 {
+        use ferry::backend::Queue;
+        let got = h
+            .jobs
+            .receive(1, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+    }
+    let p = Counting::new();
+    let rt = Runtime::builder()
+        .pipeline(h.pipeline_of(kind, p.clone()).configure(|c| {
+            c.max_receives = 3;
+            c.max_deliveries = Some(3);
+        }))
+        .start()
+        .await
+        .unwrap();
+    eventually("dead-lettered", || {
+        h.dlq.snapshot().len() == 1 && h.jobs.depth_now().total() == 0
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(p.started_count(), 0);
+    assert!(h.dlq.snapshot()[0].attributes[DLQ_REASON_ATTRIBUTE]
+        .contains("received 4 times without an outcome"));
+}
+
+/// Receives are not attempts: without the `max_deliveries` backstop a
+/// message received more often than `max_receives` (deferred, given back,
+/// its worker killed) still runs, and succeeds.
+async fn receives_that_never_ran_the_job_are_not_attempts(kind: Kind) {
+    let h = Harness::new();
+    h.send_jobs(1).await;
+    for _ in 0..5 {
         use ferry::backend::Queue;
         let got = h
             .jobs
@@ -150,13 +184,11 @@ async fn a_message_received_too_often_is_dead_lettered_unprocessed(kind: Kind) {
         .start()
         .await
         .unwrap();
-    eventually("dead-lettered", || {
-        h.dlq.snapshot().len() == 1 && h.jobs.depth_now().total() == 0
-    })
-    .await;
+    eventually("done", || h.jobs.depth_now().total() == 0).await;
     rt.shutdown().await;
-    assert_eq!(p.started_count(), 0);
-    assert!(h.dlq.snapshot()[0].attributes[DLQ_REASON_ATTRIBUTE].contains("received 4 times"));
+    assert_eq!(p.started_count(), 1);
+    assert!(h.dlq.snapshot().is_empty());
+    assert_eq!(h.results().await.len(), 1);
 }
 
 #[tokio::test]
@@ -194,4 +226,5 @@ for_each_kind!(
     retries_back_off_then_dead_letter_after_max_receives,
     bad_input_goes_to_the_dead_letter_queue_with_its_reason_at_once,
     a_message_received_too_often_is_dead_lettered_unprocessed,
+    receives_that_never_ran_the_job_are_not_attempts,
 );

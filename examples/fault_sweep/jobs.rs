@@ -77,7 +77,14 @@ pub(crate) fn text(rng: &mut StdRng) -> String {
 pub(crate) fn jobs_of(plan: &Plan) -> Vec<SentJob> {
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x6a6f_6273);
     let mut jobs: Vec<SentJob> = (0..plan.jobs)
-        .map(|i| SentJob::new(format!("job-{i:03}"), text(&mut rng), 0))
+        .map(|i| {
+            let id = if plan.unicode_ids {
+                format!("café-{i:03}")
+            } else {
+                format!("job-{i:03}")
+            };
+            SentJob::new(id, text(&mut rng), 0)
+        })
         .collect();
     for (i, stage) in plan.bad.iter().enumerate() {
         let marker = if *stage == 1 { BAD_AT_1 } else { BAD_AT_2 };

@@ -48,6 +48,11 @@ pub(crate) struct Plan {
     pub(crate) infra: InfraFaults,
     /// Jobs that fail every attempt at stage 1.
     pub(crate) poison: usize,
+    /// The pipelines' long-poll wait: short, or longer than the visibility
+    /// (ferry bounds it so a late arrival keeps its lease).
+    pub(crate) receive_wait: Duration,
+    /// Good jobs' ids carry non-ASCII characters (`café-007`).
+    pub(crate) unicode_ids: bool,
 }
 
 /// Messages an attacker adds, and what an operator does mid-run.
@@ -155,12 +160,21 @@ impl Plan {
         let hostile = Hostile::new(seed, large_payloads.is_some());
         let infra = infra_faults(seed, visibility);
         let poison = StdRng::seed_from_u64(seed ^ 0x706f_6973).gen_range(0..=2) / 2;
+        let mut wrng = StdRng::seed_from_u64(seed ^ 0x7761_6974);
+        let receive_wait = if wrng.gen_bool(0.5) {
+            Duration::from_millis(50)
+        } else {
+            visibility.mul_f64(wrng.gen_range(0.5..3.0))
+        };
+        let unicode_ids = wrng.gen_bool(0.3);
         let mut plan = Self {
             seed,
             kinds,
             hostile,
             infra,
             poison,
+            receive_wait,
+            unicode_ids,
             jobs: args.jobs.unwrap_or(jobs),
             fifo,
             groups,
@@ -210,7 +224,7 @@ impl Plan {
              slow {:.3} (max {} ms), refuse {:.3}\n  \
              processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}\n  \
              hostile: {:?}\n  \
-             infra: {:?}, poison jobs {}",
+             infra: {:?}, poison jobs {}, receive wait {} ms, unicode ids {}",
             self.jobs,
             if self.fifo {
                 format!("FIFO in {} groups", self.groups)
@@ -243,6 +257,8 @@ impl Plan {
             self.hostile,
             self.infra,
             self.poison,
+            self.receive_wait.as_millis(),
+            self.unicode_ids,
         )
     }
 }

@@ -150,10 +150,11 @@ impl World {
     /// wrappers of the seed's queues, topic and result store.
     pub(crate) fn pipelines(&self, plan: &Plan, worker: u8) -> [Pipeline; 2] {
         let (visibility, flush) = (plan.visibility, plan.flush_interval);
+        let receive_wait = plan.receive_wait;
         let tune = move |c: &mut PipelineConfig| {
             c.workers = 2;
             c.visibility_timeout = visibility;
-            c.receive_wait = Duration::from_millis(50);
+            c.receive_wait = receive_wait;
             c.retry_backoff_base = Duration::from_millis(20);
             c.retry_backoff_max = Duration::from_millis(200);
             c.flush_interval = flush;
