@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
-pub mod backend;
 mod attempts;
+pub mod backend;
 mod config;
 pub mod dlq;
 mod error;

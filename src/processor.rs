@@ -196,8 +196,11 @@ pub(crate) fn blocking<T: Send + 'static>(
     io: &tokio::runtime::Handle,
     fut: impl std::future::Future<Output = Result<T, ProcessError>> + Send + 'static,
 ) -> Result<T, ProcessError> {
-    run_blocking(io, fut)
-        .unwrap_or_else(|| Err(ProcessError::unavailable("the runtime stopped during a fetch")))
+    run_blocking(io, fut).unwrap_or_else(|| {
+        Err(ProcessError::unavailable(
+            "the runtime stopped during a fetch",
+        ))
+    })
 }
 
 /// Reads at most `limit` bytes of an object: bad input when it is missing

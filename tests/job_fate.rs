@@ -382,7 +382,10 @@ async fn a_claim_renewal_that_fails_cancels_its_job_before_its_effects() {
     let stats = rt.stats_of("stage").unwrap();
     assert!(stats.claims_lost >= 1, "{stats:?}");
     assert!(p.cancelled.load(Ordering::Acquire) >= 1, "{stats:?}");
-    assert_eq!(stats.uploaded, 1, "only the run that kept its claim stored: {stats:?}");
+    assert_eq!(
+        stats.uploaded, 1,
+        "only the run that kept its claim stored: {stats:?}"
+    );
     assert!(entries(&h).is_empty());
     rt.shutdown().await;
 }
