@@ -19,8 +19,12 @@ use ferry::{DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
 
 /// Dead-letter entries: job id → reason.
 fn entries(h: &Harness) -> HashMap<String, String> {
-    h.dlq
-        .snapshot()
+    entries_of(&h.dlq)
+}
+
+/// A dead-letter queue's entries: job id → reason.
+fn entries_of(dlq: &ferry::backend::local::LocalQueue) -> HashMap<String, String> {
+    dlq.snapshot()
         .into_iter()
         .map(|m| {
             (
@@ -289,22 +293,7 @@ async fn fifo_followers_of_a_poison_head_keep_their_attempts() {
         .await
         .unwrap();
     eventually("the group drained", || jobs.depth_now().total() == 0).await;
-    let dead: Vec<(String, String)> = dlq
-        .snapshot()
-        .into_iter()
-        .map(|m| {
-            (
-                m.attributes
-                    .get(JOB_ID_ATTRIBUTE)
-                    .cloned()
-                    .unwrap_or_default(),
-                m.attributes
-                    .get(DLQ_REASON_ATTRIBUTE)
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+    let dead: Vec<(String, String)> = entries_of(&dlq).into_iter().collect();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, "poison");
     assert!(dead[0].1.contains("failed on all 5 attempts"), "{dead:?}");
