@@ -25,8 +25,14 @@ async fn eventually(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
     );
 }
 
-/// The embedded queue, with deletes that fail while `failing`, and the
-/// first delete of the message with body `refuse` refused for good.
+/// The pipeline's visibility timeout: a visibility change of this length is
+/// an extension, any other a give-back.
+const VISIBILITY: Duration = Duration::from_millis(400);
+
+/// The embedded queue, with deletes that fail while `failing`, the first
+/// delete of the message with body `refuse` refused for good, deletes and
+/// give-backs held while `hold_deletes` / `hold_give_backs`, and each
+/// extension answered only after `slow_extensions` (if set).
 #[derive(Debug)]
 struct Scripted {
     inner: Arc<LocalQueue>,
@@ -34,6 +40,22 @@ struct Scripted {
     refuse: Option<String>,
     refused: Mutex<Option<String>>,
     deletes: AtomicUsize,
+    hold_deletes: AtomicBool,
+    hold_give_backs: AtomicBool,
+    held: AtomicUsize,
+    slow_extensions: Mutex<Option<Duration>>,
+    /// An extension is under way (between its call and its answer).
+    extending: Arc<AtomicBool>,
+    /// A give-back was sent while an extension was under way.
+    overlapped: AtomicBool,
+    /// Every give-back's handle, in call order.
+    give_backs: Mutex<Vec<String>>,
+}
+
+async fn while_set(flag: &AtomicBool) {
+    while flag.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 impl Scripted {
@@ -44,6 +66,13 @@ impl Scripted {
             refuse: refuse.map(str::to_owned),
             refused: Mutex::default(),
             deletes: AtomicUsize::new(0),
+            hold_deletes: AtomicBool::new(false),
+            hold_give_backs: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            slow_extensions: Mutex::default(),
+            extending: Arc::default(),
+            overlapped: AtomicBool::new(false),
+            give_backs: Mutex::default(),
         })
     }
 }
@@ -73,6 +102,10 @@ impl Queue for Scripted {
     }
     async fn delete_batch(&self, handles: &[String]) -> Result<Vec<EntryResult>, BackendError> {
         self.deletes.fetch_add(1, Ordering::AcqRel);
+        if self.hold_deletes.load(Ordering::Acquire) {
+            self.held.fetch_add(1, Ordering::AcqRel);
+            while_set(&self.hold_deletes).await;
+        }
         if self.failing.load(Ordering::Acquire) {
             return Err(BackendError::transient("deletes are failing"));
         }
@@ -100,6 +133,34 @@ impl Queue for Scripted {
         &self,
         entries: &[(String, Duration)],
     ) -> Result<Vec<EntryResult>, BackendError> {
+        if entries.iter().all(|(_, d)| *d == VISIBILITY) {
+            let slow = *self.slow_extensions.lock().unwrap();
+            if let Some(slow) = slow {
+                // Cleared however the call ends (the keeper may drop it).
+                struct Clear<'a>(&'a AtomicBool);
+                impl Drop for Clear<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                self.extending.store(true, Ordering::Release);
+                let _clear = Clear(&self.extending);
+                tokio::time::sleep(slow).await;
+                return self.inner.change_visibility_batch(entries).await;
+            }
+            return self.inner.change_visibility_batch(entries).await;
+        }
+        if self.extending.load(Ordering::Acquire) {
+            self.overlapped.store(true, Ordering::Release);
+        }
+        self.give_backs
+            .lock()
+            .unwrap()
+            .extend(entries.iter().map(|(h, _)| h.clone()));
+        if self.hold_give_backs.load(Ordering::Acquire) {
+            self.held.fetch_add(1, Ordering::AcqRel);
+            while_set(&self.hold_give_backs).await;
+        }
         self.inner.change_visibility_batch(entries).await
     }
     async fn send_batch(
@@ -113,12 +174,14 @@ impl Queue for Scripted {
     }
 }
 
-/// Refuses bodies starting with `bad` as bad input until fixed; counts runs
-/// per job id.
+/// Refuses bodies starting with `bad` as bad input until fixed; asks for a
+/// retry of a first delivery of a body starting with `retry` (once
+/// `extending` is set, for `retry after extension`); counts runs per job id.
 #[derive(Clone, Default)]
 struct Fixable {
     fixed: Arc<AtomicBool>,
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    extending: Arc<AtomicBool>,
 }
 
 impl Fixable {
@@ -138,6 +201,15 @@ impl Processor for Fixable {
         if job.body.starts_with("bad") && !self.fixed.load(Ordering::Acquire) {
             return Err(ProcessError::bad_input("bad"));
         }
+        if job.body.starts_with("retry") && job.receive_count == 1 {
+            if job.body == "retry after extension" {
+                let until = std::time::Instant::now() + Duration::from_secs(5);
+                while !self.extending.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            return Err(ProcessError::retry("again"));
+        }
         Ok(Output::text(job.body.clone()))
     }
 }
@@ -156,12 +228,16 @@ impl World {
         let inner = local.create_queue("jobs", QueueOptions::default());
         let dlq = local.create_queue("jobs-dlq", QueueOptions::default());
         let queue = Scripted::new(inner.clone(), refuse);
+        let p = Fixable {
+            extending: queue.extending.clone(),
+            ..Fixable::default()
+        };
         Self {
             local,
             inner,
             queue,
             dlq,
-            p: Fixable::default(),
+            p,
         }
     }
 
@@ -185,7 +261,9 @@ impl World {
                     .processor(move || p.clone())
                     .configure(move |c| {
                         c.workers = 2;
-                        c.visibility_timeout = Duration::from_millis(400);
+                        c.visibility_timeout = VISIBILITY;
+                        c.retry_backoff_base = Duration::from_millis(20);
+                        c.retry_backoff_max = Duration::from_millis(200);
                         c.receive_wait = Duration::from_millis(50);
                         c.flush_interval = flush_interval;
                     }),
@@ -276,4 +354,86 @@ async fn a_dead_lettered_job_let_go_is_forgotten() {
     rt.shutdown().await;
     assert_eq!(w.dlq.depth_now().total(), 1, "a second dead-letter entry");
     assert_eq!(w.p.runs_of("J"), 2);
+}
+
+/// DESIGN rule 5: a give-back waits for an extension under way; sent
+/// before it lands, the extension would hide the message again.
+#[tokio::test]
+async fn a_give_back_waits_for_the_extension_under_way() {
+    let w = World::new(None);
+    // Within the extension's time limit (a quarter of the visibility).
+    *w.queue.slow_extensions.lock().unwrap() = Some(Duration::from_millis(80));
+    w.send("j1", "retry after extension").await;
+    let rt = w.start(Duration::from_millis(2)).await;
+    eventually("the retry and the rerun", LIMIT, || {
+        w.p.runs_of("j1") == 2 && w.inner.snapshot().is_empty()
+    })
+    .await;
+    rt.shutdown().await;
+    assert!(
+        !w.queue.give_backs.lock().unwrap().is_empty(),
+        "no give-back seen"
+    );
+    assert!(
+        !w.queue.overlapped.load(Ordering::Acquire),
+        "a give-back went out while an extension was under way"
+    );
+}
+
+/// DESIGN rule 4: the newest receipt handle deletes. A copy merged while
+/// the delete with the older handle is under way: that delete is refused,
+/// and the acker deletes again with the newer one; nothing is lost.
+#[tokio::test]
+async fn a_delete_refused_for_a_handle_replaced_meanwhile_is_sent_again() {
+    let w = World::new(None);
+    w.queue.hold_deletes.store(true, Ordering::Release);
+    w.send("j1", "done").await;
+    let rt = w.start(Duration::from_millis(2)).await;
+    eventually("a held delete", LIMIT, || {
+        w.queue.held.load(Ordering::Acquire) >= 1
+    })
+    .await;
+    let id = w.inner.snapshot()[0].message_id.clone();
+    assert!(w.inner.duplicate_now(&id));
+    eventually("the copy merged", LIMIT, || {
+        rt.stats_of("stage").unwrap().duplicates_merged == 1
+    })
+    .await;
+    w.queue.hold_deletes.store(false, Ordering::Release);
+    eventually("the delete", LIMIT, || w.inner.snapshot().is_empty()).await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(stats.leases_lost, 0, "{stats:?}");
+    assert_eq!(stats.duplicates_dropped, 0, "{stats:?}");
+    assert_eq!(w.p.runs_of("j1"), 1);
+}
+
+/// The same for a give-back: one refused for a handle replaced meanwhile
+/// is sent again with the newer handle, so the retry's backoff applies to
+/// the delivery the queue knows.
+#[tokio::test]
+async fn a_give_back_for_a_handle_replaced_meanwhile_is_sent_again() {
+    let w = World::new(None);
+    w.queue.hold_give_backs.store(true, Ordering::Release);
+    w.send("j1", "retry").await;
+    let rt = w.start(Duration::from_millis(2)).await;
+    eventually("a held give-back", LIMIT, || {
+        w.queue.held.load(Ordering::Acquire) >= 1
+    })
+    .await;
+    let id = w.inner.snapshot()[0].message_id.clone();
+    assert!(w.inner.duplicate_now(&id));
+    eventually("the copy merged", LIMIT, || {
+        rt.stats_of("stage").unwrap().duplicates_merged == 1
+    })
+    .await;
+    w.queue.hold_give_backs.store(false, Ordering::Release);
+    eventually("the rerun", LIMIT, || {
+        w.p.runs_of("j1") == 2 && w.inner.snapshot().is_empty()
+    })
+    .await;
+    rt.shutdown().await;
+    let backs = w.queue.give_backs.lock().unwrap().clone();
+    assert!(backs.len() >= 2, "{backs:?}");
+    assert_ne!(backs[0], backs[1], "the newer handle was never given back");
 }
