@@ -595,6 +595,7 @@ mod tests {
                 assert!(!shared.life.leases.contains(a2.id));
                 assert!(!shared.life.leases.contains(a3.id));
                 assert_eq!(q.depth_now().in_flight, 2, "a1 (never settled) and b1");
+                assert_eq!(shared.stats.snapshot().released, 2);
                 assert!(q
                     .change_visibility_batch(&[(a1.handle(), Duration::ZERO)])
                     .await
