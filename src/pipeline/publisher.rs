@@ -87,9 +87,11 @@ impl Publisher {
                             let (topic, part) = (topic.clone(), part.to_vec());
                             async move {
                                 if lost {
-                                    return Err(BackendError::Invalid {
-                                        message: "a lease of the batch was lost".into(),
-                                    });
+                                    // Not the other jobs' doing: they wait,
+                                    // charged nothing.
+                                    return Err(BackendError::transient(
+                                        "a lease of the batch was lost",
+                                    ));
                                 }
                                 if crate::sabotage::on(crate::sabotage::Sabotage::SkipPublish) {
                                     return Ok(part.iter().map(|_| Ok(String::new())).collect());

@@ -56,9 +56,7 @@ impl Uploader {
                     async move {
                         // No retry after the lease was lost or lapsed.
                         if lost {
-                            return Err(crate::BackendError::Invalid {
-                                message: "lease lost".into(),
-                            });
+                            return Err(crate::BackendError::transient("lease lost"));
                         }
                         if let Some((queue, handle)) = early_delete {
                             let _ = queue.delete_batch(&[handle]).await;
