@@ -628,17 +628,19 @@ impl Acker {
     /// dead-letter mark is claimed first, so two workers holding copies of
     /// one message (their attempts counted apart) make one entry: a message
     /// already marked is deleted without one; one being marked elsewhere
-    /// is given back until that worker is done (it may yet fail to send).
+    /// is given back until that worker is done (it may yet fail to send),
+    /// and so is one whose mark the store could not take (after quick
+    /// retries).
     fn send_dead(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         let s = self.shared.clone();
         let Some(store) = s.sinks.store.clone().filter(|_| !batch.is_empty()) else {
             self.send_dead_entries(batch, ctx);
             return;
         };
-        let hold = s.config.claim_hold();
+        let (hold, attempts) = (s.config.claim_hold(), s.config.effect_attempts);
         let marks = futures_util::future::join_all(batch.iter().map(|l| {
             let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
-            async move { store.claim(&key, &owner, hold).await }
+            async move { super::with_retries(attempts, || store.claim(&key, &owner, hold)).await }
         }));
         self.call(ctx, marks, move |act, results, ctx| {
             let mut send = Vec::new();
@@ -651,13 +653,13 @@ impl Acker {
                         });
                         act.deletes.push(Delete::Job(lease));
                     }
-                    Ok(ClaimOutcome::HeldElsewhere { .. }) => {
+                    // Being marked elsewhere, or the store failing: look
+                    // again later rather than risk a second entry.
+                    Ok(ClaimOutcome::HeldElsewhere { .. }) | Err(_) => {
                         lease.set_ending(Ending::Defer { after: hold });
                         act.visibility.push(lease);
                     }
-                    // Claimed, or the store failed: send (a failed mark
-                    // costs at most a second entry).
-                    _ => send.push(lease),
+                    Ok(ClaimOutcome::Claimed) => send.push(lease),
                 }
             }
             act.send_dead_entries(send, ctx);
@@ -731,17 +733,12 @@ impl Acker {
             self.deletes.extend(leases.into_iter().map(Delete::Job));
             return;
         };
-        let (hold, keep) = (s.config.claim_hold(), s.config.completed_ttl);
+        let (keep, attempts) = (s.config.completed_ttl, s.config.effect_attempts);
         let marks = futures_util::future::join_all(leases.iter().map(|l| {
             let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
             async move {
-                // Claimed before the send (`send_dead`); a claim that
-                // failed then is taken now.
-                if !matches!(store.complete(&key, &owner, keep).await, Ok(true)) {
-                    if let Ok(ClaimOutcome::Claimed) = store.claim(&key, &owner, hold).await {
-                        let _ = store.complete(&key, &owner, keep).await;
-                    }
-                }
+                // Claimed before the send (`send_dead`).
+                let _ = super::with_retries(attempts, || store.complete(&key, &owner, keep)).await;
             }
         }));
         self.call(ctx, marks, move |act, _, _| {
