@@ -251,6 +251,10 @@ impl World {
     }
 
     async fn start(&self, flush_interval: Duration) -> RuntimeHandle {
+        self.start_with(flush_interval, 500).await
+    }
+
+    async fn start_with(&self, flush_interval: Duration, max_in_flight: usize) -> RuntimeHandle {
         let p = self.p.clone();
         Runtime::builder()
             .pipeline(
@@ -266,6 +270,7 @@ impl World {
                         c.retry_backoff_max = Duration::from_millis(200);
                         c.receive_wait = Duration::from_millis(50);
                         c.flush_interval = flush_interval;
+                        c.max_in_flight = max_in_flight;
                     }),
             )
             .start()
@@ -436,4 +441,43 @@ async fn a_give_back_for_a_handle_replaced_meanwhile_is_sent_again() {
     let backs = w.queue.give_backs.lock().unwrap().clone();
     assert!(backs.len() >= 2, "{backs:?}");
     assert_ne!(backs[0], backs[1], "the newer handle was never given back");
+}
+
+/// A delete refused because another reader holds the message now (not a
+/// copy merged into the lease): the job's effects are done, the lease is
+/// counted lost and ends — the refusal is not retried for ever.
+#[tokio::test]
+async fn a_delete_refused_because_another_reader_holds_the_message_ends_the_lease() {
+    let w = World::new(None);
+    w.queue.hold_deletes.store(true, Ordering::Release);
+    w.send("j1", "done").await;
+    // One lease at a time: the pipeline does not receive while it settles.
+    let rt = w.start_with(Duration::from_millis(2), 1).await;
+    eventually("a held delete", LIMIT, || {
+        w.queue.held.load(Ordering::Acquire) >= 1
+    })
+    .await;
+    let id = w.inner.snapshot()[0].message_id.clone();
+    assert!(w.inner.duplicate_now(&id));
+    let theirs = w
+        .inner
+        .receive(1, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1, "another reader took it");
+    w.queue.hold_deletes.store(false, Ordering::Release);
+    eventually("the lease ended", LIMIT, || {
+        rt.stats_of("stage").unwrap().leases_lost == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls = w.queue.deletes.load(Ordering::Acquire);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        w.queue.deletes.load(Ordering::Acquire),
+        calls,
+        "the refused delete is retried"
+    );
+    rt.shutdown().await;
+    assert_eq!(w.p.runs_of("j1"), 1);
 }
