@@ -472,12 +472,7 @@ async fn a_delete_refused_because_another_reader_holds_the_message_ends_the_leas
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let calls = w.queue.deletes.load(Ordering::Acquire);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        w.queue.deletes.load(Ordering::Acquire),
-        calls,
-        "the refused delete is retried"
-    );
+    assert_eq!(calls, 1, "the refused delete was retried");
     rt.shutdown().await;
     assert_eq!(w.p.runs_of("j1"), 1);
 }
