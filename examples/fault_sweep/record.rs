@@ -79,6 +79,7 @@ pub(crate) struct Effect {
 /// A message as its queue handed it out.
 #[derive(Debug, Clone)]
 pub(crate) struct Message {
+    pub(crate) job: String,
     pub(crate) group: Option<String>,
 }
 
@@ -299,11 +300,12 @@ impl Queue for RecordedQueue {
                 let job = job_of(m);
                 r.handles.insert(
                     (self.stage, m.receipt_handle.clone()),
-                    (m.message_id.clone(), job),
+                    (m.message_id.clone(), job.clone()),
                 );
                 r.messages
                     .entry((self.stage, m.message_id.clone()))
                     .or_insert(Message {
+                        job,
                         group: m.group_id.clone(),
                     });
             }

@@ -31,7 +31,7 @@ pub(crate) struct World {
     pub(crate) payloads: Option<LargePayloads>,
     topic: Arc<LocalTopic>,
     /// The idempotency store every worker shares (used with exactly-once).
-    store: Arc<LocalIdempotencyStore>,
+    pub(crate) store: Arc<LocalIdempotencyStore>,
     /// What happened, job by job.
     pub(crate) log: Arc<Log>,
 }
