@@ -507,4 +507,60 @@ mod tests {
         assert_eq!(out.depth_now().total(), 1, "the notice went out once");
         drop(running);
     }
+
+    #[test]
+    fn a_settling_lease_the_acker_lost_track_of_is_found_and_finished() {
+        actix_rt::System::new().block_on(lost_settling());
+    }
+
+    /// A lease handed to the acker (Settling, its ending recorded) whose
+    /// message never reached it: the stall watch restarts the acker, which
+    /// re-derives its work from the Settling leases and deletes it.
+    async fn lost_settling() {
+        let local = LocalBackend::new();
+        let q = local.create_queue("q", QueueOptions::default());
+        let dlq = local.create_queue("dlq", QueueOptions::default());
+        q.enqueue(OutgoingMessage::new("m")).unwrap();
+        let shared = Shared::new(
+            Pipeline::new("p")
+                .source(q.clone())
+                .dead_letter(dlq)
+                .results(local.blobs(), "r", "out/", "txt")
+                .processor(|| Noop)
+                .configure(|c| {
+                    c.stall_timeout = Duration::from_millis(200);
+                    c.visibility_timeout = Duration::from_secs(30);
+                    c.receive_wait = Duration::from_millis(10);
+                }),
+        );
+        let m = q
+            .receive(1, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .remove(0);
+        let running = crate::pipeline::start(shared.clone());
+        let handle = m.receipt_handle.clone();
+        let lease = shared.life.leases.insert(
+            Job::from_message(m),
+            handle,
+            tokio::time::Instant::now() + Duration::from_secs(30),
+        );
+        // Settling with its ending, but the acker never told.
+        let moved = shared.begin_settle(vec![(
+            lease,
+            crate::lease::Ending::Delete {
+                dead_lettered: false,
+            },
+        )]);
+        assert_eq!(moved.len(), 1);
+        let done = crate::testkit::wait_until(Duration::from_secs(10), || {
+            q.depth_now().total() == 0 && shared.life.leases.is_empty()
+        })
+        .await;
+        let stats = shared.stats.snapshot();
+        assert!(done, "the stalled Settling lease was not finished: {stats:?}");
+        assert!(stats.actor_restarts >= 1, "{stats:?}");
+        assert_eq!(stats.acked, 1, "{stats:?}");
+        drop(running);
+    }
 }
