@@ -638,10 +638,15 @@ impl Acker {
             return;
         };
         let (hold, attempts) = (s.config.claim_hold(), s.config.effect_attempts);
-        let marks = futures_util::future::join_all(batch.iter().map(|l| {
-            let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
-            async move { super::with_retries(attempts, || store.claim(&key, &owner, hold)).await }
-        }));
+        let marks =
+            futures_util::future::join_all(
+                batch.iter().map(|l| {
+                    let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
+                    async move {
+                        super::with_retries(attempts, || store.claim(&key, &owner, hold)).await
+                    }
+                }),
+            );
         self.call(ctx, marks, move |act, results, ctx| {
             let mut send = Vec::new();
             for (lease, r) in batch.into_iter().zip(results) {

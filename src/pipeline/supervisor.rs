@@ -558,7 +558,10 @@ mod tests {
         })
         .await;
         let stats = shared.stats.snapshot();
-        assert!(done, "the stalled Settling lease was not finished: {stats:?}");
+        assert!(
+            done,
+            "the stalled Settling lease was not finished: {stats:?}"
+        );
         assert!(stats.actor_restarts >= 1, "{stats:?}");
         assert_eq!(stats.acked, 1, "{stats:?}");
         drop(running);
