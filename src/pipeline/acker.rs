@@ -993,6 +993,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wait_gives_the_message_back_for_a_pause_not_at_once() {
+        let a = acker(false);
+        let of = |ending| a.visibility_of(&settling(&a, 1, ending));
+        assert_eq!(
+            of(Ending::Wait {
+                reason: "throttled".into(),
+                after: Some(Duration::from_secs(7)),
+            }),
+            Duration::from_secs(7)
+        );
+        // The pipeline's own pause: never zero, which would hand the job
+        // straight back into the failing dependency.
+        let base = a.shared.config.retry_backoff_base;
+        let w = of(Ending::Wait {
+            reason: "throttled".into(),
+            after: None,
+        });
+        assert!(w >= base / 2 && w > Duration::ZERO, "{w:?}");
+    }
+
+    #[tokio::test]
     async fn the_visibility_set_is_the_endings() {
         let a = acker(false);
         let cfg = a.shared.config.clone();
