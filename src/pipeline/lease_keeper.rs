@@ -516,6 +516,8 @@ mod tests {
     struct Renewals {
         renewed: std::sync::atomic::AtomicBool,
         closed: std::sync::atomic::AtomicBool,
+        /// Renewals fail (a transient error) instead of answering.
+        failing: std::sync::atomic::AtomicBool,
         calls: std::sync::atomic::AtomicUsize,
     }
 
@@ -534,6 +536,9 @@ mod tests {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             while self.closed.load(Acquire) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if self.failing.load(Acquire) {
+                return Err(BackendError::transient("the store is down"));
             }
             Ok(self.renewed.load(Acquire))
         }
@@ -854,6 +859,57 @@ mod tests {
                 })
             );
             assert_eq!(shared.stats.snapshot().claims_lost, 0);
+        });
+    }
+
+    /// A renewal that fails after the lease began settling, or after its
+    /// claim was given up, changes nothing either: the effects are done, or
+    /// no claim is at stake. One that fails while the job runs cancels it.
+    #[test]
+    fn a_failed_renewal_cancels_only_a_running_claimed_lease() {
+        paused_system().block_on(async {
+            let local = LocalBackend::new();
+            let q = one_queue(&local, 3);
+            let store = Arc::new(Renewals::default());
+            store
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
+            store
+                .failing
+                .store(true, std::sync::atomic::Ordering::Release);
+            let shared = over(
+                q.clone(),
+                &local,
+                Duration::from_secs(30),
+                Some(store.clone()),
+            );
+            let leases = lease_all(&shared, q.as_ref(), 3).await;
+            for l in &leases {
+                l.set_claimed();
+            }
+            crate::pipeline::start_keeper_only(shared.clone());
+            tokio::time::sleep(Duration::from_secs(16)).await;
+            assert_eq!(store.calls.load(std::sync::atomic::Ordering::Acquire), 3);
+            assert!(leases[0].begin_settling(
+                &[LeaseState::Pending],
+                Ending::Delete {
+                    dead_lettered: false
+                }
+            ));
+            assert!(leases[1].take_claim());
+            store
+                .closed
+                .store(false, std::sync::atomic::Ordering::Release);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(!leases[0].is_cancelled() && !leases[1].is_cancelled());
+            assert_eq!(
+                leases[0].ending(),
+                Some(Ending::Delete {
+                    dead_lettered: false
+                })
+            );
+            assert!(leases[2].is_cancelled(), "the running claimed job");
+            assert_eq!(shared.stats.snapshot().claims_lost, 1);
         });
     }
 
