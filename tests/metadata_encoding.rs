@@ -112,7 +112,8 @@ async fn non_ascii_job_ids_are_ascii_on_the_wire_and_read_back_whole() {
     // Waits for the resumes themselves: moto's depth can read 0 while the
     // lapsed messages are not yet visible again.
     eventually_async("the three resumed and the source drained", || async {
-        rt.stats_of("stage").is_some_and(|s| s.resumed + s.dead_lettered >= 3)
+        rt.stats_of("stage")
+            .is_some_and(|s| s.resumed + s.dead_lettered >= 3)
             && h.depth(&h.jobs).await.total() == 0
     })
     .await;
