@@ -17,7 +17,8 @@ pub enum Sabotage {
     SkipPublish = 3,
     /// A FIFO group's next message runs without waiting for the one before.
     LoseFifoOrder = 4,
-    /// A job whose processor asked for a retry is dead-lettered instead.
+    /// A job whose processor asked for a retry, or whose upload or notice
+    /// failed, is dead-lettered instead.
     DeadLetterRetries = 5,
     /// The infrastructure's failures are charged to the job as attempts.
     ChargeInfrastructure = 6,

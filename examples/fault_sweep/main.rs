@@ -177,7 +177,8 @@ enum Sabotage {
     SkipPublish,
     /// The runtime runs a FIFO group's messages without waiting.
     LoseFifoOrder,
-    /// The runtime dead-letters jobs that asked for a retry.
+    /// The runtime dead-letters jobs that asked for a retry or whose effect
+    /// failed.
     DeadLetterRetries,
     /// The runtime charges the infrastructure's failures to the jobs.
     ChargeInfrastructure,

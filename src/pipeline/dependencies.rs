@@ -50,6 +50,9 @@ pub(crate) fn degrades(e: &BackendError) -> bool {
 /// failed attempt.
 pub(crate) fn effect_failed(what: &str, e: &BackendError) -> crate::lease::Ending {
     let reason = format!("{what}: {e}");
+    if crate::sabotage::on(crate::sabotage::Sabotage::DeadLetterRetries) {
+        return crate::lease::Ending::DeadLetter { reason };
+    }
     let charge = crate::sabotage::on(crate::sabotage::Sabotage::ChargeInfrastructure);
     if degrades(e) && !charge {
         crate::lease::Ending::Wait {
