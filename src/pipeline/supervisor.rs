@@ -450,6 +450,28 @@ mod tests {
     /// A lease left in an actor's state with no message to that actor (as
     /// if the actor had lost it) is found by the stall watch; the actor is
     /// restarted and finishes it.
+    /// Starts the pipeline with the source's one message taken by hand and
+    /// leased outside the poller (which so finds none): a lease no actor
+    /// was told of.
+    async fn leased_by_hand(
+        shared: &Arc<Shared>,
+        q: &crate::backend::local::LocalQueue,
+    ) -> (crate::pipeline::Running, Arc<crate::lease::Lease>) {
+        let m = q
+            .receive(1, Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .remove(0);
+        let running = crate::pipeline::start(shared.clone());
+        let handle = m.receipt_handle.clone();
+        let lease = shared.life.leases.insert(
+            Job::from_message(m),
+            handle,
+            tokio::time::Instant::now() + Duration::from_secs(30),
+        );
+        (running, lease)
+    }
+
     #[test]
     fn a_lease_an_actor_lost_track_of_is_found_and_finished() {
         actix_rt::System::new().block_on(lost_track());
@@ -476,19 +498,7 @@ mod tests {
                     c.receive_wait = Duration::from_millis(10);
                 }),
         );
-        // The message is taken by hand, so the pipeline's poller finds none.
-        let m = q
-            .receive(1, Duration::ZERO, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .remove(0);
-        let running = crate::pipeline::start(shared.clone());
-        let handle = m.receipt_handle.clone();
-        let lease = shared.life.leases.insert(
-            Job::from_message(m),
-            handle,
-            tokio::time::Instant::now() + Duration::from_secs(30),
-        );
+        let (running, lease) = leased_by_hand(&shared, &q).await;
         // Its result "stored", but the publisher never told.
         for (from, to) in [
             (LeaseState::Pending, LeaseState::Running),
@@ -533,18 +543,7 @@ mod tests {
                     c.receive_wait = Duration::from_millis(10);
                 }),
         );
-        let m = q
-            .receive(1, Duration::ZERO, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .remove(0);
-        let running = crate::pipeline::start(shared.clone());
-        let handle = m.receipt_handle.clone();
-        let lease = shared.life.leases.insert(
-            Job::from_message(m),
-            handle,
-            tokio::time::Instant::now() + Duration::from_secs(30),
-        );
+        let (running, lease) = leased_by_hand(&shared, &q).await;
         // Settling with its ending, but the acker never told.
         let moved = shared.begin_settle(vec![(
             lease,
