@@ -815,49 +815,64 @@ mod tests {
         });
     }
 
+    /// Leases `n` claimed messages, holds their renewals past the first
+    /// extension, then settles the first lease and gives up the second's
+    /// claim before the renewals answer — refused, or failing when
+    /// `failing` — and lets them land.
+    async fn renewals_answering_late(
+        n: usize,
+        failing: bool,
+    ) -> (Arc<Shared>, Vec<Arc<crate::lease::Lease>>) {
+        let local = LocalBackend::new();
+        let q = one_queue(&local, n);
+        let store = Arc::new(Renewals::default());
+        store
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        store
+            .failing
+            .store(failing, std::sync::atomic::Ordering::Release);
+        let shared = over(
+            q.clone(),
+            &local,
+            Duration::from_secs(30),
+            Some(store.clone()),
+        );
+        let leases = lease_all(&shared, q.as_ref(), n).await;
+        for l in &leases {
+            l.set_claimed();
+        }
+        crate::pipeline::start_keeper_only(shared.clone());
+        // All extended at 15 s, their renewals held.
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert_eq!(store.calls.load(std::sync::atomic::Ordering::Acquire), n);
+        assert!(leases[0].begin_settling(
+            &[LeaseState::Pending],
+            Ending::Delete {
+                dead_lettered: false
+            }
+        ));
+        assert!(leases[1].take_claim());
+        store
+            .closed
+            .store(false, std::sync::atomic::Ordering::Release);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!leases[0].is_cancelled() && !leases[1].is_cancelled());
+        assert_eq!(
+            leases[0].ending(),
+            Some(Ending::Delete {
+                dead_lettered: false
+            })
+        );
+        (shared, leases)
+    }
+
     /// A refusal that lands after the lease began settling, or after its
     /// claim was given up, changes nothing.
     #[test]
     fn a_late_renewal_refusal_leaves_a_settling_or_unclaimed_lease_alone() {
         paused_system().block_on(async {
-            let local = LocalBackend::new();
-            let q = one_queue(&local, 2);
-            let store = Arc::new(Renewals::default());
-            store
-                .closed
-                .store(true, std::sync::atomic::Ordering::Release);
-            let shared = over(
-                q.clone(),
-                &local,
-                Duration::from_secs(30),
-                Some(store.clone()),
-            );
-            let leases = lease_all(&shared, q.as_ref(), 2).await;
-            for l in &leases {
-                l.set_claimed();
-            }
-            crate::pipeline::start_keeper_only(shared.clone());
-            // Both extended at 15 s, their renewals held.
-            tokio::time::sleep(Duration::from_secs(16)).await;
-            assert_eq!(store.calls.load(std::sync::atomic::Ordering::Acquire), 2);
-            assert!(leases[0].begin_settling(
-                &[LeaseState::Pending],
-                Ending::Delete {
-                    dead_lettered: false
-                }
-            ));
-            assert!(leases[1].take_claim());
-            store
-                .closed
-                .store(false, std::sync::atomic::Ordering::Release);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(!leases[0].is_cancelled() && !leases[1].is_cancelled());
-            assert_eq!(
-                leases[0].ending(),
-                Some(Ending::Delete {
-                    dead_lettered: false
-                })
-            );
+            let (shared, _) = renewals_answering_late(2, false).await;
             assert_eq!(shared.stats.snapshot().claims_lost, 0);
         });
     }
@@ -868,46 +883,7 @@ mod tests {
     #[test]
     fn a_failed_renewal_cancels_only_a_running_claimed_lease() {
         paused_system().block_on(async {
-            let local = LocalBackend::new();
-            let q = one_queue(&local, 3);
-            let store = Arc::new(Renewals::default());
-            store
-                .closed
-                .store(true, std::sync::atomic::Ordering::Release);
-            store
-                .failing
-                .store(true, std::sync::atomic::Ordering::Release);
-            let shared = over(
-                q.clone(),
-                &local,
-                Duration::from_secs(30),
-                Some(store.clone()),
-            );
-            let leases = lease_all(&shared, q.as_ref(), 3).await;
-            for l in &leases {
-                l.set_claimed();
-            }
-            crate::pipeline::start_keeper_only(shared.clone());
-            tokio::time::sleep(Duration::from_secs(16)).await;
-            assert_eq!(store.calls.load(std::sync::atomic::Ordering::Acquire), 3);
-            assert!(leases[0].begin_settling(
-                &[LeaseState::Pending],
-                Ending::Delete {
-                    dead_lettered: false
-                }
-            ));
-            assert!(leases[1].take_claim());
-            store
-                .closed
-                .store(false, std::sync::atomic::Ordering::Release);
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            assert!(!leases[0].is_cancelled() && !leases[1].is_cancelled());
-            assert_eq!(
-                leases[0].ending(),
-                Some(Ending::Delete {
-                    dead_lettered: false
-                })
-            );
+            let (shared, leases) = renewals_answering_late(3, true).await;
             assert!(leases[2].is_cancelled(), "the running claimed job");
             assert_eq!(shared.stats.snapshot().claims_lost, 1);
         });
