@@ -158,6 +158,9 @@ enum FaultClass {
     Infra,
     /// Jobs that fail every attempt (dead-lettered once they used all).
     Poison,
+    /// Processor runs that hang ignoring their cancellation, and async runs
+    /// that block their thread.
+    Hang,
 }
 
 /// A deliberately broken promise.

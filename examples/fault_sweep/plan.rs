@@ -18,6 +18,13 @@ pub(crate) struct ProcessorFaults {
     pub(crate) retry_rate: f64,
     /// Chance that a run first sleeps 1–3 visibility timeouts.
     pub(crate) stall_rate: f64,
+    /// Chance that a run hangs, ignoring its cancellation, past its lease's
+    /// maximum age and the hang grace (a sync job's thread must then be
+    /// replaced; an async job is dropped): a failed attempt of its own.
+    pub(crate) hang_rate: f64,
+    /// Chance that an async or batch run blocks its thread (a
+    /// `std::thread::sleep` of half to one and a half visibility timeouts).
+    pub(crate) block_rate: f64,
 }
 
 /// Everything one seed chose.
@@ -38,6 +45,10 @@ pub(crate) struct Plan {
     /// Bad inputs, and the stage (1 or 2) that rejects each.
     pub(crate) bad: Vec<u8>,
     pub(crate) visibility: Duration,
+    /// The leases' maximum age: short (10 visibility timeouts) where jobs
+    /// may hang, so that a hang ends in a "timed out" attempt within the
+    /// seed; else the default.
+    pub(crate) max_lease_age: Option<Duration>,
     pub(crate) flush_interval: Duration,
     pub(crate) faults: Faults,
     pub(crate) processor: ProcessorFaults,
@@ -148,6 +159,18 @@ impl Plan {
             panic_rate: some_rate(&mut rng, 0.1),
             retry_rate: some_rate(&mut rng, 0.1),
             stall_rate: some_rate(&mut rng, 0.05),
+            hang_rate: 0.0,
+            block_rate: 0.0,
+        };
+        let mut hrng = StdRng::seed_from_u64(seed ^ 0x6861_6e67);
+        let processor = if hrng.gen_bool(0.3) {
+            ProcessorFaults {
+                hang_rate: some_rate(&mut hrng, 0.08),
+                block_rate: some_rate(&mut hrng, 0.05),
+                ..processor
+            }
+        } else {
+            processor
         };
         // Drawn apart, so that a seed's other choices stay as they were.
         let mut kinds_rng = StdRng::seed_from_u64(seed ^ 0x6b69_6e64);
@@ -184,6 +207,7 @@ impl Plan {
             large_payloads,
             bad,
             visibility,
+            max_lease_age: None,
             flush_interval,
             faults,
             processor,
@@ -208,7 +232,12 @@ impl Plan {
                 FaultClass::Hostile => plan.hostile = Hostile::default(),
                 FaultClass::Infra => plan.infra = InfraFaults::default(),
                 FaultClass::Poison => plan.poison = 0,
+                FaultClass::Hang => (p.hang_rate, p.block_rate) = (0.0, 0.0),
             }
+        }
+        let p = &plan.processor;
+        if p.hang_rate > 0.0 || p.block_rate > 0.0 {
+            plan.max_lease_age = Some(plan.visibility * 10);
         }
         plan
     }
@@ -222,7 +251,8 @@ impl Plan {
              timings: visibility {} ms, flush {} ms\n  \
              backend faults: fail {:.3}, duplicate {:.3}, redeliver-after-delete {:.3}, panic {:.3}, \
              slow {:.3} (max {} ms), refuse {:.3}\n  \
-             processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}\n  \
+             processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}, \
+             hang {:.3}, block its thread {:.3}\n  \
              hostile: {:?}\n  \
              infra: {:?}, poison jobs {}, receive wait {} ms, unicode ids {}",
             self.jobs,
@@ -254,6 +284,8 @@ impl Plan {
             p.panic_rate,
             p.retry_rate,
             p.stall_rate,
+            p.hang_rate,
+            p.block_rate,
             self.hostile,
             self.infra,
             self.poison,

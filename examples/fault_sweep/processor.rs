@@ -12,7 +12,9 @@ use crate::world::result_key;
 use crate::{BAD_AT_1, BAD_AT_2, BUCKET, MAX_RECEIVES, POISON};
 
 /// A stable draw from `[0, 1)` for a job, a stage, an attempt and a purpose
-/// (FNV-1a, the same on every machine).
+/// (FNV-1a, the same on every machine, then MurmurHash3's finaliser: FNV's
+/// high bits barely move when only an id's last character does, so ids
+/// such as `job-001` and `job-002` would draw almost alike).
 fn draw(seed: u64, purpose: u64, stage: u8, attempt: u32, id: &str) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let salt = [seed, purpose, u64::from(stage), u64::from(attempt)];
@@ -20,6 +22,11 @@ fn draw(seed: u64, purpose: u64, stage: u8, attempt: u32, id: &str) -> f64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -40,6 +47,9 @@ pub(crate) struct SweepProcessor {
     pub(crate) seed: u64,
     pub(crate) faults: ProcessorFaults,
     pub(crate) visibility: Duration,
+    /// How long a hanging run hangs: past the lease's maximum age and the
+    /// hang grace, so it is timed out and its thread replaced meanwhile.
+    pub(crate) hang: Duration,
     pub(crate) log: Arc<Log>,
 }
 
@@ -48,6 +58,10 @@ struct Draws {
     panic: bool,
     stall: Duration,
     retry: bool,
+    /// Hang, ignoring cancellation.
+    hang: bool,
+    /// Block the thread (async and batch runs) this long.
+    block: Duration,
 }
 
 impl SweepProcessor {
@@ -55,19 +69,35 @@ impl SweepProcessor {
     /// to stall, whether to ask for a retry. Failures stop from the
     /// `MAX_RECEIVES - 1`th receive on, so a good job fails at most
     /// `MAX_RECEIVES - 2` times of its own and is never dead-lettered for
-    /// failing: whatever else happens to it is not its fault.
+    /// failing: whatever else happens to it is not its fault. Stalls and
+    /// blocks stop there too, so that no late run is timed out by them.
     fn faults_of(&self, job: &Job) -> Draws {
         let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
         let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
+        let early = n + 1 < MAX_RECEIVES;
         Draws {
             panic: n == 1 && d(1) < f.panic_rate,
-            stall: if d(2) < f.stall_rate {
+            stall: if early && d(2) < f.stall_rate {
                 self.visibility.mul_f64(1.0 + 2.0 * d(3))
             } else {
                 Duration::ZERO
             },
-            retry: d(4) < f.retry_rate && n + 1 < MAX_RECEIVES,
+            retry: early && d(4) < f.retry_rate,
+            hang: early && d(5) < f.hang_rate,
+            block: if early && d(6) < f.block_rate {
+                self.visibility.mul_f64(0.5 + d(7))
+            } else {
+                Duration::ZERO
+            },
         }
+    }
+
+    /// Records a run that hangs from now on: it ignores its cancellation,
+    /// so ferry must time it out, and it counts as cancelled (whatever it
+    /// returns, if ever, is dropped).
+    fn hangs(&self, job: &Job) {
+        let start = self.log.tick();
+        self.record(job, start, RunEnd::Hung, true);
     }
 
     /// Records a run that started at `start`.
@@ -153,6 +183,11 @@ impl Processor for SweepProcessor {
         if d.panic {
             self.panic(job, start);
         }
+        if d.hang {
+            self.hangs(job);
+            std::thread::sleep(self.hang);
+            return Err(ProcessError::retry("hung"));
+        }
         std::thread::sleep(d.stall);
         let r = (|| {
             if d.retry {
@@ -177,6 +212,13 @@ impl AsyncProcessor for SweepProcessor {
         if d.panic {
             self.panic(job, start);
         }
+        if d.hang {
+            self.hangs(job);
+            tokio::time::sleep(self.hang).await;
+            return Err(ProcessError::retry("hung"));
+        }
+        // Blocks the thread it runs on, as a blocking call in async code does.
+        std::thread::sleep(d.block);
         tokio::time::sleep(d.stall).await;
         let r = async {
             if d.retry {
@@ -213,6 +255,10 @@ impl BatchProcessor for SweepProcessor {
             }
             self.panic(&jobs[i], start);
         }
+        // A batch does not hang (the whole batch would be timed out with
+        // it), but it may block its thread.
+        let block = draws.iter().map(|d| d.block).max().unwrap_or_default();
+        std::thread::sleep(block);
         let stall = draws.iter().map(|d| d.stall).max().unwrap_or_default();
         tokio::time::sleep(stall).await;
         let mut out = Vec::with_capacity(jobs.len());

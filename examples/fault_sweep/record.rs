@@ -32,6 +32,8 @@ pub(crate) enum RunEnd {
     Unavailable,
     /// It panicked.
     Panicked,
+    /// It hung, ignoring its cancellation (recorded when it began to hang).
+    Hung,
 }
 
 /// One processor run.

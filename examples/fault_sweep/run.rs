@@ -180,6 +180,14 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
                 serde_json::to_string(&s.stats).unwrap_or_default()
             );
         }
+        let tally = world.log.with(|r| {
+            let mut t = std::collections::BTreeMap::<String, usize>::new();
+            for run in &r.runs {
+                *t.entry(format!("{:?}", run.how)).or_default() += 1;
+            }
+            t
+        });
+        let _ = writeln!(details, "  processor runs: {tally:?}");
         let calls = world.local.calls();
         let _ = writeln!(
             details,

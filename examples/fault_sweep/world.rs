@@ -151,8 +151,13 @@ impl World {
     pub(crate) fn pipelines(&self, plan: &Plan, worker: u8) -> [Pipeline; 2] {
         let (visibility, flush) = (plan.visibility, plan.flush_interval);
         let receive_wait = plan.receive_wait;
+        let max_lease_age = plan.max_lease_age;
         let tune = move |c: &mut PipelineConfig| {
             c.workers = 2;
+            if let Some(age) = max_lease_age {
+                c.max_lease_age = age;
+            }
+            c.hang_grace = visibility;
             c.visibility_timeout = visibility;
             c.receive_wait = receive_wait;
             c.retry_backoff_base = Duration::from_millis(20);
@@ -168,6 +173,7 @@ impl World {
             seed: plan.seed,
             faults: plan.processor,
             visibility,
+            hang: plan.max_lease_age.unwrap_or_default() + visibility * 3,
             log: self.log.clone(),
         };
         let store = plan.exactly_once.then(|| self.store.clone());

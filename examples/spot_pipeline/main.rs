@@ -324,10 +324,11 @@ async fn main() -> Result<()> {
         let t = runtime.total();
         bar.set_position(n.min(total) as u64);
         bar.set_message(format!(
-            "dup {} retry {} restart {}",
+            "dup {} retry {} restart {}{}",
             t.duplicates(),
             t.retried,
-            t.restarts
+            t.restarts,
+            report::troubles(&runtime.health())
         ));
         if done || Instant::now() >= deadline {
             break;
@@ -356,6 +357,10 @@ async fn main() -> Result<()> {
         println!(
             "shutdown            {} ms, {} leases held at exit",
             shutdown.elapsed_ms, shutdown.held_at_exit
+        );
+        println!(
+            "io_thread_blocks    {} (longest {} ms)",
+            shutdown.io_thread_blocks, shutdown.longest_io_block_ms
         );
     }
     if let Some(exporter) = &mut exporter {

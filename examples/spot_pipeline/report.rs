@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ferry::backend::Queue;
 use ferry::prelude::*;
-use ferry::{PipelineStats, StatsSnapshot, DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
+use ferry::{PipelineHealth, PipelineStats, StatsSnapshot, DLQ_REASON_ATTRIBUTE, JOB_ID_ATTRIBUTE};
 use ferry_actors::ImageStats;
 use serde::Serialize;
 
@@ -35,6 +35,12 @@ pub(crate) struct Report {
     leases_extended: u64,
     retried: u64,
     resumed: u64,
+    /// Leases given back because a dependency failed (throttling, expired
+    /// credentials, outages): no attempt charged.
+    waited: u64,
+    /// Worker threads replaced because their job hung past its
+    /// cancellation.
+    workers_replaced: u64,
     /// Successful processor runs, per stage: equal to `jobs` when every job
     /// ran exactly once.
     processor_completions: BTreeMap<String, u64>,
@@ -181,6 +187,8 @@ pub(crate) async fn build(
         leases_extended: total.leases_extended,
         retried: total.retried,
         resumed: total.resumed,
+        waited: total.waited,
+        workers_replaced: total.workers_replaced,
         processor_completions: per_stage(&stats, |s| s.processed),
         processor_panics: per_stage(&stats, |s| s.panics),
         processor_failures: per_stage(&stats, |s| s.failed),
@@ -196,6 +204,26 @@ pub(crate) async fn build(
         sent_order: sent_order(produced),
         run_order: crate::record::run_order(),
     })
+}
+
+/// What is wrong now, for the progress line: each pipeline that is not
+/// `running`, with the dependencies it waits out and its problems (a
+/// blocked I/O thread, abandoned or stuck workers). Empty when all is well.
+pub(crate) fn troubles(health: &[PipelineHealth]) -> String {
+    let mut out = String::new();
+    for h in health.iter().filter(|h| h.status != "running") {
+        let mut what: Vec<String> = h
+            .degraded
+            .iter()
+            .map(|d| {
+                let secs = d.since.elapsed().map_or(0, |e| e.as_secs());
+                format!("{} failing {secs}s ({})", d.name, d.last_error)
+            })
+            .collect();
+        what.extend(h.problems.iter().cloned());
+        out.push_str(&format!(" | {} {}: {}", h.name, h.status, what.join("; ")));
+    }
+    out
 }
 
 /// Each FIFO group's good jobs, in send order.
@@ -230,6 +258,11 @@ impl Report {
         );
         println!("retried             {}", self.retried);
         println!("resumed             {}", self.resumed);
+        println!(
+            "waited              {} (leases given back while a dependency failed, no attempt charged)",
+            self.waited
+        );
+        println!("workers_replaced    {}", self.workers_replaced);
         println!("leases_extended     {}", self.leases_extended);
         let stages = |m: &BTreeMap<String, u64>| {
             m.iter()
