@@ -54,7 +54,18 @@ pub(crate) fn job_id_problem(id: &JobId) -> Option<String> {
 #[serde(transparent)]
 pub struct JobId(Arc<str>);
 
+/// A job id's 128-bit hash, which the seen-ID cache and the lease table
+/// keep instead of the id. Two ids share a key with a chance of about
+/// n²/2¹²⁹ (1e-29 for 100,000 ids).
+pub(crate) type JobKey = [u64; 2];
+
 impl JobId {
+    /// The id's 128-bit hash.
+    pub(crate) fn key(&self) -> JobKey {
+        let h = xxhash_rust::xxh3::xxh3_128(self.as_str().as_bytes());
+        [h as u64, (h >> 64) as u64]
+    }
+
     /// A job id from a string.
     pub fn new(id: impl AsRef<str>) -> Self {
         Self(Arc::from(id.as_ref()))
@@ -133,6 +144,16 @@ pub struct Job {
 }
 
 impl Job {
+    /// The `job` span of this delivery in `pipeline`'s stage.
+    pub(crate) fn span(&self, pipeline: &str) -> tracing::Span {
+        let delivery = crate::trace::Delivery {
+            job_id: self.id.as_str(),
+            message_id: &self.message_id,
+            receive_count: self.receive_count,
+        };
+        crate::trace::job_span(pipeline, delivery, &self.trace)
+    }
+
     /// Reads a received message: unwraps an SNS envelope and finds the job id.
     pub fn from_message(m: ReceivedMessage) -> Self {
         let mut attributes = m.attributes;

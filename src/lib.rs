@@ -3,6 +3,7 @@
 
 mod attempts;
 pub mod backend;
+mod cancel;
 mod config;
 pub mod dlq;
 mod error;

@@ -18,15 +18,7 @@
 //! [`END_TO_END_SECONDS`] (from receive to delete, per job acked). Gauge:
 //! [`IN_FLIGHT`] (leases held).
 
-/// The label naming the pipeline on every ferry metric.
-pub const PIPELINE_LABEL: &str = "pipeline";
-/// Histogram: how long one processor run took, in seconds.
-pub const PROCESSING_SECONDS: &str = "ferry_processing_seconds";
-/// Histogram: from a message's receive to its delete, in seconds, per job
-/// acked (dead-lettered jobs and dropped copies not included).
-pub const END_TO_END_SECONDS: &str = "ferry_end_to_end_seconds";
-/// Gauge: leases held now.
-pub const IN_FLIGHT: &str = "ferry_in_flight";
+pub use crate::stats::{END_TO_END_SECONDS, IN_FLIGHT, PIPELINE_LABEL, PROCESSING_SECONDS};
 
 /// The names of every counter ferry emits (each ends in `_total`).
 pub fn counter_names() -> &'static [&'static str] {

@@ -326,7 +326,7 @@ impl Default for BatchOptions {
 pub struct TaskContext {
     pub(crate) reader: Arc<Reader>,
     /// One per job of the batch (one for an async processor's job).
-    pub(crate) cancels: Arc<[crate::lease::CancelHandle]>,
+    pub(crate) cancels: Arc<[crate::cancel::CancelHandle]>,
 }
 
 impl TaskContext {

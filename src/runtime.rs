@@ -287,7 +287,7 @@ impl RuntimeHandle {
             _ => ShutdownReport::default(),
         };
         self.heartbeat.stop();
-        self.heartbeat.report(&mut report);
+        (report.io_thread_blocks, report.longest_io_block_ms) = self.heartbeat.blocks();
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }

@@ -10,18 +10,11 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::job::JobId;
+use crate::job::{JobId, JobKey};
 use crate::lease::Lease;
 
-/// A job id's 128-bit hash: the cache keeps no id strings. Two ids share a
-/// key with a chance of about n²/2¹²⁹ (1e-29 for 100,000 ids).
-pub(crate) type SeenKey = [u64; 2];
-type Key = SeenKey;
-
-pub(crate) fn key(id: &JobId) -> Key {
-    let h = xxhash_rust::xxh3::xxh3_128(id.as_str().as_bytes());
-    [h as u64, (h >> 64) as u64]
-}
+/// The cache keeps no id strings, only their hashes.
+type Key = JobKey;
 
 #[derive(Debug, Clone)]
 enum Seen {
@@ -75,7 +68,7 @@ impl SeenCache {
 
     /// Classifies a delivery; `make` creates the lease of a new one.
     pub fn claim(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Claim {
-        self.claim_key(key(id), make)
+        self.claim_key(id.key(), make)
     }
 
     /// [`SeenCache::claim`] by a key already hashed.
@@ -101,7 +94,7 @@ impl SeenCache {
 
     /// The job finished (deleted or dead-lettered): later copies are dropped.
     pub fn complete(&self, id: &JobId) {
-        self.complete_keys(&[key(id)]);
+        self.complete_keys(&[id.key()]);
     }
 
     /// Marks a batch of jobs completed at once (one clock read, one lock).
@@ -290,7 +283,7 @@ mod tests {
     #[test]
     fn the_key_is_the_ids_128_bit_xxh3() {
         assert_eq!(
-            key(&JobId::new("job-1")),
+            JobId::new("job-1").key(),
             [0xa733_14ba_43d2_8cef, 0x3327_6808_5871_1e9f]
         );
     }

@@ -1,10 +1,20 @@
 //! Counters per pipeline, readable at any time as a [`StatsSnapshot`], and
-//! mirrored to the `metrics` facade (see [`crate::metrics`]): each counter
+//! mirrored to the `metrics` facade (see the `metrics` module): each counter
 //! `x` is also `ferry_x_total{pipeline="…"}`, bumped at the same moment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+
+/// The label naming the pipeline on every ferry metric.
+pub const PIPELINE_LABEL: &str = "pipeline";
+/// Histogram: how long one processor run took, in seconds.
+pub const PROCESSING_SECONDS: &str = "ferry_processing_seconds";
+/// Histogram: from a message's receive to its delete, in seconds, per job
+/// acked (dead-lettered jobs and dropped copies not included).
+pub const END_TO_END_SECONDS: &str = "ferry_end_to_end_seconds";
+/// Gauge: leases held now.
+pub const IN_FLIGHT: &str = "ferry_in_flight";
 
 /// One counter: the value the snapshot reads, and its `metrics` handle.
 #[derive(Debug)]
@@ -17,7 +27,7 @@ impl Counter {
     fn new(name: &'static str, pipeline: &str) -> Self {
         Self {
             value: AtomicU64::new(0),
-            metric: metrics::counter!(name, crate::metrics::PIPELINE_LABEL => pipeline.to_owned()),
+            metric: metrics::counter!(name, PIPELINE_LABEL => pipeline.to_owned()),
         }
     }
 
@@ -50,12 +60,11 @@ macro_rules! counters {
             /// The counters of the pipeline `pipeline`, registered with the
             /// `metrics` recorder installed now (if any).
             pub(crate) fn new(pipeline: &str) -> Self {
-                use crate::metrics as m;
                 Self {
                     $( $name: Counter::new(concat!("ferry_", stringify!($name), "_total"), pipeline), )*
-                    processing: metrics::histogram!(m::PROCESSING_SECONDS, m::PIPELINE_LABEL => pipeline.to_owned()),
-                    end_to_end: metrics::histogram!(m::END_TO_END_SECONDS, m::PIPELINE_LABEL => pipeline.to_owned()),
-                    in_flight: metrics::gauge!(m::IN_FLIGHT, m::PIPELINE_LABEL => pipeline.to_owned()),
+                    processing: metrics::histogram!(PROCESSING_SECONDS, PIPELINE_LABEL => pipeline.to_owned()),
+                    end_to_end: metrics::histogram!(END_TO_END_SECONDS, PIPELINE_LABEL => pipeline.to_owned()),
+                    in_flight: metrics::gauge!(IN_FLIGHT, PIPELINE_LABEL => pipeline.to_owned()),
                 }
             }
 

@@ -112,12 +112,18 @@ impl fmt::Debug for TraceContext {
     }
 }
 
-/// The `job` span of one delivery in one stage; `outcome` is recorded when
-/// the processor returns.
-pub(crate) fn job_span(pipeline: &str, job: &crate::job::Job) -> tracing::Span {
-    let t = &job.trace;
-    let span = tracing::info_span!("job", pipeline = %pipeline, job_id = %job.id,
-        message_id = %job.message_id, receive_count = job.receive_count,
+/// Which delivery a `job` span is of.
+pub(crate) struct Delivery<'a> {
+    pub(crate) job_id: &'a str,
+    pub(crate) message_id: &'a str,
+    pub(crate) receive_count: u32,
+}
+
+/// The `job` span of one delivery in one stage, in trace `t`; `outcome` is
+/// recorded when the processor returns.
+pub(crate) fn job_span(pipeline: &str, d: Delivery<'_>, t: &TraceContext) -> tracing::Span {
+    let span = tracing::info_span!("job", pipeline = %pipeline, job_id = %d.job_id,
+        message_id = %d.message_id, receive_count = d.receive_count,
         trace_id = %format_args!("{:032x}", t.trace_id),
         span_id = %format_args!("{:016x}", t.span_id),
         parent_span_id = tracing::field::Empty, outcome = tracing::field::Empty);

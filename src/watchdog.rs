@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::pipeline::PipelineHealth;
-use crate::runtime::ShutdownReport;
-
 /// The I/O thread's last beat, and what the watchdog saw of it.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
@@ -133,9 +131,12 @@ impl Heartbeat {
         }
     }
 
-    /// Adds what the watchdog saw to a shutdown report.
-    pub(crate) fn report(&self, r: &mut ShutdownReport) {
-        r.io_thread_blocks = self.blocks.load(Ordering::Acquire);
-        r.longest_io_block_ms = self.longest_ms.load(Ordering::Acquire);
+    /// What the watchdog saw so far: how many times the I/O thread was
+    /// blocked, and the longest block in milliseconds.
+    pub(crate) fn blocks(&self) -> (u64, u64) {
+        (
+            self.blocks.load(Ordering::Acquire),
+            self.longest_ms.load(Ordering::Acquire),
+        )
     }
 }

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use ferry::backend::local::LocalIdempotencyStore;
 use ferry::backend::local::QueueOptions;
 use ferry::backend::{OutgoingMessage, Queue};
 use ferry::dlq::{self, RedriveOptions};
-use ferry::idempotency::{job_key, IdempotencyStore, LocalIdempotencyStore};
+use ferry::idempotency::{job_key, IdempotencyStore};
 use ferry::prelude::*;
 use ferry::{DLQ_REASON_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, JOB_ID_ATTRIBUTE};
 

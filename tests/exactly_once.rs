@@ -12,10 +12,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry::backend::local::Faults;
-use ferry::idempotency::{
-    job_key, IdempotencyStore, LocalIdempotencyStore, OffsetClock, RecordStatus,
-};
+use ferry::backend::local::{Faults, LocalIdempotencyStore};
+use ferry::idempotency::{job_key, IdempotencyStore, OffsetClock, RecordStatus};
 use ferry::prelude::*;
 
 use common::{eventually_async, Counting, Harness, Kind};

@@ -14,14 +14,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::watched::{Hang, Watched};
 use common::*;
+use ferry::backend::local::LocalIdempotencyStore;
 use ferry::backend::local::{LocalQueue, Op};
 use ferry::backend::{
     BlobStore, EntryResult, Notification, ObjectMeta, OutgoingMessage, Queue, QueueDepth,
     ReceivedMessage, Topic,
 };
-use ferry::idempotency::{
-    ClaimOutcome, IdempotencyRecord, IdempotencyStore, LocalIdempotencyStore,
-};
+use ferry::idempotency::{ClaimOutcome, IdempotencyRecord, IdempotencyStore};
 use ferry::prelude::*;
 use ferry::BackendError;
 

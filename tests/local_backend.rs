@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry::backend::local::LocalIdempotencyStore;
 use ferry::backend::local::{Faults, LocalBackend, Op, QueueOptions};
 use ferry::backend::{BlobStore, ObjectMeta, OutgoingMessage, Queue, Topic, MAX_MESSAGE_BYTES};
-use ferry::idempotency::{ClaimOutcome, IdempotencyStore, LocalIdempotencyStore};
+use ferry::idempotency::{ClaimOutcome, IdempotencyStore};
 use ferry::BackendError;
 
 const VIS: Duration = Duration::from_secs(30);

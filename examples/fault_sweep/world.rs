@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry::backend::local::LocalIdempotencyStore;
 use ferry::backend::local::{LocalBackend, LocalQueue, LocalTopic, QueueOptions};
 use ferry::backend::{BlobStore, OutgoingMessage, Queue};
-use ferry::idempotency::LocalIdempotencyStore;
 use ferry::payload::LargePayloads;
 use ferry::prelude::*;
 use ferry::JOB_ID_ATTRIBUTE;

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry::backend::aws::{AwsBackend, AwsOptions, QueueSpec};
+use ferry::backend::local::LocalIdempotencyStore;
 use ferry::backend::local::{LocalBackend, QueueOptions};
 use ferry::backend::{BlobStore, Queue, Topic};
-use ferry::idempotency::{IdempotencyStore, LocalIdempotencyStore};
+use ferry::idempotency::IdempotencyStore;
 
 use crate::args::{Args, Backend};
 use crate::Result;

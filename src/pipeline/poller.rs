@@ -242,7 +242,7 @@ impl Poller {
                 job.id = id;
             }
             let id = job.id.clone();
-            let k = crate::seen::key(&id);
+            let k = id.key();
             // The job moves into the new lease, or stays here for a copy.
             let mut job = Some(job);
             let claim = s.life.seen.claim_key(k, || {

@@ -207,7 +207,7 @@ impl Worker {
         }
         self.slot.begin(&lease);
         let job = &lease.job;
-        let span = crate::trace::job_span(&s.name, job);
+        let span = job.span(&s.name);
         let _entered = span.enter();
         let ctx = JobContext {
             reader: s.sinks.reader.clone(),

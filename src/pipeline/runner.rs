@@ -241,7 +241,7 @@ impl Tasks {
         }
         let s = &self.shared;
         self.running.fetch_add(1, Ordering::AcqRel);
-        let span = crate::trace::job_span(&s.name, &lease.job);
+        let span = lease.job.span(&s.name);
         let began = Instant::now();
         let cancel = s.life.leases.cancel_handle(&lease);
         let ctx = TaskContext {
@@ -308,7 +308,7 @@ impl Tasks {
                             Err(message) => Split::Panicked(message),
                             Ok(parts) => s.clone().send_split(parts, lease.clone()).await,
                         };
-                        let span = crate::trace::job_span(&s.name, &lease.job);
+                        let span = lease.job.span(&s.name);
                         finish_split(s, &self.outbox, &self.io, lease, split, false, &span);
                         continue;
                     }
@@ -316,7 +316,7 @@ impl Tasks {
                     leases.push(lease);
                 }
                 Err(outcome) => {
-                    let span = crate::trace::job_span(&s.name, &lease.job);
+                    let span = lease.job.span(&s.name);
                     finish(s, &self.outbox, &self.io, lease, outcome, false, &span);
                 }
             }
@@ -376,7 +376,7 @@ impl Tasks {
         let elapsed = began.elapsed();
         for (i, (lease, outcome)) in leases.into_iter().zip(outcomes.drain(..)).enumerate() {
             s.stats.processing.record(elapsed);
-            let span = crate::trace::job_span(&s.name, &lease.job);
+            let span = lease.job.span(&s.name);
             // A lease lost meanwhile is over: its answer is discarded.
             if lease.is_cancelled() {
                 span.record("outcome", "cancelled");

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use super::faults::{FaultState, Op};
+use super::faults::FaultState;
+use super::op::Op;
 use crate::backend::{object_name_problem, BlobStore, ObjectMeta};
 use crate::error::BackendError;
 

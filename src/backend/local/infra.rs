@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::faults::Op;
+use super::op::Op;
 use crate::error::BackendError;
 
 /// A span of time, counted from when the faults it belongs to were set

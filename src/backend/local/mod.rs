@@ -21,7 +21,9 @@
 mod blob;
 mod dedup;
 mod faults;
+mod idempotency;
 mod infra;
+mod op;
 mod queue;
 mod queue_state;
 mod topic;
@@ -30,11 +32,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::idempotency::LocalIdempotencyStore;
-
 pub use blob::LocalBlobStore;
-pub use faults::{CallCounts, Faults, Gate, Op};
+pub use faults::{CallCounts, Faults, Gate};
+pub use idempotency::{LocalIdempotencyStore, LOCAL_KEEP_EXPIRED};
 pub use infra::{InfraFaults, Window};
+pub use op::Op;
 pub use queue::{LocalQueue, QueueOptions, StoredMessage};
 pub use topic::LocalTopic;
 

@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::dedup::content_dedup_id;
-use super::faults::{FaultState, Op};
+use super::faults::FaultState;
+use super::op::Op;
 use super::queue_state::{handle_of, Msg, State};
 use crate::backend::rules::validate;
 use crate::backend::{

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::dedup::DedupWindow;
-use super::faults::{FaultState, Op};
+use super::faults::FaultState;
+use super::op::Op;
 use super::queue::LocalQueue;
 use crate::backend::rules::validate;
 use crate::backend::{EntryResult, Notification, OutgoingMessage, Topic};
