@@ -7,7 +7,9 @@
 //!   lease was then given back (retried, released, waiting out a failed
 //!   effect) or lost: ferry reports each lease's end, and an end of the
 //!   earlier run's message must come after that run started (a deferral,
-//!   which never ran the job, does not count). It may come after the later
+//!   which never ran the job, does not count). A worker killed mid-run
+//!   lost every lease it held; with exactly-once off its successor may
+//!   also repeat the job (nothing of the dead process is remembered). It may come after the later
 //!   run: a lease that gives its message back stops renewing its claim
 //!   while its give-back is under way, and another worker may take the job
 //!   meanwhile — harmless, as the first run's effects failed. With
@@ -32,7 +34,13 @@ use crate::record::{Effect, Log, Records, Run, RunEnd};
 use crate::world::{listed, result_key, some};
 
 /// Checks every job of the seed against its history.
-pub(crate) fn audit(jobs: &[SentJob], fifo: bool, log: &Log, v: &mut Vec<String>) {
+pub(crate) fn audit(
+    jobs: &[SentJob],
+    fifo: bool,
+    exactly_once: bool,
+    log: &Log,
+    v: &mut Vec<String>,
+) {
     log.with(|r| {
         for a in &r.anomalies {
             v.push(a.clone());
@@ -64,7 +72,7 @@ pub(crate) fn audit(jobs: &[SentJob], fifo: bool, log: &Log, v: &mut Vec<String>
         }
         charged(r, v);
         for stage in [1u8, 2] {
-            runs(r, stage, v);
+            runs(r, stage, exactly_once, v);
             effects(jobs, r, stage, fifo, v);
             if fifo {
                 order(r, stage, v);
@@ -87,7 +95,7 @@ fn used_runs(r: &Records, stage: u8) -> BTreeMap<&str, Vec<&Run>> {
     by_job
 }
 
-fn runs(r: &Records, stage: u8, v: &mut Vec<String>) {
+fn runs(r: &Records, stage: u8, exactly_once: bool, v: &mut Vec<String>) {
     let mut bad = Vec::new();
     for (job, runs) in used_runs(r, stage) {
         for pair in runs.windows(2) {
@@ -108,7 +116,15 @@ fn runs(r: &Records, stage: u8, v: &mut Vec<String>) {
                     && (e.how == "Released" || e.how == "Lost")
                     && a.start < e.at
             });
-            if !excused {
+            // Without the store, what a killed worker did is forgotten: its
+            // successor may run the job again (from a notice announced
+            // again, or a message it could not delete).
+            let forgotten = !exactly_once
+                && a.worker != b.worker
+                && r.crashes
+                    .iter()
+                    .any(|(w, at)| *w == a.worker && *at < b.start);
+            if !excused && !forgotten {
                 bad.push(format!(
                     "{job} ran again (worker {} after worker {}) though its lease was not \
                      given back or lost after the first run",

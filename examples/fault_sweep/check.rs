@@ -186,10 +186,24 @@ pub(crate) async fn check(
                     && messages.iter().any(|m| key.ends_with(m.as_str()))
             })
         };
+        // A worker killed after it dead-lettered a message and before it
+        // deleted it leaves the message to its successor, which may send a
+        // second entry (with the store, once the dead worker's mark lapsed).
+        let killed_after_entry = |id: &str| -> bool {
+            world.log.with(|r| {
+                r.crashes.iter().any(|(_, at)| {
+                    r.dead_letters
+                        .iter()
+                        .any(|e| e.stage == stage && e.job == id && e.at < *at)
+                })
+            })
+        };
         let doubled: Vec<String> = held
             .iter()
             .filter(|(id, n)| {
-                **n > 1 && (stage == 1 || **n > messages_of(id)) && !(**n == 2 && marks_lapsed(id))
+                **n > 1
+                    && (stage == 1 || **n > messages_of(id))
+                    && !(**n == 2 && (marks_lapsed(id) || killed_after_entry(id)))
             })
             .map(|(id, n)| format!("{id} ×{n}"))
             .collect();

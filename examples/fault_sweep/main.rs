@@ -48,6 +48,7 @@
 
 mod audit;
 mod check;
+mod crash;
 mod jobs;
 mod plan;
 mod processor;
@@ -161,6 +162,8 @@ enum FaultClass {
     /// Processor runs that hang ignoring their cancellation, and async runs
     /// that block their thread.
     Hang,
+    /// A worker killed between two steps and started afresh.
+    Crash,
 }
 
 /// A deliberately broken promise.

@@ -7,6 +7,7 @@ use ferry::backend::local::{Faults, InfraFaults, Op, Window};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::crash::Crash;
 use crate::{Args, FaultClass};
 
 /// The processors' own faults.
@@ -64,6 +65,8 @@ pub(crate) struct Plan {
     pub(crate) receive_wait: Duration,
     /// Good jobs' ids carry non-ASCII characters (`café-007`).
     pub(crate) unicode_ids: bool,
+    /// A worker killed between two steps, and a fresh one started.
+    pub(crate) crash: Option<Crash>,
 }
 
 /// Messages an attacker adds, and what an operator does mid-run.
@@ -208,6 +211,7 @@ impl Plan {
             bad,
             visibility,
             max_lease_age: None,
+            crash: None,
             flush_interval,
             faults,
             processor,
@@ -233,7 +237,11 @@ impl Plan {
                 FaultClass::Infra => plan.infra = InfraFaults::default(),
                 FaultClass::Poison => plan.poison = 0,
                 FaultClass::Hang => (p.hang_rate, p.block_rate) = (0.0, 0.0),
+                FaultClass::Crash => {}
             }
+        }
+        if !args.no_faults && !args.disable.contains(&FaultClass::Crash) {
+            plan.crash = Crash::draw(seed, plan.workers, plan.jobs);
         }
         let p = &plan.processor;
         if p.hang_rate > 0.0 || p.block_rate > 0.0 {
@@ -254,7 +262,7 @@ impl Plan {
              processor faults: panic {:.3} of first attempts, retry {:.3}, stall {:.3}, \
              hang {:.3}, block its thread {:.3}\n  \
              hostile: {:?}\n  \
-             infra: {:?}, poison jobs {}, receive wait {} ms, unicode ids {}",
+             infra: {:?}, poison jobs {}, receive wait {} ms, unicode ids {}, crash {:?}",
             self.jobs,
             if self.fifo {
                 format!("FIFO in {} groups", self.groups)
@@ -291,6 +299,7 @@ impl Plan {
             self.poison,
             self.receive_wait.as_millis(),
             self.unicode_ids,
+            self.crash,
         )
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry::prelude::*;
 
+use crate::crash::CrashPoint;
 use crate::plan::ProcessorFaults;
 use crate::record::{Log, Run, RunEnd};
 use crate::world::result_key;
@@ -51,6 +52,9 @@ pub(crate) struct SweepProcessor {
     /// hang grace, so it is timed out and its thread replaced meanwhile.
     pub(crate) hang: Duration,
     pub(crate) log: Arc<Log>,
+    /// The worker's kill switch: a run that returns after its worker died
+    /// was cancelled (its output can go nowhere).
+    pub(crate) crash: Option<Arc<CrashPoint>>,
 }
 
 /// One run's injected faults.
@@ -103,6 +107,7 @@ impl SweepProcessor {
     /// Records a run that started at `start`.
     fn record(&self, job: &Job, start: u64, how: RunEnd, cancelled: bool) {
         let end = self.log.tick();
+        let cancelled = cancelled || self.crash.as_ref().is_some_and(|c| c.fired());
         self.log.run(Run {
             stage: self.stage,
             worker: self.worker,

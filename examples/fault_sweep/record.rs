@@ -13,12 +13,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry::backend::local::Op;
 use ferry::backend::{
     EntryResult, Notification, ObjectMeta, OutgoingMessage, QueueDepth, ReceivedMessage,
 };
 use ferry::{BackendError, BlobStore, Job, Queue, Topic, JOB_ID_ATTRIBUTE};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
+
+use crate::crash::{step, CrashPoint};
 
 /// How a processor run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +81,16 @@ pub(crate) struct Effect {
     pub(crate) detail: Option<String>,
 }
 
+/// One delivery a worker received from a stage's source queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) worker: u8,
+    pub(crate) stage: u8,
+    pub(crate) job: String,
+    pub(crate) message: String,
+    pub(crate) receive_count: u32,
+}
+
 /// A message as its queue handed it out.
 #[derive(Debug, Clone)]
 pub(crate) struct Message {
@@ -95,6 +108,10 @@ pub(crate) struct Records {
     pub(crate) notices: Vec<Effect>,
     pub(crate) deletes: Vec<Effect>,
     pub(crate) dead_letters: Vec<Effect>,
+    /// Every delivery of a source queue, with the worker that received it.
+    pub(crate) received: Vec<Delivery>,
+    /// Workers killed, with the stamp of their death.
+    pub(crate) crashes: Vec<(u8, u64)>,
     /// Every message received, by stage and message id.
     pub(crate) messages: HashMap<(u8, String), Message>,
     /// Receipt handles, by stage: the message id and job id they stand for.
@@ -270,6 +287,8 @@ pub(crate) struct RecordedQueue {
     pub(crate) log: Arc<Log>,
     pub(crate) stage: u8,
     pub(crate) role: Role,
+    pub(crate) worker: u8,
+    pub(crate) crash: Option<Arc<CrashPoint>>,
 }
 
 impl std::fmt::Debug for RecordedQueue {
@@ -296,10 +315,20 @@ impl Queue for RecordedQueue {
         wait: Duration,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, BackendError> {
+        step(&self.crash, Op::Receive).await;
         let got = self.inner.receive(max, wait, visibility).await?;
         self.log.with(|r| {
             for m in &got {
                 let job = job_of(m);
+                if self.role == Role::Source {
+                    r.received.push(Delivery {
+                        worker: self.worker,
+                        stage: self.stage,
+                        job: job.clone(),
+                        message: m.message_id.clone(),
+                        receive_count: m.receive_count,
+                    });
+                }
                 r.handles.insert(
                     (self.stage, m.receipt_handle.clone()),
                     (m.message_id.clone(), job.clone()),
@@ -316,6 +345,7 @@ impl Queue for RecordedQueue {
     }
 
     async fn delete_batch(&self, handles: &[String]) -> Result<Vec<EntryResult>, BackendError> {
+        step(&self.crash, Op::Delete).await;
         let answers = self.inner.delete_batch(handles).await?;
         for (h, a) in handles.iter().zip(&answers) {
             let known = self
@@ -333,6 +363,7 @@ impl Queue for RecordedQueue {
         &self,
         entries: &[(String, Duration)],
     ) -> Result<Vec<EntryResult>, BackendError> {
+        step(&self.crash, Op::ChangeVisibility).await;
         self.inner.change_visibility_batch(entries).await
     }
 
@@ -340,6 +371,7 @@ impl Queue for RecordedQueue {
         &self,
         messages: Vec<OutgoingMessage>,
     ) -> Result<Vec<EntryResult<String>>, BackendError> {
+        step(&self.crash, Op::Send).await;
         let jobs: Vec<Option<String>> = messages
             .iter()
             .map(|m| m.attributes.get(JOB_ID_ATTRIBUTE).cloned())
@@ -369,6 +401,7 @@ impl Queue for RecordedQueue {
 pub(crate) struct RecordedTopic {
     pub(crate) inner: Arc<dyn Topic>,
     pub(crate) log: Arc<Log>,
+    pub(crate) crash: Option<Arc<CrashPoint>>,
 }
 
 impl std::fmt::Debug for RecordedTopic {
@@ -393,6 +426,7 @@ impl Topic for RecordedTopic {
         &self,
         notifications: Vec<Notification>,
     ) -> Result<Vec<EntryResult<String>>, BackendError> {
+        step(&self.crash, Op::Publish).await;
         let sent: Vec<(Option<String>, Option<String>)> = notifications
             .iter()
             .map(|n| {
@@ -416,6 +450,7 @@ impl Topic for RecordedTopic {
 pub(crate) struct RecordedBlobs {
     pub(crate) inner: Arc<dyn BlobStore>,
     pub(crate) log: Arc<Log>,
+    pub(crate) crash: Option<Arc<CrashPoint>>,
 }
 
 impl std::fmt::Debug for RecordedBlobs {
@@ -435,6 +470,7 @@ impl BlobStore for RecordedBlobs {
         body: Bytes,
         meta: ObjectMeta,
     ) -> Result<(), BackendError> {
+        step(&self.crash, Op::Put).await;
         self.inner.put(bucket, key, body, meta).await?;
         let stage = if key.starts_with("stage1/") { 1 } else { 2 };
         self.log
@@ -443,6 +479,7 @@ impl BlobStore for RecordedBlobs {
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, BackendError> {
+        step(&self.crash, Op::Get).await;
         self.inner.get(bucket, key).await
     }
 
@@ -452,10 +489,12 @@ impl BlobStore for RecordedBlobs {
         key: &str,
         limit: usize,
     ) -> Result<Bytes, BackendError> {
+        step(&self.crash, Op::Get).await;
         self.inner.get_limited(bucket, key, limit).await
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BackendError> {
+        step(&self.crash, Op::Head).await;
         self.inner.head(bucket, key).await
     }
 
@@ -464,6 +503,7 @@ impl BlobStore for RecordedBlobs {
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), BackendError> {
+        step(&self.crash, Op::Delete).await;
         self.inner.delete(bucket, key).await
     }
 }

@@ -12,6 +12,7 @@ use ferry::{PipelineStats, ShutdownReport, JOB_ID_ATTRIBUTE};
 
 use crate::audit::audit;
 use crate::check::check;
+use crate::crash::{lost_at_crash, CrashPoint};
 use crate::jobs::{jobs_of, SentJob};
 use crate::plan::Plan;
 use crate::record::unregister;
@@ -47,15 +48,15 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
     }
     world.local.set_faults(plan.faults.clone());
     world.local.set_infra_faults(plan.infra.clone());
+    let crash = plan.crash.map(CrashPoint::new);
     let mut runtimes = Vec::new();
     for worker in 0..plan.workers {
-        let mut builder = Runtime::builder().shutdown_grace(GRACE);
-        for p in world.pipelines(&plan, worker) {
-            builder = builder.pipeline(p);
-        }
-        match builder.start().await {
+        let point = crash
+            .clone()
+            .filter(|_| plan.crash.is_some_and(|c| c.worker == worker));
+        match start_worker(&world, &plan, worker, point).await {
             Ok(r) => runtimes.push(r),
-            Err(e) => v.push(format!("worker {worker}'s runtime did not start: {e}")),
+            Err(e) => v.push(e),
         }
     }
     if runtimes.len() < usize::from(plan.workers) {
@@ -69,7 +70,32 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
     }
     let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
     let mut redrive_at = plan.hostile.redrive_at.map(|d| Instant::now() + d);
+    let mut crashed = false;
     let settled = loop {
+        if let (Some(point), Some(c), false) = (&crash, plan.crash, crashed) {
+            if point.fired() {
+                // SIGKILL: the worker's runtime goes at once, and a fresh
+                // worker (named anew in the records) takes its place.
+                crashed = true;
+                let w = usize::from(c.worker);
+                let fresh = c.worker + plan.workers;
+                let dead = runtimes.remove(w);
+                let _ = tokio::task::spawn_blocking(move || drop(dead)).await;
+                lost_at_crash(&world.log, c.worker);
+                let _ = writeln!(
+                    details,
+                    "  worker {} killed; worker {fresh} started",
+                    c.worker
+                );
+                match start_worker(&world, &plan, fresh, None).await {
+                    Ok(r) => runtimes.insert(w, r),
+                    Err(e) => {
+                        v.push(e);
+                        break false;
+                    }
+                }
+            }
+        }
         if let Some(at) = redrive_at.filter(|at| Instant::now() >= *at) {
             // The operator moves stage 1's dead letters back, as after a
             // fix that fixed nothing: each is dead-lettered again, once.
@@ -147,7 +173,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         }
     }
     check(&world, &jobs, &stats, &mut v).await;
-    audit(&jobs, plan.fifo, &world.log, &mut v);
+    audit(&jobs, plan.fifo, plan.exactly_once, &world.log, &mut v);
     if let Some(job) = &args.history {
         for stage in [1, 2] {
             let h = world.log.with(|r| crate::audit::history(r, stage, job));
@@ -200,6 +226,23 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         );
     }
     done(v, details)
+}
+
+/// Starts one worker: a runtime with both stages, as one process.
+async fn start_worker(
+    world: &World,
+    plan: &Plan,
+    worker: u8,
+    crash: Option<std::sync::Arc<CrashPoint>>,
+) -> Result<RuntimeHandle, String> {
+    let mut builder = Runtime::builder().shutdown_grace(GRACE);
+    for p in world.pipelines(plan, worker, crash) {
+        builder = builder.pipeline(p);
+    }
+    builder
+        .start()
+        .await
+        .map_err(|e| format!("worker {worker}'s runtime did not start: {e}"))
 }
 
 /// The operator's redrive of stage 1's dead-letter queue, with faults off:

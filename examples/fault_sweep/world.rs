@@ -13,6 +13,7 @@ use ferry::payload::LargePayloads;
 use ferry::prelude::*;
 use ferry::JOB_ID_ATTRIBUTE;
 
+use crate::crash::CrashPoint;
 use crate::jobs::{Flex, Sending, SentJob};
 use crate::plan::{Kind, Plan};
 use crate::processor::SweepProcessor;
@@ -148,7 +149,14 @@ impl World {
 
     /// The pipelines of one worker: stage 1 and stage 2, on recording
     /// wrappers of the seed's queues, topic and result store.
-    pub(crate) fn pipelines(&self, plan: &Plan, worker: u8) -> [Pipeline; 2] {
+    /// `worker` names the worker in the records; `crash` is its kill
+    /// switch, if the seed kills it.
+    pub(crate) fn pipelines(
+        &self,
+        plan: &Plan,
+        worker: u8,
+        crash: Option<Arc<CrashPoint>>,
+    ) -> [Pipeline; 2] {
         let (visibility, flush) = (plan.visibility, plan.flush_interval);
         let receive_wait = plan.receive_wait;
         let max_lease_age = plan.max_lease_age;
@@ -175,6 +183,7 @@ impl World {
             visibility,
             hang: plan.max_lease_age.unwrap_or_default() + visibility * 3,
             log: self.log.clone(),
+            crash: crash.clone(),
         };
         let store = plan.exactly_once.then(|| self.store.clone());
         let log = &self.log;
@@ -184,15 +193,19 @@ impl World {
                 log: log.clone(),
                 stage,
                 role,
+                worker,
+                crash: crash.clone(),
             })
         };
         let results = Arc::new(RecordedBlobs {
             inner: self.local.blobs(),
             log: log.clone(),
+            crash: crash.clone(),
         });
         let topic = Arc::new(RecordedTopic {
             inner: self.topic.clone(),
             log: log.clone(),
+            crash: crash.clone(),
         });
         let named = |stage| {
             let name = pipeline_name(plan.seed, stage);

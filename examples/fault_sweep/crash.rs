@@ -1,0 +1,133 @@
+//! A worker killed between two steps, as SIGKILL on a spot instance kills
+//! one: the seed names a worker, an operation and a count, and the worker's
+//! recording wrappers stop it right before its nth call of that operation.
+//! From then on none of its calls reaches the backend; the seed's runner
+//! drops its runtime at once (no shutdown, no flush, worker threads left to
+//! themselves) and starts a fresh worker in its place on the same backend
+//! and store. For the audit, each delivery the dead worker held and never
+//! ended was lost at the crash, and a run of it that returns later was
+//! cancelled: its output can no longer go anywhere. Without the idempotency
+//! store nothing outlives a process: the fresh worker may repeat what the
+//! dead one did but could not confirm (a job announced again runs again at
+//! stage 2; a bad input dead-lettered but not yet deleted is dead-lettered
+//! again), which the checks allow after a crash and only then.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use ferry::backend::local::Op;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::record::{End, Log};
+
+/// Where a seed kills a worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Crash {
+    pub(crate) worker: u8,
+    pub(crate) op: Op,
+    pub(crate) nth: u32,
+}
+
+impl Crash {
+    /// In 35 % of seeds, drawn apart so the seed's other choices stay.
+    pub(crate) fn draw(seed: u64, workers: u8, jobs: usize) -> Option<Self> {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6372_6173);
+        if !rng.gen_bool(0.35) {
+            return None;
+        }
+        const OPS: [Op; 8] = [
+            Op::Receive,
+            Op::Delete,
+            Op::ChangeVisibility,
+            Op::Send,
+            Op::Publish,
+            Op::Put,
+            Op::Get,
+            Op::Head,
+        ];
+        let op = OPS[rng.gen_range(0..OPS.len())];
+        let most = if op == Op::Receive {
+            8
+        } else {
+            jobs.max(2) as u32
+        };
+        Some(Self {
+            worker: rng.gen_range(0..workers),
+            op,
+            nth: rng.gen_range(1..=most),
+        })
+    }
+}
+
+/// One worker's kill switch, shared by its wrappers and processors.
+#[derive(Debug)]
+pub(crate) struct CrashPoint {
+    crash: Crash,
+    calls: AtomicU32,
+    fired: AtomicBool,
+}
+
+impl CrashPoint {
+    pub(crate) fn new(crash: Crash) -> Arc<Self> {
+        Arc::new(Self {
+            crash,
+            calls: AtomicU32::new(0),
+            fired: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the worker is dead.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Before a call of `op`: once the worker is dead (this call may be the
+    /// one that kills it) the call never happens: it waits until the
+    /// runtime that made it is dropped.
+    pub(crate) async fn step(&self, op: Op) {
+        if !self.fired()
+            && op == self.crash.op
+            && self.calls.fetch_add(1, Ordering::AcqRel) + 1 >= self.crash.nth
+        {
+            self.fired.store(true, Ordering::Release);
+        }
+        if self.fired() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Before a call through a wrapper that may carry a kill switch.
+pub(crate) async fn step(point: &Option<Arc<CrashPoint>>, op: Op) {
+    if let Some(p) = point {
+        p.step(op).await;
+    }
+}
+
+/// Records the crash of `worker`: every delivery it received and never
+/// ended was lost now.
+pub(crate) fn lost_at_crash(log: &Log, worker: u8) {
+    let at = log.tick();
+    log.with(|r| {
+        let mut lost: Vec<End> = Vec::new();
+        for d in r.received.iter().filter(|d| d.worker == worker) {
+            let same = |e: &End| {
+                e.stage == d.stage && e.message == d.message && e.receive_count == d.receive_count
+            };
+            if !r.ends.iter().any(same) && !lost.iter().any(same) {
+                lost.push(End {
+                    at,
+                    stage: d.stage,
+                    job: d.job.clone(),
+                    message: d.message.clone(),
+                    how: "Lost".into(),
+                    ending: "none".into(),
+                    receive_count: d.receive_count,
+                });
+            }
+        }
+        r.ends.extend(lost);
+        r.crashes.push((worker, at));
+    });
+}
