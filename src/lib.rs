@@ -20,7 +20,7 @@ mod runtime;
 /// (the `sabotage` feature); not an API.
 #[doc(hidden)]
 pub mod sabotage;
-mod seen;
+
 #[cfg(feature = "aws")]
 pub mod spot;
 mod stats;
@@ -53,8 +53,7 @@ pub use stats::StatsSnapshot;
 /// stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::lease::{Lease, LeaseTable};
-    pub use crate::seen::{Claim, SeenCache};
+    pub use crate::lease::{Claim, Lease, LeaseTable, SeenCache};
 }
 
 /// The names a service needs to write and register a processor.

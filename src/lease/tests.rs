@@ -1,7 +1,14 @@
 //! Unit tests of `lease`.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use super::*;
 use crate::backend::ReceivedMessage;
+use crate::job::Job;
+use crate::processor::Output;
 
 fn job(message_id: &str) -> Job {
     Job::from_message(ReceivedMessage {

@@ -48,6 +48,20 @@ pub(crate) enum Ended {
 }
 
 impl Shared {
+    /// Moves on every FIFO group whose running lease is no longer held (it
+    /// ended on a path that did not reach its group): the stall watch's
+    /// repair. The group's waiting leases are given back.
+    pub(crate) fn repair_groups(&self) {
+        let Some(groups) = &self.life.groups else {
+            return;
+        };
+        for (group, id, waiting) in groups.repair(|id| self.life.leases.contains(id)) {
+            tracing::error!(pipeline = %self.name, group, lease = id,
+                "FIFO group held by a lease that is gone: moving it on");
+            self.settle(waiting.into_iter().map(|l| (l, Ending::Release)).collect());
+        }
+    }
+
     /// Hands leases to the acker with their endings: each moves to Settling
     /// (those already settling or ended are skipped) and the acker is told.
     pub(crate) fn settle(&self, endings: Vec<(Arc<Lease>, Ending)>) {

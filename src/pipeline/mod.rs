@@ -44,9 +44,9 @@ use crate::backend::{Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::BackendError;
 use crate::idempotency::IdempotencyStore;
+use crate::lease::SeenCache;
 use crate::lease::{Ending, Lease, LeaseState, LeaseTable};
 use crate::processor::ProcessorKind;
-use crate::seen::SeenCache;
 use crate::stats::Stats;
 
 pub use dependencies::DegradedDependency;
@@ -109,7 +109,7 @@ pub(crate) struct Life {
     pub(crate) leases: LeaseTable,
     pub(crate) seen: SeenCache,
     /// FIFO sources: each message group's running and waiting leases.
-    pub(crate) groups: Option<gate::Groups>,
+    pub(crate) groups: Option<crate::lease::Groups>,
     /// Leases in the Settling state.
     pub(crate) settling: AtomicUsize,
     /// This process's claim owner prefix (host, pid, random).
@@ -164,7 +164,7 @@ impl Shared {
             .source
             .as_ref()
             .is_some_and(|q| q.is_fifo())
-            .then(gate::Groups::default);
+            .then(crate::lease::Groups::default);
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
             processor: p.processor.expect("checked"),

@@ -16,8 +16,8 @@ use super::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
+use crate::lease::Claim;
 use crate::lease::{Ending, LeaseState};
-use crate::seen::Claim;
 use crate::stats::Stats;
 
 pub(crate) struct Poller {

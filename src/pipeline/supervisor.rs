@@ -356,9 +356,7 @@ impl PipelineSupervisor {
                 r.do_send(Restart);
             }
         }
-        if let Some(groups) = &s.life.groups {
-            groups.repair(s);
-        }
+        s.repair_groups();
     }
 }
 

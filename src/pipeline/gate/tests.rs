@@ -1,8 +1,11 @@
 //! Unit tests of `gate`.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::backend::ReceivedMessage;
 use crate::job::Job;
+use crate::lease::Groups;
 use crate::lease::LeaseTable;
 
 fn lease(t: &LeaseTable, group: &str, n: u32) -> Arc<Lease> {
@@ -176,12 +179,12 @@ mod actor {
             let go = groups.admit(vec![a1.clone(), a2.clone(), a3.clone(), b1.clone()]);
             assert_eq!(go.len(), 2);
             // Nothing is gone yet: repair changes nothing.
-            groups.repair(&shared);
+            shared.repair_groups();
             assert_eq!(groups.waiting(), 2);
             assert!(groups.is_running(&a1) && groups.is_running(&b1));
             // a1 leaves the table without its group hearing of it.
             assert!(shared.life.leases.remove(&a1));
-            groups.repair(&shared);
+            shared.repair_groups();
             assert_eq!(groups.waiting(), 0);
             assert!(!groups.is_waiting(&a2) && !groups.is_waiting(&a3));
             // b's running lease is held: b stays as it was.

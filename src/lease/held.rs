@@ -1,120 +1,16 @@
-//! The lease table and each lease's lifecycle state: every received
-//! message's lease, kept outside any actor so an actor that restarts loses
-//! none (DESIGN rules 5 and 6).
-//!
-//! A lease is always in exactly one [`LeaseState`], and the state names the
-//! actor that owns its next step. An actor that restarts re-derives its work
-//! from the leases in its states: everything it needs (the receipt handle,
-//! the processor's output, the ending to carry out) is kept in the lease.
-//!
-//! ```text
-//!             ┌──────────── Gated (FIFO group, claim) ─────────────┐
-//! receive ──▶ Pending ◀──── Probing (redelivery: result exists?) ──┤
-//!               │                         │ yes                    │
-//!               ▼                         ▼                        │
-//!            Running ──▶ Processed ──▶ Stored ──▶ Settling ──▶ Ended
-//!               │ (fail, panic)            (publish)  ▲  (delete, retry,
-//!               └─────────────────────────────────────┘   dead-letter, release)
-//! any state ──(lost: deadline passed, receipt refused)──▶ Ended
-//! ```
+//! One message's lease: its job, its receipt handles and deadline, its
+//! state, its cancel flag, and what its next owner needs.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::cancel::CancelHandle;
 use crate::job::Job;
 use crate::processor::Output;
 
-/// Where a lease's job stands, and so which actor owns its next step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum LeaseState {
-    /// Received, waiting for a processor (the pool's channel).
-    Pending = 0,
-    /// At the gate: behind its FIFO group's running job, or being claimed.
-    Gated = 1,
-    /// A redelivery whose stored result is being looked for (uploader).
-    Probing = 2,
-    /// A processor runs it (a worker thread).
-    Running = 3,
-    /// Processed; its output, kept in the lease, is to be stored (uploader).
-    Processed = 4,
-    /// Its result is stored (or its output is the notice): to be announced
-    /// (publisher).
-    Stored = 5,
-    /// Its ending, kept in the lease, is with the acker.
-    Settling = 6,
-    /// Deleted, released, dead-lettered or lost: nothing more may happen.
-    Ended = 7,
-}
-
-impl LeaseState {
-    const ALL: [LeaseState; 8] = [
-        LeaseState::Pending,
-        LeaseState::Gated,
-        LeaseState::Probing,
-        LeaseState::Running,
-        LeaseState::Processed,
-        LeaseState::Stored,
-        LeaseState::Settling,
-        LeaseState::Ended,
-    ];
-
-    fn from_u8(v: u8) -> Self {
-        Self::ALL[v.min(7) as usize]
-    }
-
-    /// Not started yet: counted against the prefetch window.
-    pub(crate) fn unstarted(self) -> bool {
-        matches!(self, Self::Pending | Self::Gated | Self::Probing)
-    }
-
-    /// The state's name, for logs and health reports.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Gated => "gated",
-            Self::Probing => "probing",
-            Self::Running => "running",
-            Self::Processed => "processed",
-            Self::Stored => "stored",
-            Self::Settling => "settling",
-            Self::Ended => "ended",
-        }
-    }
-}
-
-/// How a lease ends, as the acker carries it out. Kept in the lease while
-/// it is [`LeaseState::Settling`], so a restarted acker finds it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Ending {
-    /// Effects done: mark the claim completed (if any), then delete the
-    /// message with its newest handle. `dead_lettered`: its dead-letter
-    /// entry is already sent.
-    Delete { dead_lettered: bool },
-    /// Try again later: visibility set to a backoff.
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-    /// Bad input or out of attempts: to the dead-letter queue, then delete.
-    DeadLetter { reason: String },
-    /// Give the message back at once (visibility 0).
-    Release,
-    /// Give the message back for a later look without counting an attempt
-    /// (another worker holds the job's claim).
-    Defer { after: Duration },
-    /// Try again later without counting an attempt: the infrastructure
-    /// failed (an upload, a notice, a dependency the processor needs), not
-    /// the job. `after` overrides the pipeline's own wait.
-    Wait {
-        reason: String,
-        after: Option<Duration>,
-    },
-}
+use super::state::{Ending, LeaseState};
 
 /// One message's lease.
 #[derive(Debug)]
@@ -125,35 +21,35 @@ pub struct Lease {
     pub(crate) seen_key: crate::job::JobKey,
     pub(crate) received_at: Instant,
     /// The newest receipt handle and the time its visibility lapses.
-    handle: Mutex<(String, Instant)>,
+    pub(super) handle: Mutex<(String, Instant)>,
     /// Other messages with the same job id merged into this lease (a
     /// producer that sent the job twice): each one's newest handle and
     /// deadline, extended with the lease's own and deleted or given back
     /// when the lease ends.
-    others: OnceLock<Box<Mutex<Vec<Delivery>>>>,
-    state: AtomicU8,
+    pub(super) others: OnceLock<Box<Mutex<Vec<Delivery>>>>,
+    pub(super) state: AtomicU8,
     /// When the state last changed, in ms since the table's epoch, read
     /// from the table's coarse clock.
-    changed_at: AtomicU64,
-    clock: Arc<AtomicU64>,
+    pub(super) changed_at: AtomicU64,
+    pub(super) clock: Arc<AtomicU64>,
     /// The table's count of leases not started yet, shared.
-    pending: Arc<AtomicUsize>,
-    cancelled: Arc<AtomicBool>,
-    extending: AtomicBool,
-    extensions: AtomicU32,
+    pub(super) pending: Arc<AtomicUsize>,
+    pub(super) cancelled: Arc<AtomicBool>,
+    pub(super) extending: AtomicBool,
+    pub(super) extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
-    claimed: AtomicBool,
+    pub(super) claimed: AtomicBool,
     /// The processor's output, from Processed until it is announced (boxed:
     /// most leases never hold one, and a lease stays small).
-    output: Mutex<Option<Box<Output>>>,
+    pub(super) output: Mutex<Option<Box<Output>>>,
     /// The ending the acker is carrying out (while Settling).
-    ending: Mutex<Option<Ending>>,
+    pub(super) ending: Mutex<Option<Ending>>,
     /// Failed attempts at carrying out the ending (bounded).
-    settle_attempts: AtomicU32,
+    pub(super) settle_attempts: AtomicU32,
     /// The actor that owns the state has taken the lease in (buffered it or
     /// called for it); cleared by every transition and by that actor's
     /// restart, so a lease is never taken in twice.
-    held: AtomicBool,
+    pub(super) held: AtomicBool,
 }
 
 /// Another message merged into a lease.
@@ -314,7 +210,7 @@ impl Lease {
 
     /// The lease is lost or given up: no further side effect may happen.
     /// Use [`LeaseTable::cancel`], which also wakes async jobs.
-    fn set_cancelled(&self) {
+    pub(super) fn set_cancelled(&self) {
         self.cancelled.store(true, Ordering::Release);
     }
 
@@ -410,150 +306,3 @@ impl Lease {
         self.settle_attempts.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
-
-/// Every live lease of one pipeline.
-#[derive(Debug)]
-pub struct LeaseTable {
-    map: DashMap<u64, Arc<Lease>, rustc_hash::FxBuildHasher>,
-    next: AtomicU64,
-    pending: Arc<AtomicUsize>,
-    signal: Arc<tokio::sync::Notify>,
-    epoch: Instant,
-    /// Milliseconds since `epoch`, as of the last [`LeaseTable::tick`]: the
-    /// stall watch needs no finer time, and the hot path reads no clock.
-    clock: Arc<AtomicU64>,
-}
-
-impl Default for LeaseTable {
-    fn default() -> Self {
-        Self {
-            map: DashMap::with_hasher(rustc_hash::FxBuildHasher),
-            next: AtomicU64::new(0),
-            pending: Arc::default(),
-            signal: Arc::default(),
-            epoch: Instant::now(),
-            clock: Arc::default(),
-        }
-    }
-}
-
-impl LeaseTable {
-    /// Leases a received job under its receipt handle.
-    pub fn insert(&self, job: Job, handle: String, visible_until: Instant) -> Arc<Lease> {
-        let k = job.id.key();
-        self.insert_at(job, handle, visible_until, Instant::now(), k)
-    }
-
-    /// [`LeaseTable::insert`] with the receive time and seen key known.
-    pub(crate) fn insert_at(
-        &self,
-        job: Job,
-        handle: String,
-        visible_until: Instant,
-        received_at: Instant,
-        seen_key: crate::job::JobKey,
-    ) -> Arc<Lease> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let lease = Arc::new(Lease {
-            id,
-            job,
-            seen_key,
-            received_at,
-            handle: Mutex::new((handle, visible_until)),
-            others: OnceLock::new(),
-            state: AtomicU8::new(LeaseState::Pending as u8),
-            changed_at: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
-            clock: self.clock.clone(),
-            pending: self.pending.clone(),
-            cancelled: Arc::new(AtomicBool::new(false)),
-            extending: AtomicBool::new(false),
-            extensions: AtomicU32::new(0),
-            claimed: AtomicBool::new(false),
-            output: Mutex::new(None),
-            ending: Mutex::new(None),
-            settle_attempts: AtomicU32::new(0),
-            held: AtomicBool::new(false),
-        });
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        self.map.insert(id, lease.clone());
-        lease
-    }
-
-    /// Cancels a lease: no further side effect may happen for it, and an
-    /// async job running it is woken to drop its future.
-    pub(crate) fn cancel(&self, lease: &Lease) {
-        lease.set_cancelled();
-        self.signal.notify_waiters();
-    }
-
-    /// A lease's cancel flag with the table's signal, for a job's context.
-    pub(crate) fn cancel_handle(&self, lease: &Lease) -> CancelHandle {
-        CancelHandle {
-            flag: lease.cancel_arc(),
-            signal: self.signal.clone(),
-        }
-    }
-
-    /// Moves the coarse clock lease state times are read from to now.
-    pub(crate) fn tick(&self) {
-        let ms = Instant::now().saturating_duration_since(self.epoch);
-        self.clock.store(ms.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Leases received whose job has not started.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-
-    /// Removes a lease; true if it was still there.
-    pub fn remove(&self, lease: &Lease) -> bool {
-        self.map.remove(&lease.id).is_some()
-    }
-
-    /// Leases held.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn all(&self) -> Vec<Arc<Lease>> {
-        self.map.iter().map(|e| e.value().clone()).collect()
-    }
-
-    /// The leases in one state, oldest first.
-    pub(crate) fn in_state(&self, state: LeaseState) -> Vec<Arc<Lease>> {
-        let mut v: Vec<_> = self
-            .map
-            .iter()
-            .filter(|e| e.value().state() == state)
-            .map(|e| e.value().clone())
-            .collect();
-        v.sort_by_key(|l| l.id);
-        v
-    }
-
-    /// A restarted actor's leases: those in its states, each let out so the
-    /// actor takes it in again exactly once.
-    pub(crate) fn restart_owner(&self, states: &[LeaseState]) -> Vec<Arc<Lease>> {
-        let mut v = Vec::new();
-        for s in states {
-            for l in self.in_state(*s) {
-                l.let_out();
-                v.push(l);
-            }
-        }
-        v
-    }
-
-    /// Whether a lease is still in the table.
-    pub(crate) fn contains(&self, id: u64) -> bool {
-        self.map.contains_key(&id)
-    }
-}
-
-#[cfg(test)]
-mod tests;

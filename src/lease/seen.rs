@@ -10,8 +10,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use super::held::Lease;
 use crate::job::{JobId, JobKey};
-use crate::lease::Lease;
 
 /// The cache keeps no id strings, only their hashes.
 type Key = JobKey;
