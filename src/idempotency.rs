@@ -145,6 +145,18 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+impl<S: IdempotencyStore> crate::backend::IntoShared<dyn IdempotencyStore> for Arc<S> {
+    fn into_shared(self) -> Arc<dyn IdempotencyStore> {
+        self
+    }
+}
+
+impl crate::backend::IntoShared<dyn IdempotencyStore> for Arc<dyn IdempotencyStore> {
+    fn into_shared(self) -> Arc<dyn IdempotencyStore> {
+        self
+    }
+}
+
 /// The store key of one job in one pipeline.
 pub fn job_key(pipeline: &str, job: &crate::job::JobId) -> String {
     format!("{pipeline}/{}", job.as_str())

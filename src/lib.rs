@@ -3,6 +3,7 @@
 
 mod attempts;
 pub mod backend;
+mod backoff;
 mod cancel;
 mod config;
 pub mod dlq;
@@ -31,6 +32,7 @@ mod watchdog;
 /// The attribute macro async and batch processors are written with.
 pub use async_trait::async_trait;
 pub use backend::{BlobStore, Queue, Topic};
+pub use backend::{DegradedDependency, IntoShared};
 pub use config::{ConfigError, PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError};
 pub use job::{
@@ -38,7 +40,7 @@ pub use job::{
     DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
     RESULT_JOB_TAG,
 };
-pub use pipeline::{DegradedDependency, IntoShared, Pipeline, PipelineHealth, ResultStore};
+pub use pipeline::{Pipeline, PipelineHealth, ResultStore};
 pub use processor::{
     ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, Context, Output, ProcessJob,
     Processor, TaskContext, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,

@@ -43,13 +43,13 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::json;
 
+use crate::backend::IntoShared;
 use crate::backend::{
     BlobStore, ObjectMeta, OutgoingMessage, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES,
 };
 use crate::error::{BackendError, ProcessError};
 use crate::job::Job;
 use crate::job::JOB_ID_ATTRIBUTE;
-use crate::pipeline::IntoShared;
 
 /// The class name the extended client writes as the pointer's first element.
 pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
@@ -324,7 +324,7 @@ impl LargePayloads {
     }
 
     /// The same, with every blob call under a pipeline's guard.
-    pub(crate) fn guarded(mut self, guard: &crate::pipeline::Guard) -> Self {
+    pub(crate) fn guarded(mut self, guard: &crate::backend::guard::Guard) -> Self {
         self.blobs = guard.blobs(self.blobs);
         self
     }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::backend::IntoShared;
 use crate::backend::{
     attribute_name_problem, fifo_id_problem, sqs_allows, OutgoingMessage, Queue,
     MAX_MESSAGE_ATTRIBUTES,
@@ -34,7 +35,6 @@ use crate::backend::{
 use crate::error::BackendError;
 use crate::job::{job_id_problem, JobId, JOB_ID_ATTRIBUTE};
 use crate::payload::{LargePayloads, LEGACY_PAYLOAD_SIZE_ATTRIBUTE, PAYLOAD_SIZE_ATTRIBUTE};
-use crate::pipeline::IntoShared;
 
 /// Why a job was not sent.
 #[derive(Debug, Clone, thiserror::Error)]

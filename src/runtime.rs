@@ -402,7 +402,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = r.poller.send(StopPolling).await;
     }
     for r in running {
-        report.released_unstarted += pipeline::release_leases(&r.shared, false);
+        report.released_unstarted += r.shared.release_leases(false);
     }
     let busy = || {
         running.iter().any(|r| {
@@ -415,7 +415,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     for r in running {
-        report.released_after_grace += pipeline::release_leases(&r.shared, true);
+        report.released_after_grace += r.shared.release_leases(true);
     }
     for r in running {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;

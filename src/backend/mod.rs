@@ -6,6 +6,7 @@
 //! are the constants re-exported here.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,11 +16,14 @@ use crate::error::BackendError;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub(crate) mod dependencies;
+pub(crate) mod guard;
 pub mod local;
 mod message;
 pub mod metadata;
 mod rules;
 
+pub use dependencies::DegradedDependency;
 pub use message::{
     EntryResult, Notification, ObjectMeta, OutgoingMessage, QueueDepth, ReceivedMessage,
 };
@@ -154,3 +158,28 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
         })
     }
 }
+
+/// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
+/// `Arc<dyn …>` into the shared trait object a pipeline holds.
+pub trait IntoShared<T: ?Sized> {
+    /// The trait object.
+    fn into_shared(self) -> Arc<T>;
+}
+
+macro_rules! into_shared {
+    ($tr:ident) => {
+        impl<Q: $tr> IntoShared<dyn $tr> for Arc<Q> {
+            fn into_shared(self) -> Arc<dyn $tr> {
+                self
+            }
+        }
+        impl IntoShared<dyn $tr> for Arc<dyn $tr> {
+            fn into_shared(self) -> Arc<dyn $tr> {
+                self
+            }
+        }
+    };
+}
+into_shared!(Queue);
+into_shared!(Topic);
+into_shared!(BlobStore);

@@ -19,8 +19,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::lifecycle::Ended;
 use super::messages::{DropCopies, Flush, Restart, Settle};
-use super::{Ended, Shared};
+use super::shared::Shared;
 use crate::backend::{
     attribute_size, message_size, sqs_text, OutgoingMessage, MAX_BATCH, MAX_MESSAGE_BYTES,
 };
@@ -638,15 +639,12 @@ impl Acker {
             return;
         };
         let (hold, attempts) = (s.config.claim_hold(), s.config.effect_attempts);
-        let marks =
-            futures_util::future::join_all(
-                batch.iter().map(|l| {
-                    let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
-                    async move {
-                        super::with_retries(attempts, || store.claim(&key, &owner, hold)).await
-                    }
-                }),
-            );
+        let marks = futures_util::future::join_all(batch.iter().map(|l| {
+            let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
+            async move {
+                crate::backoff::with_retries(attempts, || store.claim(&key, &owner, hold)).await
+            }
+        }));
         self.call(ctx, marks, move |act, results, ctx| {
             let mut send = Vec::new();
             for (lease, r) in batch.into_iter().zip(results) {
@@ -743,7 +741,9 @@ impl Acker {
             let (store, key, owner) = (store.clone(), s.dead_letter_mark(l), s.owner(l));
             async move {
                 // Claimed before the send (`send_dead`).
-                let _ = super::with_retries(attempts, || store.complete(&key, &owner, keep)).await;
+                let _ =
+                    crate::backoff::with_retries(attempts, || store.complete(&key, &owner, keep))
+                        .await;
             }
         }));
         self.call(ctx, marks, move |act, _, _| {
@@ -795,7 +795,7 @@ impl Handler<Restart> for Acker {
     }
 }
 
-impl super::supervisor::Child for Acker {
+impl super::supervision::Child for Acker {
     const NAME: &'static str = "acker";
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{BlobStore, OutgoingMessage, Queue, Topic};
+use crate::backend::{BlobStore, IntoShared, OutgoingMessage, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
 use crate::idempotency::IdempotencyStore;
@@ -15,32 +15,6 @@ use crate::processor::{
 pub(crate) type JobIdFn = Arc<dyn Fn(&Job) -> Option<JobId> + Send + Sync>;
 /// A pipeline's split function (see [`Pipeline::split`]).
 pub(crate) type SplitFn = Arc<dyn Fn(&Job) -> Option<Vec<OutgoingMessage>> + Send + Sync>;
-
-/// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
-/// `Arc<dyn …>` into the shared trait object a pipeline holds.
-pub trait IntoShared<T: ?Sized> {
-    /// The trait object.
-    fn into_shared(self) -> Arc<T>;
-}
-
-macro_rules! into_shared {
-    ($tr:ident) => {
-        impl<Q: $tr> IntoShared<dyn $tr> for Arc<Q> {
-            fn into_shared(self) -> Arc<dyn $tr> {
-                self
-            }
-        }
-        impl IntoShared<dyn $tr> for Arc<dyn $tr> {
-            fn into_shared(self) -> Arc<dyn $tr> {
-                self
-            }
-        }
-    };
-}
-into_shared!(Queue);
-into_shared!(Topic);
-into_shared!(BlobStore);
-into_shared!(IdempotencyStore);
 
 /// Where a pipeline stores its results: `s3://{bucket}/{prefix}{job-id}.{extension}`.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 

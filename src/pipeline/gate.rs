@@ -16,16 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::messages::{Leased, Probe, Restart};
-use super::Shared;
+use super::messages::{Admit, Leased, Probe, Restart};
+use super::shared::Shared;
 use crate::idempotency::{ClaimOutcome, RecordStatus};
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
-
-/// Lifecycle → gate: leases cleared to run (their group moved on).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Admit(pub(crate) Vec<Arc<Lease>>);
 
 /// Poller → gate: new Gated leases.
 #[derive(Message)]
@@ -234,7 +229,7 @@ impl Handler<Restart> for Gate {
     }
 }
 
-impl super::supervisor::Child for Gate {
+impl super::supervision::Child for Gate {
     const NAME: &'static str = "gate";
 }
 

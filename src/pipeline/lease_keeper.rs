@@ -17,7 +17,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use super::messages::Restart;
-use super::Shared;
+use super::shared::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
@@ -186,7 +186,7 @@ impl LeaseKeeper {
         let hold = s.config.claim_hold();
         let attempts = s.config.effect_attempts;
         let calls = s.store_calls(&leases, |store, key, owner| async move {
-            super::with_retries(attempts, || store.renew(&key, &owner, hold)).await
+            crate::backoff::with_retries(attempts, || store.renew(&key, &owner, hold)).await
         });
         ctx.spawn(calls.into_actor(self).map(move |results, act, _| {
             let s = &act.shared;
@@ -257,7 +257,7 @@ impl Handler<Restart> for LeaseKeeper {
     }
 }
 
-impl super::supervisor::Child for LeaseKeeper {
+impl super::supervision::Child for LeaseKeeper {
     const NAME: &'static str = "keeper";
 }
 

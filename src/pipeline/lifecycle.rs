@@ -7,9 +7,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::gate;
-use super::messages::{Settle, Uploaded};
-use super::Shared;
+use super::messages::{Admit, Settle, Uploaded};
+use super::shared::Shared;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
@@ -47,7 +46,49 @@ pub(crate) enum Ended {
     Lost,
 }
 
+/// How a lease whose effect failed with `e` ends: the infrastructure's
+/// failure waits without charging the job; a refusal of what the job
+/// produced (a notice or result the service will not take) is its own
+/// failed attempt.
+pub(crate) fn effect_failed(what: &str, e: &crate::error::BackendError) -> Ending {
+    let reason = format!("{what}: {e}");
+    if crate::sabotage::on(crate::sabotage::Sabotage::DeadLetterRetries) {
+        return Ending::DeadLetter { reason };
+    }
+    let charge = crate::sabotage::on(crate::sabotage::Sabotage::ChargeInfrastructure);
+    if crate::backend::dependencies::degrades(e) && !charge {
+        Ending::Wait {
+            reason,
+            after: None,
+        }
+    } else {
+        Ending::Retry {
+            reason,
+            after: None,
+        }
+    }
+}
+
 impl Shared {
+    /// Releases every lease of a pipeline: those not started yet, or all
+    /// (cancelling started jobs; leases already settling are left to the
+    /// acker). Returns how many were released.
+    pub(crate) fn release_leases(&self, started_too: bool) -> usize {
+        let mut out = Vec::new();
+        for lease in self.life.leases.all() {
+            let state = lease.state();
+            if state.unstarted() || (started_too && state != LeaseState::Settling) {
+                if !state.unstarted() {
+                    self.life.leases.cancel(&lease);
+                }
+                out.push((lease, Ending::Release));
+            }
+        }
+        let n = out.len();
+        self.settle(out);
+        n
+    }
+
     /// Moves on every FIFO group whose running lease is no longer held (it
     /// ended on a path that did not reach its group): the stall watch's
     /// repair. The group's waiting leases are given back.
@@ -220,7 +261,7 @@ impl Shared {
         };
         let next = groups.settled(lease, finished);
         if !next.go.is_empty() {
-            self.addrs().admit.do_send(gate::Admit(next.go));
+            self.addrs().admit.do_send(Admit(next.go));
         }
         if !next.release.is_empty() {
             self.settle(

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::messages::{Processed, Settle};
+use super::shared::Shared;
 use super::split::Split;
-use super::Shared;
 use crate::backend::MAX_RECEIVED_BYTES;
 use crate::error::ProcessError;
 use crate::job::{Job, RESULT_JOB_TAG};
@@ -197,7 +197,7 @@ pub(crate) fn finish(
             s.care.health.success();
             s.care
                 .dependencies
-                .succeeded(super::dependencies::PROCESSOR);
+                .succeeded(crate::backend::dependencies::PROCESSOR);
             let to = if s.sinks.results.is_some() {
                 LeaseState::Processed
             } else if s.sinks.topic.is_some() {
@@ -252,7 +252,7 @@ pub(crate) fn finish(
                 ProcessError::Unavailable { reason, after } => {
                     s.care
                         .dependencies
-                        .failed(super::dependencies::PROCESSOR, &reason);
+                        .failed(crate::backend::dependencies::PROCESSOR, &reason);
                     Ending::Wait { reason, after }
                 }
             }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::gate::{Arrived, Gate};
 use super::messages::{DropCopies, Leased, Probe, Restart, ResumePolling, StopPolling};
-use super::Shared;
+use super::shared::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
@@ -376,7 +376,7 @@ impl Handler<Restart> for Poller {
     }
 }
 
-impl super::supervisor::Child for Poller {
+impl super::supervision::Child for Poller {
     const NAME: &'static str = "poller";
 }
 

@@ -22,9 +22,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Restart};
 use super::outcome::{finish, finish_split, input_blocking, Outbox, Outcome};
+use super::shared::Shared;
 use super::split::Split;
 use super::stuck::{Look, Slot};
-use super::{panic_message, Shared};
+use crate::backend::guard::panic_message;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::processor::{run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
 use crate::stats::Stats;
@@ -136,7 +137,7 @@ impl Handler<Restart> for ProcessorPool {
     }
 }
 
-impl super::supervisor::Child for ProcessorPool {
+impl super::supervision::Child for ProcessorPool {
     const NAME: &'static str = "pool";
 }
 

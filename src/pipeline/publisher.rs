@@ -9,8 +9,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::messages::{Restart, Uploaded};
-use super::{with_retries, Shared};
+use super::shared::Shared;
 use crate::backend::{Notification, MAX_PUBLISH_BATCH};
+use crate::backoff::with_retries;
 use crate::error::BackendError;
 use crate::job::{ResultNotice, JOB_ID_ATTRIBUTE};
 use crate::lease::{Ending, Lease, LeaseState};
@@ -173,7 +174,7 @@ impl Publisher {
                         .lost_before(&lease, "publishing the notification") => {}
                 Err(e) => settle.push((
                     lease,
-                    super::dependencies::effect_failed("publishing the notification", &e),
+                    super::lifecycle::effect_failed("publishing the notification", &e),
                 )),
             }
         }
@@ -205,7 +206,7 @@ impl Handler<Restart> for Publisher {
     }
 }
 
-impl super::supervisor::Child for Publisher {
+impl super::supervision::Child for Publisher {
     const NAME: &'static str = "publisher";
 }
 

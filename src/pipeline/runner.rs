@@ -22,8 +22,9 @@ use tracing::Instrument;
 
 use super::messages::{Leased, Restart};
 use super::outcome::{finish, finish_split, Outbox, Outcome};
+use super::shared::Shared;
 use super::split::Split;
-use super::{panic_message, Shared};
+use crate::backend::guard::panic_message;
 use crate::error::ProcessError;
 use crate::job::Job;
 use crate::lease::{Ending, Lease, LeaseState};
@@ -35,9 +36,9 @@ use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContex
 /// thread that keeps every lease nor the other jobs. `None` when no
 /// pipeline needs it; the `Runtime` owns it and shuts it down with itself.
 pub(crate) fn jobs_runtime(
-    pipelines: &mut [super::Pipeline],
+    pipelines: &mut [super::builder::Pipeline],
 ) -> std::io::Result<Option<tokio::runtime::Runtime>> {
-    let needs = |p: &super::Pipeline| {
+    let needs = |p: &super::builder::Pipeline| {
         p.runtime.is_none()
             && matches!(
                 p.processor,
@@ -419,7 +420,7 @@ impl Handler<Restart> for AsyncRunner {
     }
 }
 
-impl super::supervisor::Child for AsyncRunner {
+impl super::supervision::Child for AsyncRunner {
     const NAME: &'static str = "pool";
 }
 

@@ -1,5 +1,5 @@
-//! Content-derived job ids ([`super::Pipeline::job_id`]) and messages split
-//! into parts ([`super::Pipeline::split`]).
+//! Content-derived job ids ([`super::builder::Pipeline::job_id`]) and messages split
+//! into parts ([`super::builder::Pipeline::split`]).
 //!
 //! A split sends every part to the pipeline's own source queue first and
 //! deletes the original last, through the lease lifecycle like any job: the
@@ -14,8 +14,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{panic_message, with_retries, Shared};
+use super::shared::Shared;
+use crate::backend::guard::panic_message;
 use crate::backend::OutgoingMessage;
+use crate::backoff::with_retries;
 use crate::error::BackendError;
 use crate::job::{Job, JobId, JOB_ID_ATTRIBUTE};
 use crate::lease::{Ending, Lease};

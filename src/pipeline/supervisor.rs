@@ -22,103 +22,18 @@
 //!   running lease is gone is moved on.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::dev::ContextFut;
 use actix::prelude::*;
-use serde::Serialize;
 
-use super::messages::{Restart, ResumePolling, StopPolling};
-use super::poller::Poller;
-use super::{panic_message, release_leases, Shared};
+use super::health::PipelineHealth;
+use super::messages::{Escalated, Restart, ResumePolling, StopPolling};
+use super::shared::Shared;
+use super::supervision::Child;
 use crate::lease::LeaseState;
 use crate::stats::Stats;
-
-/// A pipeline's health, as [`crate::RuntimeHandle::health`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PipelineHealth {
-    /// The pipeline's name.
-    pub name: String,
-    /// `running`, `escalated`, `blocked` (ferry's I/O thread has not run
-    /// for a while: see `io_blocked_ms`), `stalled` or `degraded` (a
-    /// dependency is failing: see `degraded`; or worker threads are
-    /// abandoned or stuck: see `problems`).
-    pub status: &'static str,
-    /// Why it escalated (the last escalation), if it ever did.
-    pub reason: Option<String>,
-    /// Times it escalated so far.
-    pub escalations: u64,
-    /// Leases held now.
-    pub leases: usize,
-    /// Leases that have not changed state past the stall timeout while an
-    /// actor owns their next step (a restarted actor picks them up).
-    pub stalled_leases: usize,
-    /// Leases per lifecycle state, by state name.
-    pub states: Vec<(&'static str, usize)>,
-    /// The dependencies failing now (throttled, down, refusing the
-    /// pipeline's credentials), since when: the pipeline waits them out
-    /// without charging its jobs.
-    pub degraded: Vec<super::DegradedDependency>,
-    /// Worker threads replaced so far because their job ran past its
-    /// cancellation by more than `hang_grace`.
-    pub workers_replaced: u64,
-    /// Replaced worker threads still running their abandoned job now.
-    pub abandoned_workers: usize,
-    /// How long ferry's I/O thread (every pipeline's actors, lease keeping
-    /// included) has not run, when longer than the watchdog's bound: it is
-    /// blocked now.
-    pub io_blocked_ms: Option<u64>,
-    /// What is wrong now, in words: a blocked I/O thread, worker threads
-    /// abandoned or stuck.
-    pub problems: Vec<String>,
-}
-
-/// The supervision state of one pipeline, kept in [`Shared`].
-#[derive(Debug, Default)]
-pub(crate) struct HealthState {
-    escalated: AtomicBool,
-    escalations: AtomicU64,
-    reason: Mutex<Option<String>>,
-    /// Restarts since the last job that succeeded.
-    failing: AtomicU32,
-    stalled: AtomicU64,
-    /// Worker threads abandoned or stuck in a job past its cancellation.
-    pub(crate) workers: super::stuck::Workers,
-}
-
-impl HealthState {
-    pub(crate) fn is_escalated(&self) -> bool {
-        self.escalated.load(Ordering::Acquire)
-    }
-
-    /// Times the pipeline escalated.
-    pub(crate) fn escalations(&self) -> u64 {
-        self.escalations.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn reason(&self) -> Option<String> {
-        self.reason.lock().expect("health lock").clone()
-    }
-
-    /// A job succeeded: the worker works.
-    pub(crate) fn success(&self) {
-        if self.failing.load(Ordering::Relaxed) != 0 {
-            self.failing.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Something was restarted; true when restarts in a row, with no job
-    /// succeeding in between, passed `limit`.
-    pub(crate) fn restarted(&self, limit: u32) -> bool {
-        self.failing.fetch_add(1, Ordering::AcqRel) + 1 > limit
-    }
-}
 
 impl Shared {
     /// Counts a restart (a processor rebuilt, an actor restarted, a worker
@@ -187,119 +102,11 @@ impl Shared {
     }
 }
 
-/// An actor ferry supervises: it can be told to restart, and re-derives its
-/// work in `restarting`.
-pub(crate) trait Child:
-    Actor<Context = Context<Self>> + actix::Supervised + Handler<Restart>
-{
-    /// The actor's name, for logs and the stall watch.
-    const NAME: &'static str;
-}
-
-/// Starts supervised actors and remembers how to restart them.
-pub(crate) struct Supervision {
-    shared: Arc<Shared>,
-    restarters: Mutex<HashMap<&'static str, Recipient<Restart>>>,
-}
-
-impl Supervision {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            restarters: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Runs `act` in `ctx` under a restarting supervisor.
-    pub(crate) fn start<A: Child>(&self, ctx: Context<A>, act: A) -> Addr<A> {
-        let addr = ctx.address();
-        self.restarters
-            .lock()
-            .expect("restarters lock")
-            .insert(A::NAME, addr.clone().recipient());
-        actix::spawn(Supervised {
-            fut: ctx.into_future(act),
-            shared: self.shared.clone(),
-            name: A::NAME,
-            crashes: 0,
-            pause: None,
-        });
-        addr
-    }
-
-    /// Every actor's restart address, by name.
-    pub(crate) fn restarters(&self) -> HashMap<&'static str, Recipient<Restart>> {
-        self.restarters.lock().expect("restarters lock").clone()
-    }
-}
-
-/// An actor's future, polled under `catch_unwind`; restarted in place when
-/// it panics or stops while its address is still held.
-struct Supervised<A: Child> {
-    fut: ContextFut<A, Context<A>>,
-    shared: Arc<Shared>,
-    name: &'static str,
-    crashes: u32,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<A: Child> Future for Supervised<A> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        loop {
-            let why = if let Some(p) = this.pause.as_mut() {
-                if p.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.pause = None;
-                // The restart hook re-derives the actor's work; it may
-                // panic too, and is supervised like the rest.
-                match catch_unwind(AssertUnwindSafe(|| this.fut.restart())) {
-                    Ok(true) => continue,
-                    Ok(false) => return Poll::Ready(()),
-                    Err(payload) => {
-                        format!("panicked while restarting: {}", panic_message(&*payload))
-                    }
-                }
-            } else {
-                match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx))) {
-                    Ok(Poll::Pending) => return Poll::Pending,
-                    Ok(Poll::Ready(())) => "stopped".to_owned(),
-                    Err(payload) => format!("panicked: {}", panic_message(&*payload)),
-                }
-            };
-            let s = &this.shared;
-            this.crashes = if s.care.health.failing.load(Ordering::Relaxed) == 0 {
-                1
-            } else {
-                this.crashes + 1
-            };
-            Stats::inc(&s.stats.actor_restarts);
-            // A drain still needs every actor: restart at once then.
-            let backoff = if s.shutting_down() {
-                Duration::ZERO
-            } else {
-                s.config.restart.backoff(this.crashes)
-            };
-            tracing::error!(pipeline = %s.name, actor = this.name, why = %why,
-                backoff_ms = backoff.as_millis() as u64, "actor restarting");
-            s.restarted(&format!("actor {} {why}", this.name));
-            this.pause = Some(Box::pin(tokio::time::sleep(backoff)));
-        }
-    }
-}
-
-/// Shared → supervisor: the pipeline escalated.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Escalated;
-
 /// The pipeline supervisor: carries out escalations and watches for stalls.
 pub(crate) struct PipelineSupervisor {
     shared: Arc<Shared>,
-    poller: Addr<Poller>,
+    poller: Recipient<StopPolling>,
+    resume: Recipient<ResumePolling>,
     restarters: HashMap<&'static str, Recipient<Restart>>,
     pauses: u32,
 }
@@ -307,12 +114,14 @@ pub(crate) struct PipelineSupervisor {
 impl PipelineSupervisor {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        poller: Addr<Poller>,
+        poller: Recipient<StopPolling>,
+        resume: Recipient<ResumePolling>,
         restarters: HashMap<&'static str, Recipient<Restart>>,
     ) -> Self {
         Self {
             shared,
             poller,
+            resume,
             restarters,
             pauses: 0,
         }
@@ -364,7 +173,7 @@ impl Actor for PipelineSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let _ = self.shared.care.supervisor.set(ctx.address());
+        let _ = self.shared.care.supervisor.set(ctx.address().recipient());
         let every = (self.shared.config.stall_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.watch());
@@ -397,7 +206,7 @@ impl Handler<Escalated> for PipelineSupervisor {
 
     fn handle(&mut self, _: Escalated, ctx: &mut Context<Self>) {
         self.poller.do_send(StopPolling);
-        release_leases(&self.shared, true);
+        self.shared.release_leases(true);
         self.schedule_resume(ctx);
     }
 }
@@ -421,7 +230,7 @@ impl PipelineSupervisor {
             tracing::warn!(pipeline = %s.name, "resuming after an escalation's pause");
             s.care.health.failing.store(0, Ordering::Release);
             s.care.health.escalated.store(false, Ordering::Release);
-            act.poller.do_send(ResumePolling);
+            act.resume.do_send(ResumePolling);
         });
     }
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::messages::{Leased, Probe, Processed, Restart};
-use super::{with_retries, Shared};
+use super::shared::Shared;
 use crate::backend::ObjectMeta;
+use crate::backoff::with_retries;
 use crate::job::RESULT_JOB_TAG;
 use crate::lease::{Lease, LeaseState};
 use crate::stats::Stats;
@@ -82,7 +83,7 @@ impl Uploader {
                     Err(_) if s.lost_before(&lease, "storing the result") => {}
                     Err(e) => s.settle_one(
                         lease,
-                        super::dependencies::effect_failed("storing the result", &e),
+                        super::lifecycle::effect_failed("storing the result", &e),
                     ),
                 }
             }),
@@ -167,7 +168,7 @@ impl Handler<Restart> for Uploader {
     }
 }
 
-impl super::supervisor::Child for Uploader {
+impl super::supervision::Child for Uploader {
     const NAME: &'static str = "uploader";
 }
 

@@ -44,29 +44,6 @@ pub(crate) fn degrades(e: &BackendError) -> bool {
     )
 }
 
-/// How a lease whose effect failed with `e` ends: the infrastructure's
-/// failure waits without charging the job; a refusal of what the job
-/// produced (a notice or result the service will not take) is its own
-/// failed attempt.
-pub(crate) fn effect_failed(what: &str, e: &BackendError) -> crate::lease::Ending {
-    let reason = format!("{what}: {e}");
-    if crate::sabotage::on(crate::sabotage::Sabotage::DeadLetterRetries) {
-        return crate::lease::Ending::DeadLetter { reason };
-    }
-    let charge = crate::sabotage::on(crate::sabotage::Sabotage::ChargeInfrastructure);
-    if degrades(e) && !charge {
-        crate::lease::Ending::Wait {
-            reason,
-            after: None,
-        }
-    } else {
-        crate::lease::Ending::Retry {
-            reason,
-            after: None,
-        }
-    }
-}
-
 /// The failing dependencies of one pipeline.
 #[derive(Debug)]
 pub(crate) struct Dependencies {

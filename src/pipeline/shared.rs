@@ -1,0 +1,291 @@
+//! What every actor of one pipeline shares, in four rooms: its sinks, the
+//! lease lifecycle, flow control and supervision; beside them its name,
+//! settings and processor. Nothing an actor must not lose lives in the
+//! actor. The rooms' behaviour lives with the actor or step that owns it
+//! (`lifecycle`, `deadline`, `supervisor`); this module holds the state.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use actix::Recipient;
+use tokio::sync::Notify;
+
+use super::builder::{self, Pipeline, ResultStore};
+use super::health::HealthState;
+use super::messages::{Admit, DropCopies, Escalated, Leased, Probe, Processed, Settle, Uploaded};
+use crate::backend::dependencies::Dependencies;
+use crate::backend::guard::Guard;
+use crate::backend::{Queue, Topic};
+use crate::config::PipelineConfig;
+use crate::idempotency::IdempotencyStore;
+use crate::lease::{Lease, LeaseTable, SeenCache};
+use crate::processor::ProcessorKind;
+use crate::stats::Stats;
+
+/// The addresses the lifecycle and the actors send to, known by the
+/// messages they accept rather than by the actors' types.
+pub(crate) struct Addrs {
+    pub(crate) settle: Recipient<Settle>,
+    pub(crate) publish: Recipient<Uploaded>,
+    pub(crate) admit: Recipient<Admit>,
+    pub(crate) store: Recipient<Processed>,
+    pub(crate) probe: Recipient<Probe>,
+    pub(crate) run: Recipient<Leased>,
+    pub(crate) drop_copies: Recipient<DropCopies>,
+}
+
+/// What every actor of one pipeline shares, in four rooms: its sinks, the
+/// lease lifecycle, flow control and supervision; beside them its name,
+/// settings and processor. Nothing an actor must not lose lives in the
+/// actor.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) processor: ProcessorKind,
+    /// Where async and batch jobs run, when not on the I/O runtime.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Derives a received job's id from its content (`Pipeline::job_id`).
+    pub(crate) job_id: Option<builder::JobIdFn>,
+    /// Splits a message into parts (`Pipeline::split`).
+    pub(crate) split: Option<builder::SplitFn>,
+    pub(crate) config: PipelineConfig,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) sinks: Sinks,
+    pub(crate) life: Life,
+    pub(crate) flow: Flow,
+    pub(crate) care: Care,
+}
+
+/// Where a pipeline's effects go; every call to them is guarded (see
+/// `guard`).
+pub(crate) struct Sinks {
+    pub(crate) source: Arc<dyn Queue>,
+    pub(crate) dead_letter: Arc<dyn Queue>,
+    pub(crate) topic: Option<Arc<dyn Topic>>,
+    pub(crate) results: Option<ResultStore>,
+    pub(crate) payloads: Option<Arc<crate::payload::LargePayloads>>,
+    /// What the processor may read (see `Pipeline::reads_from`).
+    pub(crate) reader: Arc<crate::processor::Reader>,
+    /// The idempotency store, when the pipeline has one.
+    pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
+}
+
+/// The lease lifecycle's state (changed through `lifecycle`).
+pub(crate) struct Life {
+    pub(crate) leases: LeaseTable,
+    pub(crate) seen: SeenCache,
+    /// FIFO sources: each message group's running and waiting leases.
+    pub(crate) groups: Option<crate::lease::Groups>,
+    /// Leases in the Settling state.
+    pub(crate) settling: AtomicUsize,
+    /// This process's claim owner prefix (host, pid, random).
+    owner: String,
+    /// Each job's own failed attempts in this process.
+    pub(crate) attempts: crate::attempts::Attempts,
+}
+
+/// Flow control between the poller and the processors.
+pub(crate) struct Flow {
+    /// Signalled whenever leases are removed, so a full poller resumes.
+    pub(crate) capacity: Notify,
+    pub(crate) receives_in_flight: AtomicUsize,
+    /// Jobs started so far (the poller's rate estimate reads it).
+    pub(crate) started: std::sync::atomic::AtomicU64,
+    /// The poller's prefetch limit now; workers wake it when a batch fits.
+    pub(crate) prefetch_now: AtomicUsize,
+}
+
+/// Supervision: the pipeline's health, its supervisor and the actors'
+/// addresses.
+pub(crate) struct Care {
+    pub(crate) health: HealthState,
+    /// The dependencies failing now.
+    pub(crate) dependencies: Arc<Dependencies>,
+    pub(crate) supervisor: OnceLock<Recipient<Escalated>>,
+    /// Set when the runtime drains: restarts and resumes stop.
+    stopping: std::sync::atomic::AtomicBool,
+    pub(super) addrs: OnceLock<Addrs>,
+}
+
+impl Shared {
+    pub(crate) fn new(p: Pipeline) -> Arc<Self> {
+        let config = p.config;
+        let stats = Arc::new(Stats::new(&p.name));
+        let deps = Arc::new(Dependencies::new(
+            config.retry_backoff_base,
+            config.retry_backoff_max,
+        ));
+        let g = Guard::new(stats.clone(), config.call_timeout, deps.clone());
+        let mut readable = p.reads.clone();
+        readable.extend(p.results.as_ref().map(|r| r.bucket.clone()));
+        readable.extend(p.payloads.as_ref().map(|l| l.bucket().to_owned()));
+        readable.sort();
+        readable.dedup();
+        let blobs = p.blobs.map(|b| g.blobs(b));
+        let results = p.results.map(|r| ResultStore {
+            blobs: g.blobs(r.blobs),
+            ..r
+        });
+        let groups = p
+            .source
+            .as_ref()
+            .is_some_and(|q| q.is_fifo())
+            .then(crate::lease::Groups::default);
+        Arc::new(Self {
+            name: Arc::from(p.name.as_str()),
+            processor: p.processor.expect("checked"),
+            runtime: p.runtime,
+            job_id: p.job_id,
+            split: p.split,
+            sinks: Sinks {
+                source: g.queue(p.source.expect("checked")),
+                dead_letter: g.queue(p.dead_letter.expect("checked")),
+                topic: p.topic.map(|t| g.topic(t)),
+                results,
+                payloads: p.payloads.map(|l| Arc::new(l.guarded(&g))),
+                reader: Arc::new(crate::processor::Reader {
+                    pipeline: Arc::from(p.name.as_str()),
+                    blobs,
+                    max_fetch_bytes: config.max_fetch_bytes,
+                    readable: readable.into(),
+                }),
+                store: p.store.map(|s| g.store(s)),
+            },
+            life: Life {
+                leases: LeaseTable::default(),
+                seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
+                groups,
+                settling: AtomicUsize::new(0),
+                owner: owner_prefix(),
+                attempts: crate::attempts::Attempts::new(
+                    config.seen_capacity,
+                    config
+                        .seen_ttl
+                        .max(config.retry_backoff_max * (config.max_receives + 1)),
+                ),
+            },
+            flow: Flow {
+                capacity: Notify::new(),
+                receives_in_flight: AtomicUsize::new(0),
+                started: std::sync::atomic::AtomicU64::new(0),
+                prefetch_now: AtomicUsize::new(0),
+            },
+            care: Care {
+                health: HealthState::default(),
+                dependencies: deps,
+                supervisor: OnceLock::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                addrs: OnceLock::new(),
+            },
+            stats,
+            config,
+        })
+    }
+
+    /// The actors' addresses (set when the pipeline starts).
+    pub(crate) fn addrs(&self) -> &Addrs {
+        self.care
+            .addrs
+            .get()
+            .expect("the pipeline's actors are started")
+    }
+
+    /// Whether new leases pass the gate (FIFO order or claims) before running.
+    pub(crate) fn gated(&self) -> bool {
+        self.life.groups.is_some() || self.sinks.store.is_some()
+    }
+
+    /// Leases received but not able to start yet: pending, less those
+    /// waiting behind their FIFO group's running job (they wait on the
+    /// group, not on a processor, so they do not fill the prefetch window).
+    pub(crate) fn ready_pending(&self) -> usize {
+        let waiting = self.life.groups.as_ref().map_or(0, |g| g.waiting());
+        self.life.leases.pending().saturating_sub(waiting)
+    }
+
+    /// The store key of a lease's job.
+    pub(crate) fn claim_key(&self, lease: &Lease) -> String {
+        crate::idempotency::job_key(&self.name, &lease.job.id)
+    }
+
+    /// The store key that marks a lease's message as dead-lettered, so that
+    /// its return is deleted without a second entry by whichever worker
+    /// receives it. Not a job's key: a job id never holds the unit
+    /// separator (SQS refuses it in an attribute).
+    pub(crate) fn dead_letter_mark(&self, lease: &Lease) -> String {
+        format!(
+            "{}\u{1f}dead-lettered\u{1f}{}",
+            self.name, lease.job.message_id
+        )
+    }
+
+    /// The claim owner of one attempt: this process and the lease.
+    pub(crate) fn owner(&self, lease: &Lease) -> String {
+        format!("{}/{}", self.life.owner, lease.id)
+    }
+
+    /// One idempotency-store call per lease, `call(store, key, owner)`, run
+    /// together; the results come in the leases' order.
+    pub(crate) fn store_calls<F, Fut>(
+        &self,
+        leases: &[Arc<Lease>],
+        call: F,
+    ) -> futures_util::future::JoinAll<Fut>
+    where
+        F: Fn(Arc<dyn IdempotencyStore>, String, String) -> Fut,
+        Fut: Future,
+    {
+        let store = self.sinks.store.clone().expect("claims only with a store");
+        futures_util::future::join_all(
+            leases
+                .iter()
+                .map(|l| call(store.clone(), self.claim_key(l), self.owner(l))),
+        )
+    }
+
+    /// Sets the in-flight gauge to the leases held now.
+    pub(crate) fn leases_changed(&self) {
+        self.stats.in_flight.set(self.life.leases.len() as f64);
+    }
+
+    /// `n` jobs left the prefetch window (started, or resumed without
+    /// processing): wake the poller if a full batch fits again.
+    pub(crate) fn jobs_started(&self, n: u64) {
+        self.flow.started.fetch_add(n, Ordering::Relaxed);
+        let limit = self.flow.prefetch_now.load(Ordering::Relaxed);
+        if self.ready_pending() + crate::backend::MAX_BATCH <= limit {
+            self.flow.capacity.notify_one();
+        }
+    }
+
+    /// Whether every lease held is waiting in the acker or in `waiting`
+    /// more: then no other job can join a batch, and waiting for one only
+    /// adds latency.
+    pub(crate) fn nothing_else_in_flight(&self, waiting: usize) -> bool {
+        self.life.leases.len() <= self.life.settling.load(Ordering::Acquire) + waiting
+    }
+
+    pub(crate) fn is_escalated(&self) -> bool {
+        self.care.health.is_escalated()
+    }
+
+    /// The runtime is draining this pipeline.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.care.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.care.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// A claim owner prefix unique to this process: host, pid and a random part
+/// (a pid is reused across instances and restarts).
+fn owner_prefix() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
