@@ -1,9 +1,15 @@
 //! Unit tests of `acker`.
 
+use super::dead_letter::{cut_bytes, cut_chars, MAX_ATTRIBUTES, MAX_REASON};
 use super::*;
 use crate::backend::local::{LocalBackend, QueueOptions};
 use crate::backend::ReceivedMessage;
+use crate::backend::{attribute_size, message_size, OutgoingMessage, MAX_MESSAGE_BYTES};
 use crate::job::Job;
+use crate::job::{
+    DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE,
+    JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
+};
 use crate::pipeline::Pipeline;
 use crate::processor::{Context as JobContext, Output, Processor};
 use crate::ProcessError;
