@@ -1,33 +1,50 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
-mod attempts;
-pub mod backend;
-mod backoff;
-mod cancel;
-mod config;
-pub mod dlq;
-mod error;
-pub mod idempotency;
-mod job;
-mod lease;
-pub mod metrics;
-pub mod payload;
-mod pipeline;
-mod processor;
+// The crate's map. A message's way through one pipeline:
+//
+//   backend (a queue) → pipeline::poller → lease (seen cache, table, FIFO
+//   groups) → pipeline::{gate, pool | runner} → processor (user code) →
+//   pipeline::{uploader, publisher} → backend (result store, topic) →
+//   pipeline::acker → backend (delete last) — while pipeline::lease_keeper
+//   extends the lease and pipeline::supervisor watches the whole.
+//
+// The `runtime` runs every pipeline's actors on one I/O thread; `watchdog`
+// watches that thread.
+
+// What a service writes and starts.
+mod config; // PipelineConfig and its checks
+mod processor; // the processor traits, their output and context
 pub mod producer;
-mod runtime;
+mod runtime; // Runtime: starts pipelines, health, stats, graceful shutdown // sends jobs, with ids fixed before the first attempt
+
+// The runtime's own parts.
+mod attempts; // each job's own failed attempts in this process
+mod cancel; // a job's cancellation, as its code sees it
+mod error; // BackendError, ProcessError, FerryError: whose fault a failure is
+mod job; // a received message as a job: id, body, attributes, trace
+mod lease; // leases, their states, the seen-ID cache, FIFO groups
+mod pipeline; // one pipeline's actors, wiring and shared state
+mod stats; // counters per pipeline, mirrored to metrics
+mod watchdog; // the I/O thread's heartbeat
+
+// The services, and what crosses them.
+pub mod backend; // Queue, Topic, BlobStore; embedded and AWS backends; limits
+mod backoff; // retrying a backend call
+pub mod dlq; // listing and redriving dead-letter queues
+pub mod idempotency; // the store that makes runs exactly-once across processes
+pub mod payload; // large payloads offloaded to the blob store
+#[cfg(feature = "aws")]
+pub mod spot; // spot interruption notices (EC2 metadata)
+
+// Observing and testing.
+pub mod metrics; // metric names and descriptions
 /// Switches that break the runtime on purpose, for ferry's own fault sweep
 /// (the `sabotage` feature); not an API.
 #[doc(hidden)]
 pub mod sabotage;
-
-#[cfg(feature = "aws")]
-pub mod spot;
-mod stats;
-pub mod testkit;
-pub mod trace;
-mod watchdog;
+pub mod testkit; // helpers for tests of services that embed ferry
+pub mod trace; // W3C trace context across stages
 
 /// The attribute macro async and batch processors are written with.
 pub use async_trait::async_trait;
