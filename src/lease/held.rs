@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::job::Job;
 use crate::processor::Output;
 
-use super::state::{Ending, LeaseState};
+use super::state::{Ending, LeaseState, Move};
 
 /// One message's lease.
 #[derive(Debug)]
@@ -171,10 +171,19 @@ impl Lease {
         Duration::from_millis(self.clock.load(Ordering::Relaxed).saturating_sub(at))
     }
 
+    /// Makes a move of the table ([`Move::edge`]): from one of its states
+    /// to its target, returning the state it left; `None` (nothing changed)
+    /// when the lease is in none of them. The only way a state changes
+    /// outside the lease module.
+    pub(crate) fn step(&self, m: Move) -> Option<LeaseState> {
+        let (from, to) = m.edge();
+        self.transition(from, to)
+    }
+
     /// Moves from one of `from` to `to`, returning the state it left;
-    /// `None` (nothing changed) when the lease is in none of `from`. The
-    /// only way a state changes.
-    pub(crate) fn transition(&self, from: &[LeaseState], to: LeaseState) -> Option<LeaseState> {
+    /// `None` (nothing changed) when the lease is in none of `from`. Private
+    /// to the lease module: everyone else makes a [`Move`].
+    pub(super) fn transition(&self, from: &[LeaseState], to: LeaseState) -> Option<LeaseState> {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             let s = LeaseState::from_u8(cur);
@@ -202,10 +211,7 @@ impl Lease {
     /// Pending → Running; false if it was taken or given back first, or
     /// cancelled.
     pub(crate) fn try_start(&self) -> bool {
-        !self.is_cancelled()
-            && self
-                .transition(&[LeaseState::Pending], LeaseState::Running)
-                .is_some()
+        !self.is_cancelled() && self.step(Move::Start).is_some()
     }
 
     /// The lease is lost or given up: no further side effect may happen.
@@ -275,12 +281,12 @@ impl Lease {
         *self.ending.lock().expect("lease lock") = Some(ending);
     }
 
-    /// Moves from one of `from` to Settling with this ending, atomically
+    /// Moves to Settling ([`Move::Settle`]) with this ending, atomically
     /// with the ending's record: of two racing endings, the one that moves
     /// the lease is the one kept.
-    pub(crate) fn begin_settling(&self, from: &[LeaseState], ending: Ending) -> bool {
+    pub(crate) fn begin_settling(&self, ending: Ending) -> bool {
         let mut slot = self.ending.lock().expect("lease lock");
-        let moved = self.transition(from, LeaseState::Settling).is_some();
+        let moved = self.step(Move::Settle).is_some();
         if moved {
             *slot = Some(ending);
         }
@@ -299,6 +305,13 @@ impl Lease {
     /// The owning actor restarted: whatever it held is taken in again.
     pub(crate) fn let_out(&self) {
         self.held.store(false, Ordering::Release);
+    }
+
+    /// Puts the lease in `to` whatever the table allows: for tests that
+    /// need a lease in a given state.
+    #[cfg(test)]
+    pub(crate) fn put_in(&self, to: LeaseState) {
+        self.transition(&[self.state()], to);
     }
 
     /// Counts a failed attempt at the ending; returns the count so far.

@@ -27,7 +27,7 @@ mod table;
 pub(crate) use groups::Groups;
 pub use held::Lease;
 pub use seen::{Claim, SeenCache};
-pub(crate) use state::{Ending, LeaseState};
+pub(crate) use state::{Ending, LeaseState, Move, Owner};
 pub use table::LeaseTable;
 
 #[cfg(test)]

@@ -45,6 +45,19 @@ impl LeaseState {
         matches!(self, Self::Pending | Self::Gated | Self::Probing)
     }
 
+    /// Who takes the next step of a lease in this state.
+    pub(crate) fn owner(self) -> Owner {
+        match self {
+            Self::Pending => Owner::Processors,
+            Self::Gated => Owner::Gate,
+            Self::Running => Owner::Job,
+            Self::Probing | Self::Processed => Owner::Uploader,
+            Self::Stored => Owner::Publisher,
+            Self::Settling => Owner::Acker,
+            Self::Ended => Owner::Nobody,
+        }
+    }
+
     /// The state's name, for logs and health reports.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -58,6 +71,195 @@ impl LeaseState {
             Self::Ended => "ended",
         }
     }
+}
+
+/// Who takes a lease's next step: the owner of the state it is in. The
+/// supervisor's stall watch restarts the owning actor of a lease stuck in
+/// its state, and each actor's restart re-derives its work from the leases
+/// in the states it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    /// The processors' actor (the worker pool, or the async runner): it
+    /// queues the lease for a processor.
+    Processors,
+    /// The gate (its claim), or its FIFO group while it waits there.
+    Gate,
+    /// The job's own worker thread or task.
+    Job,
+    /// The uploader: probing for a stored result, or storing one.
+    Uploader,
+    /// The publisher: announcing the stored result.
+    Publisher,
+    /// The acker: carrying out the ending.
+    Acker,
+    /// Nobody: the lease is gone.
+    Nobody,
+}
+
+impl Owner {
+    /// The owner's name, as DESIGN.md's table of states gives it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Processors => "processors",
+            Self::Gate => "gate",
+            Self::Job => "job",
+            Self::Uploader => "uploader",
+            Self::Publisher => "publisher",
+            Self::Acker => "acker",
+            Self::Nobody => "nobody",
+        }
+    }
+}
+
+/// Every move a lease may make, each from a set of states to one state.
+/// The only changes of state there are: [`super::Lease::take`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Move {
+    /// The poller holds a new lease for the gate (FIFO group, claim).
+    Gate,
+    /// The poller asks the uploader whether a redelivery's result is stored.
+    Probe,
+    /// The gate sends a redelivery on to its probe.
+    ProbeGated,
+    /// The gate lets a lease run.
+    Admit,
+    /// A worker starts the job.
+    Start,
+    /// The job returned a result to store.
+    Process,
+    /// The job's result needs no store: on to the publisher.
+    ProcessUnstored,
+    /// The uploader stored the result.
+    Store,
+    /// The probe found the result stored: on to the publisher.
+    Found,
+    /// The probe found no result: the job runs.
+    NotFound,
+    /// An ending is decided: to the acker.
+    Settle,
+    /// The lease ends (the acker carried out its ending, or it was given
+    /// back before it started).
+    End,
+    /// The lease is lost (deadline passed, receipt refused): ends from any
+    /// live state but Settling, which the acker ends itself.
+    Lose,
+}
+
+use LeaseState as S;
+
+impl Move {
+    /// Every move, in the order DESIGN.md lists them.
+    #[cfg(test)]
+    pub(crate) const ALL: [Move; 13] = [
+        Move::Gate,
+        Move::Probe,
+        Move::ProbeGated,
+        Move::Admit,
+        Move::Start,
+        Move::Process,
+        Move::ProcessUnstored,
+        Move::Store,
+        Move::Found,
+        Move::NotFound,
+        Move::Settle,
+        Move::End,
+        Move::Lose,
+    ];
+
+    /// The table: the states a move leaves, and the state it enters.
+    pub(crate) fn edge(self) -> (&'static [LeaseState], LeaseState) {
+        match self {
+            Move::Gate => (&[S::Pending], S::Gated),
+            Move::Probe => (&[S::Pending], S::Probing),
+            Move::ProbeGated => (&[S::Gated], S::Probing),
+            Move::Admit => (&[S::Gated], S::Pending),
+            Move::Start => (&[S::Pending], S::Running),
+            Move::Process => (&[S::Running], S::Processed),
+            Move::ProcessUnstored => (&[S::Running], S::Stored),
+            Move::Store => (&[S::Processed], S::Stored),
+            Move::Found => (&[S::Probing], S::Stored),
+            Move::NotFound => (&[S::Probing], S::Pending),
+            Move::Settle => (
+                &[
+                    S::Pending,
+                    S::Gated,
+                    S::Probing,
+                    S::Running,
+                    S::Processed,
+                    S::Stored,
+                ],
+                S::Settling,
+            ),
+            Move::End => (
+                &[
+                    S::Pending,
+                    S::Gated,
+                    S::Probing,
+                    S::Running,
+                    S::Processed,
+                    S::Stored,
+                    S::Settling,
+                ],
+                S::Ended,
+            ),
+            Move::Lose => (
+                &[
+                    S::Pending,
+                    S::Gated,
+                    S::Probing,
+                    S::Running,
+                    S::Processed,
+                    S::Stored,
+                ],
+                S::Ended,
+            ),
+        }
+    }
+
+    /// The move's name, as DESIGN.md's table of moves gives it.
+    #[cfg(test)]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Move::Gate => "gate",
+            Move::Probe => "probe",
+            Move::ProbeGated => "probe-gated",
+            Move::Admit => "admit",
+            Move::Start => "start",
+            Move::Process => "process",
+            Move::ProcessUnstored => "process-unstored",
+            Move::Store => "store",
+            Move::Found => "found",
+            Move::NotFound => "not-found",
+            Move::Settle => "settle",
+            Move::End => "end",
+            Move::Lose => "lose",
+        }
+    }
+}
+
+/// The table of states and moves as DESIGN.md shows it (a test checks that
+/// DESIGN.md holds exactly this text).
+#[cfg(test)]
+pub(crate) fn design_table() -> String {
+    let mut out = String::from("| state | owner | moves out |\n| --- | --- | --- |\n");
+    for state in LeaseState::ALL {
+        let moves: Vec<String> = Move::ALL
+            .iter()
+            .filter(|m| m.edge().0.contains(&state))
+            .map(|m| format!("{} → {}", m.name(), m.edge().1.name()))
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            state.name(),
+            state.owner().name(),
+            if moves.is_empty() {
+                "—".to_owned()
+            } else {
+                moves.join(", ")
+            }
+        ));
+    }
+    out
 }
 
 /// How a lease ends, as the acker carries it out. Kept in the lease while

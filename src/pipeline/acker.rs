@@ -344,6 +344,7 @@ impl Handler<Restart> for Acker {
 
 impl super::supervision::Child for Acker {
     const NAME: &'static str = "acker";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Acker);
 }
 
 impl Handler<Settle> for Acker {

@@ -19,7 +19,7 @@ use actix::prelude::*;
 use super::messages::{Admit, Leased, Probe, Restart};
 use super::shared::Shared;
 use crate::idempotency::{ClaimOutcome, RecordStatus};
-use crate::lease::{Ending, Lease, LeaseState};
+use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::stats::Stats;
 
 /// Poller → gate: new Gated leases.
@@ -43,15 +43,10 @@ impl Gate {
         let (mut probes, mut fresh) = (Vec::new(), Vec::new());
         for l in leases {
             if l.job.receive_count > 1 && s.sinks.results.is_some() {
-                if l.transition(&[LeaseState::Gated], LeaseState::Probing)
-                    .is_some()
-                {
+                if l.step(Move::ProbeGated).is_some() {
                     probes.push(l);
                 }
-            } else if l
-                .transition(&[LeaseState::Gated], LeaseState::Pending)
-                .is_some()
-            {
+            } else if l.step(Move::Admit).is_some() {
                 fresh.push(l);
             }
         }
@@ -231,6 +226,7 @@ impl Handler<Restart> for Gate {
 
 impl super::supervision::Child for Gate {
     const NAME: &'static str = "gate";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Gate);
 }
 
 impl Handler<Arrived> for Gate {

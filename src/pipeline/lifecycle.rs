@@ -9,29 +9,8 @@ use std::sync::Arc;
 
 use super::messages::{Admit, Settle, Uploaded};
 use super::shared::Shared;
-use crate::lease::{Ending, Lease, LeaseState};
+use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::stats::Stats;
-
-/// Every state a lease can leave for Settling.
-const SETTLEABLE: &[LeaseState] = &[
-    LeaseState::Pending,
-    LeaseState::Gated,
-    LeaseState::Probing,
-    LeaseState::Running,
-    LeaseState::Processed,
-    LeaseState::Stored,
-];
-
-/// Every state but Ended.
-const LIVE: &[LeaseState] = &[
-    LeaseState::Pending,
-    LeaseState::Gated,
-    LeaseState::Probing,
-    LeaseState::Running,
-    LeaseState::Processed,
-    LeaseState::Stored,
-    LeaseState::Settling,
-];
 
 /// How a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +99,7 @@ impl Shared {
         for (lease, ending) in endings {
             // A retry is the job's own failure: one attempt charged.
             let charged = matches!(ending, Ending::Retry { .. });
-            if lease.begin_settling(SETTLEABLE, ending) {
+            if lease.begin_settling(ending) {
                 if charged {
                     self.life.attempts.failed(&lease.job.id);
                 }
@@ -171,9 +150,13 @@ impl Shared {
         let mut done_keys = Vec::new();
         let mut removed = false;
         // A lease the acker is settling is its to end, lost or not.
-        let from = if how == Ended::Lost { &LIVE[..6] } else { LIVE };
+        let m = if how == Ended::Lost {
+            Move::Lose
+        } else {
+            Move::End
+        };
         for lease in leases {
-            let Some(was) = lease.transition(from, LeaseState::Ended) else {
+            let Some(was) = lease.step(m) else {
                 continue;
             };
             if was == LeaseState::Settling {

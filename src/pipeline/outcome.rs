@@ -14,7 +14,7 @@ use super::split::Split;
 use crate::backend::MAX_RECEIVED_BYTES;
 use crate::error::ProcessError;
 use crate::job::{Job, RESULT_JOB_TAG};
-use crate::lease::{Ending, Lease, LeaseState};
+use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::payload::{LargePayloads, PayloadPointer};
 use crate::processor::{blocking, Output};
 use crate::stats::Stats;
@@ -219,7 +219,12 @@ pub(crate) fn finish(
                 });
             } else {
                 lease.set_output(Some(output));
-                let moved = lease.transition(&[LeaseState::Running], to).is_some();
+                let m = if to == LeaseState::Processed {
+                    Move::Process
+                } else {
+                    Move::ProcessUnstored
+                };
+                let moved = lease.step(m).is_some();
                 outbox.add(s, io, now, |o| {
                     o.started += 1;
                     o.ok += 1;
@@ -262,9 +267,7 @@ pub(crate) fn finish(
             Stats::inc(&s.stats.resumed);
             tracing::info!(parent: span,
                 "large payload gone and result already stored: a duplicate of a finished job; resuming at publish");
-            let moved = lease
-                .transition(&[LeaseState::Running], LeaseState::Stored)
-                .is_some();
+            let moved = lease.step(Move::ProcessUnstored).is_some();
             outbox.add(s, io, now, |o| {
                 o.started += 1;
                 if moved {

@@ -17,7 +17,7 @@ use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
 use crate::lease::Claim;
-use crate::lease::{Ending, LeaseState};
+use crate::lease::{Ending, Move};
 use crate::stats::Stats;
 
 pub(crate) struct Poller {
@@ -309,17 +309,11 @@ impl Poller {
                         settle.push((lease, Ending::DeadLetter { reason }));
                     } else if self.gate.is_some() {
                         // Group order and claims decide when it runs.
-                        if lease
-                            .transition(&[LeaseState::Pending], LeaseState::Gated)
-                            .is_some()
-                        {
+                        if lease.step(Move::Gate).is_some() {
                             gated.push(lease);
                         }
                     } else if count > 1 && s.sinks.results.is_some() {
-                        if lease
-                            .transition(&[LeaseState::Pending], LeaseState::Probing)
-                            .is_some()
-                        {
+                        if lease.step(Move::Probe).is_some() {
                             probes.push(lease);
                         }
                     } else {

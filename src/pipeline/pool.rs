@@ -139,6 +139,7 @@ impl Handler<Restart> for ProcessorPool {
 
 impl super::supervision::Child for ProcessorPool {
     const NAME: &'static str = "pool";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Processors);
 }
 
 impl Handler<Leased> for ProcessorPool {

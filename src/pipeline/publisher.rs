@@ -208,6 +208,7 @@ impl Handler<Restart> for Publisher {
 
 impl super::supervision::Child for Publisher {
     const NAME: &'static str = "publisher";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Publisher);
 }
 
 impl Handler<Uploaded> for Publisher {

@@ -421,7 +421,8 @@ impl Handler<Restart> for AsyncRunner {
 }
 
 impl super::supervision::Child for AsyncRunner {
-    const NAME: &'static str = "pool";
+    const NAME: &'static str = "runner";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Processors);
 }
 
 impl Handler<Leased> for AsyncRunner {

@@ -19,6 +19,7 @@ use actix::prelude::*;
 use super::messages::Restart;
 use super::shared::Shared;
 use crate::backend::guard::panic_message;
+use crate::lease::Owner;
 use crate::stats::Stats;
 
 /// An actor ferry supervises: it can be told to restart, and re-derives its
@@ -28,12 +29,15 @@ pub(crate) trait Child:
 {
     /// The actor's name, for logs and the stall watch.
     const NAME: &'static str;
+    /// The lease owner it is (see [`Owner`]): the stall watch restarts it
+    /// when a lease stays too long in a state it owns.
+    const OWNS: Option<Owner> = None;
 }
 
 /// Starts supervised actors and remembers how to restart them.
 pub(crate) struct Supervision {
     shared: Arc<Shared>,
-    restarters: Mutex<HashMap<&'static str, Recipient<Restart>>>,
+    restarters: Mutex<HashMap<Owner, Recipient<Restart>>>,
 }
 
 impl Supervision {
@@ -47,10 +51,12 @@ impl Supervision {
     /// Runs `act` in `ctx` under a restarting supervisor.
     pub(crate) fn start<A: Child>(&self, ctx: Context<A>, act: A) -> Addr<A> {
         let addr = ctx.address();
-        self.restarters
-            .lock()
-            .expect("restarters lock")
-            .insert(A::NAME, addr.clone().recipient());
+        if let Some(owner) = A::OWNS {
+            self.restarters
+                .lock()
+                .expect("restarters lock")
+                .insert(owner, addr.clone().recipient());
+        }
         actix::spawn(Supervised {
             fut: ctx.into_future(act),
             shared: self.shared.clone(),
@@ -61,8 +67,8 @@ impl Supervision {
         addr
     }
 
-    /// Every actor's restart address, by name.
-    pub(crate) fn restarters(&self) -> HashMap<&'static str, Recipient<Restart>> {
+    /// The restart address of each actor that owns lease states.
+    pub(crate) fn restarters(&self) -> HashMap<Owner, Recipient<Restart>> {
         self.restarters.lock().expect("restarters lock").clone()
     }
 }

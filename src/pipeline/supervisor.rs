@@ -32,7 +32,7 @@ use super::health::PipelineHealth;
 use super::messages::{Escalated, Restart, ResumePolling, StopPolling};
 use super::shared::Shared;
 use super::supervision::Child;
-use crate::lease::LeaseState;
+use crate::lease::{LeaseState, Owner};
 use crate::stats::Stats;
 
 impl Shared {
@@ -107,7 +107,7 @@ pub(crate) struct PipelineSupervisor {
     shared: Arc<Shared>,
     poller: Recipient<StopPolling>,
     resume: Recipient<ResumePolling>,
-    restarters: HashMap<&'static str, Recipient<Restart>>,
+    restarters: HashMap<Owner, Recipient<Restart>>,
     pauses: u32,
 }
 
@@ -116,7 +116,7 @@ impl PipelineSupervisor {
         shared: Arc<Shared>,
         poller: Recipient<StopPolling>,
         resume: Recipient<ResumePolling>,
-        restarters: HashMap<&'static str, Recipient<Restart>>,
+        restarters: HashMap<Owner, Recipient<Restart>>,
     ) -> Self {
         Self {
             shared,
@@ -135,23 +135,18 @@ impl PipelineSupervisor {
             return;
         }
         let limit = s.config.stall_timeout;
-        let mut stalled: HashMap<&'static str, usize> = HashMap::new();
+        let mut stalled: HashMap<Owner, usize> = HashMap::new();
         let mut n = 0;
         for lease in s.life.leases.all() {
-            let owner = match lease.state() {
-                // Received but never queued for a processor (a poller that
-                // died mid-batch): the pool queues every pending one again.
-                LeaseState::Pending => "pool",
-                LeaseState::Gated
-                    if !s.life.groups.as_ref().is_some_and(|g| g.is_waiting(&lease)) =>
-                {
-                    "gate"
-                }
-                LeaseState::Probing | LeaseState::Processed => "uploader",
-                LeaseState::Stored => "publisher",
-                LeaseState::Settling => "acker",
-                _ => continue,
-            };
+            let owner = lease.state().owner();
+            // A running job is its thread's or task's (stuck code is the
+            // pool's to watch); a lease waiting behind its FIFO group is
+            // the group's, which moves on when the one ahead settles.
+            let waiting = owner == Owner::Gate
+                && s.life.groups.as_ref().is_some_and(|g| g.is_waiting(&lease));
+            if matches!(owner, Owner::Job | Owner::Nobody) || waiting {
+                continue;
+            }
             if lease.in_state_for() > limit {
                 n += 1;
                 *stalled.entry(owner).or_default() += 1;
@@ -159,9 +154,9 @@ impl PipelineSupervisor {
         }
         s.care.health.stalled.store(n as u64, Ordering::Release);
         for (owner, count) in stalled {
-            tracing::error!(pipeline = %s.name, actor = owner, leases = count,
+            tracing::error!(pipeline = %s.name, actor = owner.name(), leases = count,
                 "leases stalled in an actor's care: restarting it");
-            if let Some(r) = self.restarters.get(owner) {
+            if let Some(r) = self.restarters.get(&owner) {
                 r.do_send(Restart);
             }
         }

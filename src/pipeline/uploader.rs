@@ -14,7 +14,7 @@ use super::shared::Shared;
 use crate::backend::ObjectMeta;
 use crate::backoff::with_retries;
 use crate::job::RESULT_JOB_TAG;
-use crate::lease::{Lease, LeaseState};
+use crate::lease::{Lease, LeaseState, Move};
 use crate::stats::Stats;
 
 pub(crate) struct Uploader {
@@ -73,10 +73,7 @@ impl Uploader {
                 match res {
                     Ok(()) => {
                         Stats::inc(&s.stats.uploaded);
-                        if lease
-                            .transition(&[LeaseState::Processed], LeaseState::Stored)
-                            .is_some()
-                        {
+                        if lease.step(Move::Store).is_some() {
                             s.announce(vec![lease]);
                         }
                     }
@@ -107,10 +104,7 @@ impl Uploader {
                         if meta.metadata.get(RESULT_JOB_TAG).map(String::as_str)
                             == Some(lease.job.id.as_str()));
                     if done && !lease.is_cancelled() {
-                        if lease
-                            .transition(&[LeaseState::Probing], LeaseState::Stored)
-                            .is_some()
-                        {
+                        if lease.step(Move::Found).is_some() {
                             s.jobs_started(1);
                             Stats::inc(&s.stats.resumed);
                             tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
@@ -131,10 +125,7 @@ impl Uploader {
                             },
                         );
                     } else {
-                        if lease
-                            .transition(&[LeaseState::Probing], LeaseState::Pending)
-                            .is_some()
-                        {
+                        if lease.step(Move::NotFound).is_some() {
                             s.addrs().run.do_send(Leased(vec![lease]));
                         }
                     }
@@ -170,6 +161,7 @@ impl Handler<Restart> for Uploader {
 
 impl super::supervision::Child for Uploader {
     const NAME: &'static str = "uploader";
+    const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Uploader);
 }
 
 impl Handler<Processed> for Uploader {

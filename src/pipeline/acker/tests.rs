@@ -66,7 +66,7 @@ fn lease_of(a: &Acker, m: ReceivedMessage) -> Arc<Lease> {
 
 fn settling(a: &Acker, receive_count: u32, ending: Ending) -> Arc<Lease> {
     let l = lease_of(a, message("j", "body", receive_count));
-    assert!(l.begin_settling(&[LeaseState::Pending], ending));
+    assert!(l.begin_settling(ending));
     l
 }
 
@@ -140,7 +140,7 @@ async fn each_ending_goes_to_its_buffer_once() {
     assert_eq!(a.visibility.len(), 3);
     // A Settling lease without an ending is given back.
     let none = lease_of(&a, message("n", "b", 1));
-    none.transition(&[LeaseState::Pending], LeaseState::Settling);
+    none.put_in(LeaseState::Settling);
     a.accept(none.clone());
     assert_eq!(a.visibility.len(), 4);
     assert_eq!(none.ending(), Some(Ending::Release));

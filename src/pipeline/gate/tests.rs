@@ -19,7 +19,7 @@ fn lease(t: &LeaseTable, group: &str, n: u32) -> Arc<Lease> {
         dedup_id: None,
     });
     let l = t.insert(job, String::new(), tokio::time::Instant::now());
-    l.transition(&[LeaseState::Pending], LeaseState::Gated);
+    l.put_in(LeaseState::Gated);
     l
 }
 
@@ -78,7 +78,7 @@ async fn lookups_name_only_their_own_lease() {
     assert!(g.is_running(&a1));
     assert_eq!(g.admit(vec![a3.clone()]).len(), 0);
     // A waiting lease given back meanwhile (no longer Gated) is skipped.
-    a3.transition(&[LeaseState::Gated], LeaseState::Settling);
+    a3.put_in(LeaseState::Settling);
     let next = g.settled(&a1, true);
     assert!(next.go.is_empty());
     assert_eq!(g.waiting(), 0);
@@ -154,7 +154,7 @@ mod actor {
                     handle,
                     tokio::time::Instant::now() + vis,
                 );
-                l.transition(&[LeaseState::Pending], LeaseState::Gated);
+                l.put_in(LeaseState::Gated);
                 out.push(l);
             }
         }

@@ -356,13 +356,10 @@ fn settling_leases_are_extended_unless_given_back() {
         let (_local, q, shared) = setup(2, Duration::from_secs(3600));
         let leases = lease_all(&shared, q.as_ref(), 2).await;
         let (deleting, releasing) = (&leases[0], &leases[1]);
-        assert!(deleting.begin_settling(
-            &[LeaseState::Pending],
-            Ending::Delete {
-                dead_lettered: false
-            }
-        ));
-        assert!(releasing.begin_settling(&[LeaseState::Pending], Ending::Release));
+        assert!(deleting.begin_settling(Ending::Delete {
+            dead_lettered: false
+        }));
+        assert!(releasing.begin_settling(Ending::Release));
         let (_, releasing_until) = releasing.handle_and_deadline();
         crate::pipeline::start_keeper_only(shared.clone());
         tokio::time::sleep(Duration::from_secs(90)).await;
@@ -554,12 +551,9 @@ async fn renewals_answering_late(
     // All extended at 15 s, their renewals held.
     tokio::time::sleep(Duration::from_secs(16)).await;
     assert_eq!(store.calls.load(std::sync::atomic::Ordering::Acquire), n);
-    assert!(leases[0].begin_settling(
-        &[LeaseState::Pending],
-        Ending::Delete {
-            dead_lettered: false
-        }
-    ));
+    assert!(leases[0].begin_settling(Ending::Delete {
+        dead_lettered: false
+    }));
     assert!(leases[1].take_claim());
     store
         .closed
