@@ -38,8 +38,7 @@ impl Default for RestartPolicy {
 impl RestartPolicy {
     /// The delay before the n-th consecutive restart (n ≥ 1).
     pub fn backoff(&self, n: u32) -> Duration {
-        let factor = 1u32 << n.saturating_sub(1).min(16);
-        (self.backoff_base * factor).min(self.backoff_max)
+        crate::backoff::Backoff::exact(self.backoff_base, self.backoff_max).delay(n)
     }
 }
 
@@ -189,8 +188,8 @@ impl PipelineConfig {
 
     /// The visibility to set after the `receive_count`-th attempt failed.
     pub fn retry_backoff(&self, receive_count: u32) -> Duration {
-        let factor = 1u32 << receive_count.saturating_sub(1).min(16);
-        (self.retry_backoff_base * factor).min(self.retry_backoff_max)
+        crate::backoff::Backoff::exact(self.retry_backoff_base, self.retry_backoff_max)
+            .delay(receive_count)
     }
 }
 

@@ -176,6 +176,12 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
+    /// The wait before the `attempt`th retry of a send (jittered, from
+    /// the producer's backoff, at most 64 times it).
+    fn retry_wait(&self, attempt: u32) -> Duration {
+        crate::backoff::Backoff::jittered(self.backoff, self.backoff * 64).delay(attempt)
+    }
+
     /// A producer for `queue`: five attempts per entry, 50 ms doubling.
     pub fn new(queue: impl IntoShared<dyn Queue>) -> Self {
         Self {
@@ -275,7 +281,7 @@ impl Producer {
                 }
                 if !again.is_empty() {
                     report.retried += again.len();
-                    tokio::time::sleep(self.backoff * (1 << (attempt - 1).min(6))).await;
+                    tokio::time::sleep(self.retry_wait(attempt)).await;
                     attempt += 1;
                 }
                 pending = again;
@@ -374,7 +380,7 @@ impl Producer {
                 match p.offload(m.clone()).await {
                     Ok(out) => break out,
                     Err(e) if e.is_retryable() && attempt < self.attempts => {
-                        tokio::time::sleep(self.backoff * (1 << (attempt - 1).min(6))).await;
+                        tokio::time::sleep(self.retry_wait(attempt)).await;
                         attempt += 1;
                     }
                     Err(e) => return Err(e.into()),

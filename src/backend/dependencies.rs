@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
-
 use crate::error::BackendError;
 
 /// The name the processor's own dependencies go by.
@@ -112,11 +110,7 @@ impl Dependencies {
 
     /// The jittered wait after `failures` in a row.
     pub(crate) fn wait_after(&self, failures: u32) -> Duration {
-        let doubled = self
-            .base
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        let wait = doubled.min(self.max);
-        wait.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+        crate::backoff::Backoff::jittered(self.base, self.max).delay(failures)
     }
 
     /// The failing dependencies, longest failing first.

@@ -150,7 +150,11 @@ impl Acker {
                 self.shared.config.flush_interval
             } else {
                 // A doubling backoff while calls keep failing.
-                Duration::from_millis(50 << self.failures.min(7))
+                crate::backoff::Backoff::jittered(
+                    Duration::from_millis(100),
+                    Duration::from_millis(6400),
+                )
+                .delay(self.failures)
             };
             self.timer = Some(ctx.run_later(every, |act, ctx| {
                 act.timer = None;

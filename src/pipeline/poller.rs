@@ -200,10 +200,13 @@ impl Poller {
             }
             Err(e) => {
                 self.error_streak += 1;
-                let delay =
-                    self.shared.care.dependencies.pause().unwrap_or_else(|| {
-                        Duration::from_millis(50 * (1 << self.error_streak.min(6)))
-                    });
+                let delay = self.shared.care.dependencies.pause().unwrap_or_else(|| {
+                    crate::backoff::Backoff::jittered(
+                        Duration::from_millis(100),
+                        Duration::from_millis(3200),
+                    )
+                    .delay(self.error_streak)
+                });
                 tracing::warn!(pipeline = %self.shared.name, queue = self.shared.sinks.source.name(),
                     error = %e, retry_in_ms = delay.as_millis() as u64, "receive failed");
                 self.fill_after(delay, ctx);

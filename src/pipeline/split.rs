@@ -12,7 +12,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::shared::Shared;
 use crate::backend::guard::panic_message;
@@ -189,7 +188,7 @@ impl Shared {
                 }
                 attempt += 1;
                 pending = failed;
-                tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                tokio::time::sleep(crate::backoff::CALL_RETRIES.delay(attempt)).await;
             }
         }
         Ok(())

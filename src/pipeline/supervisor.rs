@@ -209,14 +209,12 @@ impl Handler<Escalated> for PipelineSupervisor {
 impl PipelineSupervisor {
     /// Polling resumes after a pause that doubles with each escalation.
     fn schedule_resume(&mut self, ctx: &mut Context<Self>) {
-        let pause = self
-            .shared
-            .config
-            .restart
-            .escalation_pause
-            .saturating_mul(1 << self.pauses.min(5))
-            .min(Duration::from_secs(600));
         self.pauses += 1;
+        let pause = crate::backoff::Backoff::exact(
+            self.shared.config.restart.escalation_pause,
+            Duration::from_secs(600),
+        )
+        .delay(self.pauses);
         ctx.run_later(pause, |act, _| {
             let s = &act.shared;
             if s.shutting_down() {

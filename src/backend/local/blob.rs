@@ -353,6 +353,8 @@ mod tests {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = std::env::temp_dir().join(format!("ferry-blob-{}-{n}", std::process::id()));
+        // A run before this one, under the same pid, may have left it.
+        let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
         std::fs::create_dir_all(&root).unwrap();
         (
