@@ -130,9 +130,10 @@ pub struct PipelineConfig {
     /// How long a sync job may go on running after its cancellation (its
     /// lease lost, or its maximum age reached) before its worker thread is
     /// abandoned: a new thread takes its place in the pool and the old one
-    /// is left, detached, to finish or hang on its own. A job still running
-    /// at its lease's maximum age counts one failed attempt ("timed out"),
-    /// so a job that hangs every time ends in the dead-letter queue.
+    /// is left, detached, to finish or hang on its own. A job that has
+    /// itself run for half its lease's maximum age or more and is still
+    /// running at that age counts one failed attempt ("timed out"), so a
+    /// job that hangs every time ends in the dead-letter queue.
     pub hang_grace: Duration,
     /// Abandoned worker threads alive at once, at most. Past it a stuck
     /// worker is not replaced (threads are never spawned without bound) and

@@ -340,6 +340,9 @@ impl RuntimeHandle {
     }
 
     fn stop_now(&mut self) {
+        for s in &self.shared {
+            s.halt();
+        }
         self.cmd.take();
         self.heartbeat.stop();
         if let Some(t) = self.thread.take() {

@@ -56,6 +56,7 @@ pub(crate) fn audit(
             "defer",
             "wait",
             "none",
+            "crash",
         ];
         if let Some(e) = r
             .ends
@@ -71,6 +72,10 @@ pub(crate) fn audit(
             ));
         }
         charged(r, v);
+        hung(r, v);
+        if exactly_once {
+            after_completion(r, v);
+        }
         for stage in [1u8, 2] {
             runs(r, stage, exactly_once, v);
             effects(jobs, r, stage, fifo, v);
@@ -115,6 +120,9 @@ fn runs(r: &Records, stage: u8, exactly_once: bool, v: &mut Vec<String>) {
                     && e.receive_count == a.receive_count
                     && (e.how == "Released" || e.how == "Lost")
                     && a.start < e.at
+                    // A killed worker's leases were lost when it died: that
+                    // excuses only runs after its death.
+                    && (e.ending != "crash" || e.at < b.start)
             });
             // Without the store, what a killed worker did is forgotten: its
             // successor may run the job again (from a notice announced
@@ -164,7 +172,7 @@ fn charged(r: &Records, v: &mut Vec<String>) {
         if !runs.is_empty()
             && runs
                 .iter()
-                .all(|x| matches!(x.how, RunEnd::Ok | RunEnd::Unavailable))
+                .all(|x| matches!(x.how, RunEnd::Ok | RunEnd::Unavailable | RunEnd::Dropped))
         {
             bad.push(format!("{} at stage {} ({})", e.job, e.stage, e.message));
         }
@@ -172,6 +180,60 @@ fn charged(r: &Records, v: &mut Vec<String>) {
     if !bad.is_empty() {
         v.push(format!(
             "{} job(s) charged an attempt for the infrastructure's failure: {}",
+            bad.len(),
+            some(&bad)
+        ));
+    }
+}
+
+/// A run that hung must have been timed out (a retry ending of its
+/// delivery) or lost with its lease: ferry may not leave it be.
+fn hung(r: &Records, v: &mut Vec<String>) {
+    let bad: Vec<String> = r
+        .runs
+        .iter()
+        .filter(|x| x.how == RunEnd::Hung)
+        .filter(|x| {
+            !r.ends.iter().any(|e| {
+                e.stage == x.stage
+                    && e.job == x.job
+                    && e.message == x.message
+                    && e.receive_count == x.receive_count
+                    && (e.ending == "retry" || e.how == "Lost")
+            })
+        })
+        .map(|x| format!("{} at stage {} ({})", x.job, x.stage, x.message))
+        .collect();
+    if !bad.is_empty() {
+        v.push(format!(
+            "{} hung run(s) never timed out or lost: {}",
+            bad.len(),
+            some(&bad)
+        ));
+    }
+}
+
+/// With exactly-once on, a job the store marked completed never runs
+/// again: its later deliveries are deleted unrun.
+fn after_completion(r: &Records, v: &mut Vec<String>) {
+    let mut bad = Vec::new();
+    for (stage, job, at) in &r.completions {
+        if let Some(run) = r.runs.iter().find(|x| {
+            x.stage == *stage
+                && x.job == *job
+                && x.how == RunEnd::Ok
+                && !x.cancelled
+                && x.start > *at
+        }) {
+            bad.push(format!(
+                "{job} at stage {stage} (worker {}, {})",
+                run.worker, run.message
+            ));
+        }
+    }
+    if !bad.is_empty() {
+        v.push(format!(
+            "{} job(s) ran after the store marked them completed: {}",
             bad.len(),
             some(&bad)
         ));

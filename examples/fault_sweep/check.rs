@@ -16,6 +16,7 @@ pub(crate) async fn check(
     world: &World,
     jobs: &[SentJob],
     stats: &[PipelineStats],
+    exactly_once: bool,
     v: &mut Vec<String>,
 ) {
     let blobs = world.local.blobs();
@@ -186,17 +187,26 @@ pub(crate) async fn check(
                     && messages.iter().any(|m| key.ends_with(m.as_str()))
             })
         };
-        // A worker killed after it dead-lettered a message and before it
-        // deleted it leaves the message to its successor, which may send a
-        // second entry (with the store, once the dead worker's mark lapsed).
+        // Without the store, a worker killed after it dead-lettered a
+        // message and before it deleted it leaves the message to its
+        // successor, which sends a second entry (with the store, the dead
+        // worker's mark lapses first: `marks_lapsed`).
         let killed_after_entry = |id: &str| -> bool {
-            world.log.with(|r| {
-                r.crashes.iter().any(|(_, at)| {
-                    r.dead_letters
-                        .iter()
-                        .any(|e| e.stage == stage && e.job == id && e.at < *at)
+            !exactly_once
+                && world.log.with(|r| {
+                    r.crashes.iter().any(|(w, at)| {
+                        let worker = w.to_string();
+                        r.dead_letters.iter().any(|e| {
+                            e.stage == stage
+                                && e.job == id
+                                && e.detail.as_deref() == Some(worker.as_str())
+                                && e.at < *at
+                                && !r.deletes.iter().any(|d| {
+                                    d.stage == stage && d.job == id && e.at < d.at && d.at < *at
+                                })
+                        })
+                    })
                 })
-            })
         };
         let doubled: Vec<String> = held
             .iter()

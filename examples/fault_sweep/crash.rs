@@ -66,15 +66,25 @@ pub(crate) struct CrashPoint {
     crash: Crash,
     calls: AtomicU32,
     fired: AtomicBool,
+    /// The stamp of the moment it fired: the worker's death.
+    fired_at: std::sync::atomic::AtomicU64,
+    log: Arc<Log>,
 }
 
 impl CrashPoint {
-    pub(crate) fn new(crash: Crash) -> Arc<Self> {
+    pub(crate) fn new(crash: Crash, log: Arc<Log>) -> Arc<Self> {
         Arc::new(Self {
             crash,
             calls: AtomicU32::new(0),
             fired: AtomicBool::new(false),
+            fired_at: std::sync::atomic::AtomicU64::new(0),
+            log,
         })
+    }
+
+    /// The stamp of the worker's death (0 before it).
+    pub(crate) fn fired_at(&self) -> u64 {
+        self.fired_at.load(Ordering::Acquire)
     }
 
     /// Whether the worker is dead.
@@ -90,6 +100,7 @@ impl CrashPoint {
             && op == self.crash.op
             && self.calls.fetch_add(1, Ordering::AcqRel) + 1 >= self.crash.nth
         {
+            self.fired_at.store(self.log.tick(), Ordering::Release);
             self.fired.store(true, Ordering::Release);
         }
         if self.fired() {
@@ -105,10 +116,10 @@ pub(crate) async fn step(point: &Option<Arc<CrashPoint>>, op: Op) {
     }
 }
 
-/// Records the crash of `worker`: every delivery it received and never
-/// ended was lost now.
-pub(crate) fn lost_at_crash(log: &Log, worker: u8) {
-    let at = log.tick();
+/// Records the crash of `worker` at stamp `at`: every delivery it received
+/// and never ended was lost then (ending `crash`, which excuses only runs
+/// that started after it).
+pub(crate) fn lost_at_crash(log: &Log, worker: u8, at: u64) {
     log.with(|r| {
         let mut lost: Vec<End> = Vec::new();
         for d in r.received.iter().filter(|d| d.worker == worker) {
@@ -122,7 +133,7 @@ pub(crate) fn lost_at_crash(log: &Log, worker: u8) {
                     job: d.job.clone(),
                     message: d.message.clone(),
                     how: "Lost".into(),
-                    ending: "none".into(),
+                    ending: "crash".into(),
                     receive_count: d.receive_count,
                 });
             }

@@ -11,8 +11,11 @@
 //! options (FIFO or standard, exactly-once, large payloads, SNS envelope or
 //! raw delivery, 0–3 bad inputs), the backend's faults (failing, slow and
 //! panicking calls, duplicates, redelivery after delete, receipt handles
-//! refused for good) and the processors' own faults (panics, retries,
-//! stalls past the visibility timeout). The jobs are sent with faults off,
+//! refused for good, throttling and expired credentials in bursts), the
+//! processors' own faults (panics, retries, stalls past the visibility
+//! timeout, hangs that ignore their cancellation, async runs that block
+//! their thread) and a worker killed between two steps (`crash.rs`). The
+//! jobs are sent with faults off,
 //! the faults are set, both stages run until everything settled (or a
 //! deadline passed), the runtime shuts down, the faults are turned off and
 //! every invariant is checked by reading the stores and queues. A failing
@@ -54,6 +57,7 @@ mod plan;
 mod processor;
 mod record;
 mod run;
+mod store;
 mod world;
 
 use std::fmt::Write as _;

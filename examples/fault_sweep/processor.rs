@@ -74,12 +74,15 @@ impl SweepProcessor {
     /// `MAX_RECEIVES - 1`th receive on, so a good job fails at most
     /// `MAX_RECEIVES - 2` times of its own and is never dead-lettered for
     /// failing: whatever else happens to it is not its fault. Stalls and
-    /// blocks stop there too, so that no late run is timed out by them.
+    /// blocks stop there too, so that no late run is timed out by them. And
+    /// the failures injected into one job, across all its messages and
+    /// workers (a job announced twice has two stage-2 messages, each with
+    /// its own receive counts), stop at `MAX_RECEIVES - 2` too.
     fn faults_of(&self, job: &Job) -> Draws {
         let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
         let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
         let early = n + 1 < MAX_RECEIVES;
-        Draws {
+        let mut draws = Draws {
             panic: n == 1 && d(1) < f.panic_rate,
             stall: if early && d(2) < f.stall_rate {
                 self.visibility.mul_f64(1.0 + 2.0 * d(3))
@@ -93,7 +96,19 @@ impl SweepProcessor {
             } else {
                 Duration::ZERO
             },
+        };
+        if draws.panic || draws.retry || draws.hang {
+            let key = (self.stage, id.to_owned());
+            let allowed = self.log.with(|r| {
+                let count = r.injected.entry(key).or_default();
+                *count += 1;
+                *count <= MAX_RECEIVES - 2
+            });
+            if !allowed {
+                (draws.panic, draws.retry, draws.hang) = (false, false, false);
+            }
         }
+        draws
     }
 
     /// Records a run that hangs from now on: it ignores its cancellation,
@@ -173,6 +188,25 @@ impl SweepProcessor {
     }
 }
 
+/// Records async runs whose future is dropped before they return (cancelled,
+/// or timed out at their lease's age): dropped futures say nothing else.
+struct Unfinished<'a> {
+    p: &'a SweepProcessor,
+    jobs: &'a [Job],
+    start: u64,
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            for job in self.jobs {
+                self.p.record(job, self.start, RunEnd::Dropped, true);
+            }
+        }
+    }
+}
+
 fn end_of<T>(r: &Result<T, ProcessError>) -> RunEnd {
     match r {
         Ok(_) => RunEnd::Ok,
@@ -213,11 +247,19 @@ impl Processor for SweepProcessor {
 impl AsyncProcessor for SweepProcessor {
     async fn process(&self, job: &Job, ctx: &TaskContext) -> Result<Output, ProcessError> {
         let start = self.log.tick();
+        let mut unfinished = Unfinished {
+            p: self,
+            jobs: std::slice::from_ref(job),
+            start,
+            done: false,
+        };
         let d = self.faults_of(job);
         if d.panic {
+            unfinished.done = true;
             self.panic(job, start);
         }
         if d.hang {
+            unfinished.done = true;
             self.hangs(job);
             tokio::time::sleep(self.hang).await;
             return Err(ProcessError::retry("hung"));
@@ -236,6 +278,7 @@ impl AsyncProcessor for SweepProcessor {
             self.output(job, input)
         }
         .await;
+        unfinished.done = true;
         self.record(job, start, end_of(&r), ctx.is_cancelled());
         r
     }
@@ -251,8 +294,15 @@ impl BatchProcessor for SweepProcessor {
         // A panic in any job's faults fails the whole batch; the longest
         // stall holds the whole batch.
         let start = self.log.tick();
+        let mut unfinished = Unfinished {
+            p: self,
+            jobs,
+            start,
+            done: false,
+        };
         let draws: Vec<Draws> = jobs.iter().map(|j| self.faults_of(j)).collect();
         if let Some(i) = draws.iter().position(|d| d.panic) {
+            unfinished.done = true;
             for (j, job) in jobs.iter().enumerate() {
                 if j != i {
                     self.record(job, start, RunEnd::Panicked, false);
@@ -281,6 +331,7 @@ impl BatchProcessor for SweepProcessor {
             .await;
             out.push(r);
         }
+        unfinished.done = true;
         for (i, (job, r)) in jobs.iter().zip(&out).enumerate() {
             self.record(job, start, end_of(r), ctx.is_job_cancelled(i));
         }

@@ -37,6 +37,9 @@ pub(crate) enum RunEnd {
     Panicked,
     /// It hung, ignoring its cancellation (recorded when it began to hang).
     Hung,
+    /// Its future was dropped before it returned (an async or batch run
+    /// cancelled, or timed out).
+    Dropped,
 }
 
 /// One processor run.
@@ -112,6 +115,12 @@ pub(crate) struct Records {
     pub(crate) received: Vec<Delivery>,
     /// Workers killed, with the stamp of their death.
     pub(crate) crashes: Vec<(u8, u64)>,
+    /// Jobs the idempotency store marked completed: stage, job, stamp.
+    pub(crate) completions: Vec<(u8, String, u64)>,
+    /// Failures the sweep's processors injected, per stage and job (across
+    /// every message and worker), so a good job's own failures stay under
+    /// the dead-letter limit whatever copies it has.
+    pub(crate) injected: HashMap<(u8, String), u32>,
     /// Every message received, by stage and message id.
     pub(crate) messages: HashMap<(u8, String), Message>,
     /// Receipt handles, by stage: the message id and job id they stand for.
@@ -127,6 +136,12 @@ pub(crate) struct Log {
     records: Mutex<Records>,
 }
 
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").finish_non_exhaustive()
+    }
+}
+
 impl Log {
     /// The next stamp.
     pub(crate) fn tick(&self) -> u64 {
@@ -139,6 +154,12 @@ impl Log {
 
     pub(crate) fn run(&self, run: Run) {
         self.with(|r| r.runs.push(run));
+    }
+
+    /// The store marked a job completed.
+    pub(crate) fn completed(&self, stage: u8, job: &str) {
+        let at = self.tick();
+        self.with(|r| r.completions.push((stage, job.to_owned(), at)));
     }
 
     pub(crate) fn anomaly(&self, what: String) {
@@ -380,8 +401,12 @@ impl Queue for RecordedQueue {
         if self.role == Role::DeadLetter {
             for (job, a) in jobs.iter().zip(&answers) {
                 if let (Some(job), Ok(_)) = (job, a) {
-                    self.log
-                        .effect(|r| &mut r.dead_letters, self.stage, job, None);
+                    self.log.effect(
+                        |r| &mut r.dead_letters,
+                        self.stage,
+                        job,
+                        Some(self.worker.to_string()),
+                    );
                 }
             }
         }

@@ -48,7 +48,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
     }
     world.local.set_faults(plan.faults.clone());
     world.local.set_infra_faults(plan.infra.clone());
-    let crash = plan.crash.map(CrashPoint::new);
+    let crash = plan.crash.map(|c| CrashPoint::new(c, world.log.clone()));
     let mut runtimes = Vec::new();
     for worker in 0..plan.workers {
         let point = crash
@@ -71,6 +71,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(args.deadline_secs);
     let mut redrive_at = plan.hostile.redrive_at.map(|d| Instant::now() + d);
     let mut crashed = false;
+    let mut dead_readers = Vec::new();
     let settled = loop {
         if let (Some(point), Some(c), false) = (&crash, plan.crash, crashed) {
             if point.fired() {
@@ -80,8 +81,11 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
                 let w = usize::from(c.worker);
                 let fresh = c.worker + plan.workers;
                 let dead = runtimes.remove(w);
+                // Its counters stay in the checks (an escalation before it
+                // died is still one).
+                dead_readers.push(dead.stats_reader());
                 let _ = tokio::task::spawn_blocking(move || drop(dead)).await;
-                lost_at_crash(&world.log, c.worker);
+                lost_at_crash(&world.log, c.worker, point.fired_at());
                 let _ = writeln!(
                     details,
                     "  worker {} killed; worker {fresh} started",
@@ -128,7 +132,8 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         v.push("the operator's redrive never happened".into());
     }
     let run_time = started.elapsed();
-    let readers: Vec<_> = runtimes.iter().map(|r| r.stats_reader()).collect();
+    let mut readers: Vec<_> = runtimes.iter().map(|r| r.stats_reader()).collect();
+    readers.extend(dead_readers);
     // Shut down on tasks of their own: if one hangs, the checks still run
     // and say so (the seed's thread is then left behind).
     let mut reports: Vec<Option<ShutdownReport>> = Vec::new();
@@ -172,7 +177,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
             v.push(format!("the shutdown left {} leases held", r.held_at_exit));
         }
     }
-    check(&world, &jobs, &stats, &mut v).await;
+    check(&world, &jobs, &stats, plan.exactly_once, &mut v).await;
     audit(&jobs, plan.fifo, plan.exactly_once, &world.log, &mut v);
     if let Some(job) = &args.history {
         for stage in [1, 2] {
@@ -252,12 +257,16 @@ async fn redrive(world: &World, plan: &Plan, v: &mut Vec<String>, details: &mut 
     world.local.set_faults(Faults::none());
     let infra = world.local.infra_faults();
     world.local.set_infra_faults(InfraFaults::default());
+    // A redrive moves a job once (a second entry of it, from a killed
+    // worker's successor, stays): what it should move is every job.
     let before: Vec<String> = world
         .dlq1
         .snapshot()
         .iter()
         .map(job_of_entry)
         .filter(|id| id.len() < ferry::MAX_JOB_ID_BYTES)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     let moved = ferry::dlq::redrive(
         world.dlq1.as_ref(),
@@ -273,7 +282,7 @@ async fn redrive(world: &World, plan: &Plan, v: &mut Vec<String>, details: &mut 
             // Entries dead-lettered during the redrive may move too.
             if r.moved < before.len() || r.failed > 0 {
                 v.push(format!(
-                    "the redrive moved {} of the {} entries it should have ({r:?}): {}",
+                    "the redrive moved {} of the {} jobs it should have ({r:?}): {}",
                     r.moved,
                     before.len(),
                     crate::world::some(&before)

@@ -20,6 +20,7 @@ use crate::processor::SweepProcessor;
 use crate::record::{
     pipeline_name, register, Log, RecordedBlobs, RecordedQueue, RecordedTopic, Role,
 };
+use crate::store::RecordedStore;
 use crate::{BUCKET, MAX_RECEIVES, PAYLOAD_BUCKET, REDRIVE_AFTER};
 
 /// The queues and topic of one seed.
@@ -185,7 +186,13 @@ impl World {
             log: self.log.clone(),
             crash: crash.clone(),
         };
-        let store = plan.exactly_once.then(|| self.store.clone());
+        let store = plan.exactly_once.then(|| {
+            Arc::new(RecordedStore {
+                inner: self.store.clone(),
+                log: self.log.clone(),
+                crash: crash.clone(),
+            })
+        });
         let log = &self.log;
         let queue = |q: &Arc<LocalQueue>, stage, role| {
             Arc::new(RecordedQueue {

@@ -3,8 +3,9 @@
 //! runs: after ferry's I/O thread was blocked, an effect already queued
 //! could run first. So every effect (upload, publish, split, claim
 //! completion, delete) checks the deadline itself, not only the cancel
-//! flag, right before its call; and a job still running at its lease's
-//! maximum age is charged an attempt ("timed out").
+//! flag, right before its call; and a job that has itself run for half of
+//! its lease's maximum age or more, still running at that age, is charged
+//! an attempt ("timed out").
 
 use std::sync::Arc;
 
@@ -71,10 +72,13 @@ impl Shared {
     }
 
     /// How a lease cancelled at its age limit (`limit` names it) ends: a
-    /// job still running then ran past its limit, a failed attempt ("timed
-    /// out"); any other lease is given back.
+    /// job that has itself been running for at least half the maximum age
+    /// ran past its limit, a failed attempt ("timed out"); any other lease
+    /// is given back uncharged — it spent its age waiting (for a worker,
+    /// behind other jobs), which is the pipeline's doing, not the job's.
     pub(crate) fn past_max_age(&self, lease: &Lease, limit: &str) -> Ending {
-        if lease.state() != LeaseState::Running {
+        let ran_long = lease.in_state_for() >= self.config.max_lease_age / 2;
+        if lease.state() != LeaseState::Running || !ran_long {
             return Ending::Release;
         }
         Ending::Retry {

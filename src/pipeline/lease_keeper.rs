@@ -40,6 +40,9 @@ impl LeaseKeeper {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let s = &self.shared;
+        // The table's clock, which says how long each lease has been in its
+        // state (a job's running time at its maximum age, below).
+        s.life.leases.tick();
         let now = Instant::now();
         let visibility = s.config.visibility_timeout;
         // Extend once half has passed; each try has a quarter: two fit
@@ -131,10 +134,21 @@ impl LeaseKeeper {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(pipeline = %s.name, error = %e, "extending leases failed; will retry");
-                chunk
-                    .iter()
+                // The leases still hold until their deadlines, and so must
+                // their claims (the queue throttling extensions is no reason
+                // for another worker to take a job).
+                let renew: Vec<Arc<Lease>> = chunk
+                    .into_iter()
                     .filter(|(_, _, own)| *own)
-                    .for_each(|(l, _, _)| l.end_extend());
+                    .map(|(l, _, _)| {
+                        l.end_extend();
+                        l
+                    })
+                    .filter(|l| l.is_claimed())
+                    .collect();
+                if !renew.is_empty() {
+                    self.renew_claims(renew, ctx);
+                }
                 return;
             }
         };
@@ -168,6 +182,12 @@ impl LeaseKeeper {
                 Err(e) => {
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
                         "extension not applied; will retry");
+                    // The lease still holds until its deadline: its claim
+                    // must not lapse before it because the queue throttled
+                    // an extension (the job may be done and completing).
+                    if lease.is_claimed() {
+                        renew.push(lease);
+                    }
                 }
             }
         }
@@ -176,7 +196,9 @@ impl LeaseKeeper {
         }
     }
 
-    /// The heartbeat renews the idempotency claims of the leases it extended.
+    /// The heartbeat renews the idempotency claims of the leases it extended,
+    /// or tried to: a failed extension leaves the lease held until its
+    /// deadline, and its claim with it.
     /// A renewal refused means another worker took the job over, and one
     /// that fails (after quick retries) may let the claim lapse before the
     /// next: either way this attempt is cancelled before its effects and

@@ -272,6 +272,11 @@ impl Worker {
         let mut processor = self.build();
         let mut consecutive = 0u32;
         while let Ok(lease) = self.rx.recv() {
+            if s.halted() {
+                // The runtime is gone: the leases still queued here are
+                // nobody's now, as after a crash.
+                break;
+            }
             *current = Some(lease.clone());
             let ran = self.run_one(lease, &mut processor);
             *current = None;

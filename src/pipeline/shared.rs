@@ -104,6 +104,9 @@ pub(crate) struct Care {
     pub(crate) supervisor: OnceLock<Recipient<Escalated>>,
     /// Set when the runtime drains: restarts and resumes stop.
     stopping: std::sync::atomic::AtomicBool,
+    /// Set when the runtime was dropped without a shutdown (a crash): the
+    /// worker threads left behind start no further job.
+    halted: std::sync::atomic::AtomicBool,
     pub(super) addrs: OnceLock<Addrs>,
 }
 
@@ -175,6 +178,7 @@ impl Shared {
                 dependencies: deps,
                 supervisor: OnceLock::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                halted: std::sync::atomic::AtomicBool::new(false),
                 addrs: OnceLock::new(),
             },
             stats,
@@ -276,6 +280,17 @@ impl Shared {
 
     pub(crate) fn begin_shutdown(&self) {
         self.care.stopping.store(true, Ordering::Release);
+    }
+
+    /// The runtime stopped at once (dropped without a shutdown): nothing of
+    /// this pipeline may start another job, as after a crash.
+    pub(crate) fn halt(&self) {
+        self.care.halted.store(true, Ordering::Release);
+    }
+
+    /// Whether the runtime stopped at once.
+    pub(crate) fn halted(&self) -> bool {
+        self.care.halted.load(Ordering::Acquire)
     }
 }
 

@@ -348,6 +348,31 @@ fn a_lease_is_extended_up_to_its_maximum_age_then_released() {
     });
 }
 
+/// At its maximum age a lease's job is cancelled; only a job that has
+/// itself been running for half that age or more is charged an attempt
+/// ("timed out"): one that waited most of it for a worker is given back
+/// uncharged.
+#[test]
+fn at_the_maximum_age_only_a_long_run_counts_an_attempt() {
+    paused_system().block_on(async {
+        let (_local, q, shared) = setup(2, Duration::from_secs(600));
+        let leases = lease_all(&shared, q.as_ref(), 2).await;
+        let (long, late) = (&leases[0], &leases[1]);
+        assert!(long.try_start(), "runs from its receive");
+        crate::pipeline::start_keeper_only(shared.clone());
+        tokio::time::sleep(Duration::from_secs(500)).await;
+        assert!(late.try_start(), "starts after waiting 500 s");
+        tokio::time::sleep(Duration::from_secs(110)).await;
+        assert!(long.is_cancelled() && late.is_cancelled());
+        assert!(
+            matches!(long.ending(), Some(Ending::Retry { ref reason, .. }) if reason.contains("timed out")),
+            "{:?}",
+            long.ending()
+        );
+        assert_eq!(late.ending(), Some(Ending::Release), "charged for its wait");
+    });
+}
+
 /// The acker owns a Settling lease: it is extended while being
 /// deleted, not while being given back, and never lost by the keeper.
 #[test]
@@ -517,6 +542,43 @@ fn claims_are_renewed_with_each_extension_and_a_refusal_cancels() {
         assert_eq!(shared.stats.snapshot().claims_lost, 1);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(q.depth_now().visible, 1, "given back");
+    });
+}
+
+/// A throttled extension leaves the lease held until its deadline, and its
+/// claim must hold as long: the heartbeat renews it all the same (else the
+/// claim lapses while the job completes, and another worker runs it again).
+#[test]
+fn claims_are_renewed_while_extensions_are_throttled() {
+    paused_system().block_on(async {
+        let local = LocalBackend::new();
+        let q = one_queue(&local, 1);
+        let store = Arc::new(Renewals::default());
+        store
+            .renewed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let shared = over(
+            q.clone(),
+            &local,
+            Duration::from_secs(30),
+            Some(store.clone()),
+        );
+        let leases = lease_all(&shared, q.as_ref(), 1).await;
+        leases[0].set_claimed();
+        local.set_infra_faults(crate::backend::local::InfraFaults {
+            throttle_window: Some(crate::backend::local::Window::new(
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            )),
+            ops: vec![crate::backend::local::Op::ChangeVisibility],
+            ..Default::default()
+        });
+        crate::pipeline::start_keeper_only(shared.clone());
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let calls = store.calls.load(std::sync::atomic::Ordering::Acquire);
+        assert!(calls >= 1, "no renewal while every extension was throttled");
+        assert_eq!(shared.stats.snapshot().leases_extended, 0);
+        assert!(!leases[0].is_cancelled());
     });
 }
 
