@@ -1,23 +1,23 @@
 //! One classifier for every AWS error: what the actors should do with it.
+//! Throttling and transient codes are the SDK's own lists (those its retry
+//! classifier uses); ferry adds what the SDK's lists leave to status codes
+//! (S3's 5xx, KMS throttling under S3) and the codes that decide the rest.
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
+
 use crate::error::BackendError;
 
-const THROTTLING: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-    "KMS.ThrottlingException",
-    "KMSThrottling",
-    "ProvisionedThroughputExceededException",
-];
+/// Throttling codes the SDK's list does not have: S3 answers these when
+/// the KMS key of an encrypted bucket throttles.
+const THROTTLING_KMS: &[&str] = &["KMS.ThrottlingException", "KMSThrottling"];
+
+/// Throttling, as the SDK's own retry classifier knows it, and KMS's.
+fn throttling(code: &str) -> bool {
+    THROTTLING_ERRORS.contains(&code) || THROTTLING_KMS.contains(&code)
+}
 
 const ACCESS: &[&str] = &[
     "AccessDenied",
@@ -62,7 +62,7 @@ pub(crate) fn classify_code(
         && message.to_ascii_lowercase().contains("receipt"));
     if stale_handle {
         BackendError::ReceiptInvalid
-    } else if THROTTLING.contains(&code) {
+    } else if throttling(code) {
         BackendError::Throttled {
             message: format!("{resource}: {code}: {message}"),
         }
@@ -77,10 +77,8 @@ pub(crate) fn classify_code(
             resource: resource.to_owned(),
         }
     } else if server_fault
-        || matches!(
-            code,
-            "RequestTimeout" | "InternalError" | "ServiceUnavailable"
-        )
+        || TRANSIENT_ERRORS.contains(&code)
+        || matches!(code, "InternalError" | "ServiceUnavailable")
     {
         BackendError::transient(format!("{resource}: {code}: {message}"))
     } else {
