@@ -36,17 +36,9 @@ impl Crash {
         if !rng.gen_bool(0.35) {
             return None;
         }
-        const OPS: [Op; 8] = [
-            Op::Receive,
-            Op::Delete,
-            Op::ChangeVisibility,
-            Op::Send,
-            Op::Publish,
-            Op::Put,
-            Op::Get,
-            Op::Head,
-        ];
-        let op = OPS[rng.gen_range(0..OPS.len())];
+        // Any call: the queues', the topic's, the result store's, the
+        // idempotency store's.
+        let op = Op::ALL[rng.gen_range(0..Op::ALL.len())];
         let most = if op == Op::Receive {
             8
         } else {

@@ -147,6 +147,26 @@ pub(crate) enum Move {
 
 use LeaseState as S;
 
+/// The states a lease is in before the acker has it.
+const BEFORE_ACKER: &[LeaseState] = &[
+    S::Pending,
+    S::Gated,
+    S::Probing,
+    S::Running,
+    S::Processed,
+    S::Stored,
+];
+/// Every state but Ended.
+const LIVE: &[LeaseState] = &[
+    S::Pending,
+    S::Gated,
+    S::Probing,
+    S::Running,
+    S::Processed,
+    S::Stored,
+    S::Settling,
+];
+
 impl Move {
     /// Every move, in the order DESIGN.md lists them.
     #[cfg(test)]
@@ -179,40 +199,10 @@ impl Move {
             Move::Store => (&[S::Processed], S::Stored),
             Move::Found => (&[S::Probing], S::Stored),
             Move::NotFound => (&[S::Probing], S::Pending),
-            Move::Settle => (
-                &[
-                    S::Pending,
-                    S::Gated,
-                    S::Probing,
-                    S::Running,
-                    S::Processed,
-                    S::Stored,
-                ],
-                S::Settling,
-            ),
-            Move::End => (
-                &[
-                    S::Pending,
-                    S::Gated,
-                    S::Probing,
-                    S::Running,
-                    S::Processed,
-                    S::Stored,
-                    S::Settling,
-                ],
-                S::Ended,
-            ),
-            Move::Lose => (
-                &[
-                    S::Pending,
-                    S::Gated,
-                    S::Probing,
-                    S::Running,
-                    S::Processed,
-                    S::Stored,
-                ],
-                S::Ended,
-            ),
+            Move::Settle => (BEFORE_ACKER, S::Settling),
+            Move::End => (LIVE, S::Ended),
+            // The acker ends a Settling lease itself, lost or not.
+            Move::Lose => (BEFORE_ACKER, S::Ended),
         }
     }
 

@@ -506,26 +506,43 @@ fn a_restarted_keeper_extends_again() {
     });
 }
 
+/// `n` leases of a queue with a 30 s visibility over a store that renews,
+/// the first claimed; `prepare` sees the backend before the keeper starts.
+async fn claimed_leases(
+    n: usize,
+    prepare: impl FnOnce(&LocalBackend),
+) -> (
+    LocalBackend,
+    Arc<crate::backend::local::LocalQueue>,
+    Arc<Renewals>,
+    Arc<Shared>,
+    Vec<Arc<crate::lease::Lease>>,
+) {
+    let local = LocalBackend::new();
+    let q = one_queue(&local, n);
+    let store = Arc::new(Renewals::default());
+    store
+        .renewed
+        .store(true, std::sync::atomic::Ordering::Release);
+    let shared = over(
+        q.clone(),
+        &local,
+        Duration::from_secs(30),
+        Some(store.clone()),
+    );
+    let leases = lease_all(&shared, q.as_ref(), n).await;
+    leases[0].set_claimed();
+    prepare(&local);
+    crate::pipeline::start_keeper_only(shared.clone());
+    (local, q, store, shared, leases)
+}
+
 /// The heartbeat renews the claim of each lease it extends, and only
 /// those; a refused renewal cancels the job and gives its message back.
 #[test]
 fn claims_are_renewed_with_each_extension_and_a_refusal_cancels() {
     paused_system().block_on(async {
-        let local = LocalBackend::new();
-        let q = one_queue(&local, 2);
-        let store = Arc::new(Renewals::default());
-        store
-            .renewed
-            .store(true, std::sync::atomic::Ordering::Release);
-        let shared = over(
-            q.clone(),
-            &local,
-            Duration::from_secs(30),
-            Some(store.clone()),
-        );
-        let leases = lease_all(&shared, q.as_ref(), 2).await;
-        leases[0].set_claimed();
-        crate::pipeline::start_keeper_only(shared.clone());
+        let (_local, q, store, shared, leases) = claimed_leases(2, |_| {}).await;
         tokio::time::sleep(Duration::from_secs(62)).await;
         let calls = store.calls.load(std::sync::atomic::Ordering::Acquire);
         assert!(
@@ -551,29 +568,17 @@ fn claims_are_renewed_with_each_extension_and_a_refusal_cancels() {
 #[test]
 fn claims_are_renewed_while_extensions_are_throttled() {
     paused_system().block_on(async {
-        let local = LocalBackend::new();
-        let q = one_queue(&local, 1);
-        let store = Arc::new(Renewals::default());
-        store
-            .renewed
-            .store(true, std::sync::atomic::Ordering::Release);
-        let shared = over(
-            q.clone(),
-            &local,
-            Duration::from_secs(30),
-            Some(store.clone()),
-        );
-        let leases = lease_all(&shared, q.as_ref(), 1).await;
-        leases[0].set_claimed();
-        local.set_infra_faults(crate::backend::local::InfraFaults {
-            throttle_window: Some(crate::backend::local::Window::new(
-                Duration::ZERO,
-                Duration::from_secs(3600),
-            )),
-            ops: vec![crate::backend::local::Op::ChangeVisibility],
-            ..Default::default()
-        });
-        crate::pipeline::start_keeper_only(shared.clone());
+        let (_local, _q, store, shared, leases) = claimed_leases(1, |local| {
+            local.set_infra_faults(crate::backend::local::InfraFaults {
+                throttle_window: Some(crate::backend::local::Window::new(
+                    Duration::ZERO,
+                    Duration::from_secs(3600),
+                )),
+                ops: vec![crate::backend::local::Op::ChangeVisibility],
+                ..Default::default()
+            })
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(25)).await;
         let calls = store.calls.load(std::sync::atomic::Ordering::Acquire);
         assert!(calls >= 1, "no renewal while every extension was throttled");
