@@ -22,6 +22,11 @@ pub enum Sabotage {
     DeadLetterRetries = 5,
     /// The infrastructure's failures are charged to the job as attempts.
     ChargeInfrastructure = 6,
+    /// A job the idempotency store marked completed is run again.
+    RunCompleted = 7,
+    /// The worker threads of a runtime dropped without a shutdown go on
+    /// starting the jobs queued for them.
+    IgnoreHalt = 8,
 }
 
 #[cfg(feature = "sabotage")]

@@ -52,6 +52,19 @@ impl Crash {
     }
 }
 
+impl Crash {
+    /// A crash early in the seed (before a job's first result is stored),
+    /// while jobs are queued for the worker's threads.
+    pub(crate) fn early(seed: u64, workers: u8) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x6561_726c);
+        Self {
+            worker: rng.gen_range(0..workers),
+            op: Op::Put,
+            nth: 1,
+        }
+    }
+}
+
 /// One worker's kill switch, shared by its wrappers and processors.
 #[derive(Debug)]
 pub(crate) struct CrashPoint {
@@ -60,6 +73,8 @@ pub(crate) struct CrashPoint {
     fired: AtomicBool,
     /// The stamp of the moment it fired: the worker's death.
     fired_at: std::sync::atomic::AtomicU64,
+    /// Its runtime has been dropped: nothing of it may start a job now.
+    dropped: AtomicBool,
     log: Arc<Log>,
 }
 
@@ -70,8 +85,20 @@ impl CrashPoint {
             calls: AtomicU32::new(0),
             fired: AtomicBool::new(false),
             fired_at: std::sync::atomic::AtomicU64::new(0),
+            dropped: AtomicBool::new(false),
             log,
         })
+    }
+
+    /// The worker's runtime has been dropped.
+    pub(crate) fn set_dropped(&self) {
+        self.dropped.store(true, Ordering::Release);
+    }
+
+    /// Whether the worker's runtime has been dropped: a job that starts
+    /// now started in a dead process.
+    pub(crate) fn dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
     }
 
     /// The stamp of the worker's death (0 before it).

@@ -192,6 +192,10 @@ enum Sabotage {
     DeadLetterRetries,
     /// The runtime charges the infrastructure's failures to the jobs.
     ChargeInfrastructure,
+    /// The runtime runs again a job the idempotency store marked completed.
+    RunCompleted,
+    /// A runtime dropped as a crash goes on starting queued jobs.
+    IgnoreHalt,
 }
 
 impl Sabotage {
@@ -207,6 +211,8 @@ impl Sabotage {
             Self::LoseFifoOrder => "broke FIFO order",
             Self::DeadLetterRetries => "holds job(s) that are not bad inputs",
             Self::ChargeInfrastructure => "charged an attempt for the infrastructure",
+            Self::RunCompleted => "ran after the store marked them completed",
+            Self::IgnoreHalt => "after it was killed",
         }
     }
 
@@ -221,6 +227,8 @@ impl Sabotage {
             Self::LoseFifoOrder => Some(S::LoseFifoOrder),
             Self::DeadLetterRetries => Some(S::DeadLetterRetries),
             Self::ChargeInfrastructure => Some(S::ChargeInfrastructure),
+            Self::RunCompleted => Some(S::RunCompleted),
+            Self::IgnoreHalt => Some(S::IgnoreHalt),
         }
     }
 }

@@ -243,6 +243,12 @@ impl Plan {
         if !args.no_faults && !args.disable.contains(&FaultClass::Crash) {
             plan.crash = Crash::draw(seed, plan.workers, plan.jobs);
         }
+        if args.sabotage == Some(crate::Sabotage::IgnoreHalt) {
+            // What it breaks shows only where a worker dies with jobs
+            // queued for its threads: sync processors, killed early.
+            plan.kinds = [Kind::Sync, Kind::Sync];
+            plan.crash = Some(Crash::early(seed, plan.workers));
+        }
         let p = &plan.processor;
         if p.hang_rate > 0.0 || p.block_rate > 0.0 {
             plan.max_lease_age = Some(plan.visibility * 10);

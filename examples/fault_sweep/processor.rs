@@ -79,6 +79,12 @@ impl SweepProcessor {
     /// workers (a job announced twice has two stage-2 messages, each with
     /// its own receive counts), stop at `MAX_RECEIVES - 2` too.
     fn faults_of(&self, job: &Job) -> Draws {
+        if self.crash.as_ref().is_some_and(|c| c.dropped()) {
+            self.log.anomaly(format!(
+                "worker {} started {} at stage {} after it was killed",
+                self.worker, job.id, self.stage
+            ));
+        }
         let (id, n, f) = (job.id.as_str(), job.receive_count, self.faults);
         let d = |purpose| draw(self.seed, purpose, self.stage, n, id);
         let early = n + 1 < MAX_RECEIVES;

@@ -85,6 +85,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
                 // died is still one).
                 dead_readers.push(dead.stats_reader());
                 let _ = tokio::task::spawn_blocking(move || drop(dead)).await;
+                point.set_dropped();
                 lost_at_crash(&world.log, c.worker, point.fired_at());
                 let _ = writeln!(
                     details,

@@ -136,6 +136,11 @@ impl Gate {
                     lease.set_claimed();
                     go.push(lease);
                 }
+                Ok(Some(ClaimOutcome::Completed))
+                    if crate::sabotage::on(crate::sabotage::Sabotage::RunCompleted) =>
+                {
+                    go.push(lease);
+                }
                 Ok(Some(ClaimOutcome::Completed)) => {
                     s.jobs_started(1);
                     Stats::inc(&s.stats.skipped_completed);

@@ -204,7 +204,8 @@ impl Worker {
     /// Runs one job.
     fn run_one(&self, lease: Arc<Lease>, processor: &mut Option<Box<dyn Processor>>) -> Ran {
         let s = &self.shared;
-        if !lease.try_start() {
+        let halted = s.halted() && !crate::sabotage::on(crate::sabotage::Sabotage::IgnoreHalt);
+        if halted || !lease.try_start() {
             return Ran::Done;
         }
         self.slot.begin(&lease);
@@ -272,7 +273,7 @@ impl Worker {
         let mut processor = self.build();
         let mut consecutive = 0u32;
         while let Ok(lease) = self.rx.recv() {
-            if s.halted() {
+            if s.halted() && !crate::sabotage::on(crate::sabotage::Sabotage::IgnoreHalt) {
                 // The runtime is gone: the leases still queued here are
                 // nobody's now, as after a crash.
                 break;
