@@ -187,8 +187,9 @@ fn charged(r: &Records, v: &mut Vec<String>) {
 }
 
 /// A run that hung must have been cancelled and its lease ended: timed out
-/// (a retry), given back uncharged (it had waited most of its lease's age
-/// for a worker), or lost. ferry may not leave it be.
+/// (a retry, or a dead letter when that was its last attempt), given back
+/// uncharged (it had waited most of its lease's age for a worker), or lost.
+/// ferry may not leave it be.
 fn hung(r: &Records, v: &mut Vec<String>) {
     let bad: Vec<String> = r
         .runs
@@ -200,7 +201,8 @@ fn hung(r: &Records, v: &mut Vec<String>) {
                     && e.job == x.job
                     && e.message == x.message
                     && e.receive_count == x.receive_count
-                    && (e.ending == "retry" || e.ending == "release" || e.how == "Lost")
+                    && (matches!(e.ending.as_str(), "retry" | "release" | "dead-letter")
+                        || e.how == "Lost")
             })
         })
         .map(|x| format!("{} at stage {} ({})", x.job, x.stage, x.message))
