@@ -3,7 +3,6 @@
 //! `#[tokio::main]` never touches actix, and hands back a [`RuntimeHandle`]
 //! with stats and a graceful [`RuntimeHandle::shutdown`].
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -209,7 +208,7 @@ fn pipeline_stats(shared: &[Arc<Shared>]) -> Vec<PipelineStats> {
         .map(|s| PipelineStats {
             name: s.name.to_string(),
             stats: s.stats.snapshot(),
-            in_flight: s.life.leases.len(),
+            in_flight: s.leases_held(),
             escalated: s.is_escalated(),
         })
         .collect()
@@ -246,7 +245,7 @@ impl RuntimeHandle {
 
     /// Leases held now, over all pipelines.
     pub fn in_flight(&self) -> usize {
-        self.shared.iter().map(|s| s.life.leases.len()).sum()
+        self.shared.iter().map(|s| s.leases_held()).sum()
     }
 
     /// Every pipeline's health: running, escalated (with the reason),
@@ -266,13 +265,12 @@ impl RuntimeHandle {
 
     /// The first pipeline that has escalated, as an error.
     fn escalation(&self) -> Option<FerryError> {
-        self.shared
-            .iter()
-            .find(|s| s.care.health.escalations() > 0)
-            .map(|s| FerryError::Escalated {
+        self.shared.iter().find_map(|s| {
+            s.escalated_for().map(|reason| FerryError::Escalated {
                 pipeline: s.name.to_string(),
-                reason: s.care.health.reason().unwrap_or_default(),
+                reason,
             })
+        })
     }
 
     /// Stops polling, releases the leases of jobs not yet started, lets
@@ -408,10 +406,9 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         report.released_unstarted += r.shared.release_leases(false);
     }
     let busy = || {
-        running.iter().any(|r| {
-            !r.shared.life.leases.is_empty()
-                || r.shared.flow.receives_in_flight.load(Ordering::Acquire) > 0
-        })
+        running
+            .iter()
+            .any(|r| r.shared.leases_held() > 0 || r.shared.receives_in_flight() > 0)
     };
     wait_until(started + grace, || !busy()).await;
     for r in running {
@@ -424,10 +421,10 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     wait_until(tokio::time::Instant::now() + Duration::from_secs(5), || {
-        running.iter().all(|r| r.shared.life.leases.is_empty())
+        running.iter().all(|r| r.shared.leases_held() == 0)
     })
     .await;
-    report.held_at_exit = running.iter().map(|r| r.shared.life.leases.len()).sum();
+    report.held_at_exit = running.iter().map(|r| r.shared.leases_held()).sum();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::info!(?report, "ferry stopped");
     report

@@ -247,6 +247,21 @@ impl Shared {
         )
     }
 
+    /// Leases held now.
+    pub(crate) fn leases_held(&self) -> usize {
+        self.life.leases.len()
+    }
+
+    /// Receives under way now.
+    pub(crate) fn receives_in_flight(&self) -> usize {
+        self.flow.receives_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Why the pipeline escalated, if it ever did (the last reason).
+    pub(crate) fn escalated_for(&self) -> Option<String> {
+        (self.care.health.escalations() > 0).then(|| self.care.health.reason().unwrap_or_default())
+    }
+
     /// Sets the in-flight gauge to the leases held now.
     pub(crate) fn leases_changed(&self) {
         self.stats.in_flight.set(self.life.leases.len() as f64);
