@@ -165,7 +165,7 @@ pub(crate) async fn check(
             world.log.with(|r| {
                 r.messages
                     .iter()
-                    .filter(|((st, _), m)| *st == stage && m.job == id)
+                    .filter(|((st, _), m)| *st == stage && listed(&m.job) == id)
                     .count() as u32
             })
         };
@@ -177,7 +177,7 @@ pub(crate) async fn check(
             let messages: Vec<String> = world.log.with(|r| {
                 r.messages
                     .iter()
-                    .filter(|((st, _), m)| *st == stage && m.job == id)
+                    .filter(|((st, _), m)| *st == stage && listed(&m.job) == id)
                     .map(|((_, message), _)| message.clone())
                     .collect()
             });
