@@ -202,7 +202,7 @@ fn stage1_image(c: &mut Criterion) {
 
 /// The seen-ID cache and the lease table, per operation.
 fn shared_state(c: &mut Criterion) {
-    use ferry::__private::{Claim, LeaseTable, SeenCache};
+    use ferry::__private::{Arrival, LeaseTable, SeenCache};
     use ferry::backend::ReceivedMessage;
     let job = |i: u64| {
         Job::from_message(ReceivedMessage {
@@ -231,7 +231,8 @@ fn shared_state(c: &mut Criterion) {
             i += 1;
             let j = job(i);
             let id = j.id.clone();
-            if let Claim::New(lease) = cache.claim(&id, || table.insert(j, String::new(), until)) {
+            if let Arrival::New(lease) = cache.arrive(&id, || table.insert(j, String::new(), until))
+            {
                 table.remove(&lease);
             }
             cache.complete(&id);

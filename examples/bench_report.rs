@@ -370,8 +370,8 @@ fn rss_mb_leases(n: usize) -> f64 {
         let handle = m.receipt_handle.clone();
         let job = Job::from_message(m);
         let id = job.id.clone();
-        if let ferry::__private::Claim::New(lease) =
-            cache.claim(&id, || table.insert(job, handle, until))
+        if let ferry::__private::Arrival::New(lease) =
+            cache.arrive(&id, || table.insert(job, handle, until))
         {
             held.push(lease);
         }

@@ -72,7 +72,7 @@ pub use stats::StatsSnapshot;
 /// stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::lease::{Claim, Lease, LeaseTable, SeenCache};
+    pub use crate::lease::{Arrival, Lease, LeaseTable, SeenCache};
 }
 
 /// The names a service needs to write and register a processor.

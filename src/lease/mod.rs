@@ -26,7 +26,7 @@ mod table;
 
 pub(crate) use groups::Groups;
 pub use held::Lease;
-pub use seen::{Claim, SeenCache};
+pub use seen::{Arrival, SeenCache};
 pub(crate) use state::{Ending, LeaseState, Move, Owner};
 pub use table::LeaseTable;
 

@@ -26,7 +26,7 @@ enum Seen {
 /// What a delivery is, as far as this process knows.
 #[allow(missing_docs)]
 #[derive(Debug)]
-pub enum Claim {
+pub enum Arrival {
     /// Not seen (or seen long ago): process it under this new lease.
     New(Arc<Lease>),
     /// The same job is in flight under this lease.
@@ -67,27 +67,27 @@ impl SeenCache {
     }
 
     /// Classifies a delivery; `make` creates the lease of a new one.
-    pub fn claim(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Claim {
-        self.claim_key(id.key(), make)
+    pub fn arrive(&self, id: &JobId, make: impl FnOnce() -> Arc<Lease>) -> Arrival {
+        self.arrive_key(id.key(), make)
     }
 
     /// [`SeenCache::claim`] by a key already hashed.
-    pub(crate) fn claim_key(&self, k: Key, make: impl FnOnce() -> Arc<Lease>) -> Claim {
+    pub(crate) fn arrive_key(&self, k: Key, make: impl FnOnce() -> Arc<Lease>) -> Arrival {
         let ttl = self.ttl.as_millis() as u64;
         match self.map.entry(k) {
             Entry::Occupied(mut e) => match e.get() {
-                Seen::InFlight(lease) => Claim::InFlight(lease.clone()),
-                Seen::Done(at) if self.now_ms().saturating_sub(*at) < ttl => Claim::Done,
+                Seen::InFlight(lease) => Arrival::InFlight(lease.clone()),
+                Seen::Done(at) if self.now_ms().saturating_sub(*at) < ttl => Arrival::Done,
                 Seen::Done(_) => {
                     let lease = make();
                     e.insert(Seen::InFlight(lease.clone()));
-                    Claim::New(lease)
+                    Arrival::New(lease)
                 }
             },
             Entry::Vacant(v) => {
                 let lease = make();
                 v.insert(Seen::InFlight(lease.clone()));
-                Claim::New(lease)
+                Arrival::New(lease)
             }
         }
     }
@@ -192,22 +192,22 @@ mod tests {
         let table = LeaseTable::default();
         let cache = SeenCache::new(Duration::from_secs(60), 100);
         let id = JobId::new("a");
-        let first = match cache.claim(&id, || lease(&table, "a")) {
-            Claim::New(l) => l,
+        let first = match cache.arrive(&id, || lease(&table, "a")) {
+            Arrival::New(l) => l,
             other => panic!("expected new, got {other:?}"),
         };
         assert!(
-            matches!(cache.claim(&id, || lease(&table, "a")), Claim::InFlight(l) if l.id == first.id)
+            matches!(cache.arrive(&id, || lease(&table, "a")), Arrival::InFlight(l) if l.id == first.id)
         );
         cache.complete(&id);
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::Done
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::Done
         ));
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::New(_)
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::New(_)
         ));
     }
 
@@ -217,7 +217,7 @@ mod tests {
         let cache = SeenCache::new(Duration::from_secs(3600), 100);
         for i in 0..1000 {
             let id = JobId::new(format!("j{i}"));
-            let _ = cache.claim(&id, || lease(&table, "x"));
+            let _ = cache.arrive(&id, || lease(&table, "x"));
             cache.complete(&id);
         }
         // It keeps exactly the newest 100: those are still dropped as done,
@@ -226,14 +226,14 @@ mod tests {
         for i in 900..1000 {
             let id = JobId::new(format!("j{i}"));
             assert!(
-                matches!(cache.claim(&id, || lease(&table, "x")), Claim::Done),
+                matches!(cache.arrive(&id, || lease(&table, "x")), Arrival::Done),
                 "j{i} forgotten"
             );
         }
         for i in [0, 1, 500, 899] {
             let id = JobId::new(format!("j{i}"));
             assert!(
-                matches!(cache.claim(&id, || lease(&table, "x")), Claim::New(_)),
+                matches!(cache.arrive(&id, || lease(&table, "x")), Arrival::New(_)),
                 "j{i} kept"
             );
         }
@@ -246,7 +246,7 @@ mod tests {
         assert!(cache.is_empty());
         for i in 0..10 {
             let id = JobId::new(format!("j{i}"));
-            let _ = cache.claim(&id, || lease(&table, "x"));
+            let _ = cache.arrive(&id, || lease(&table, "x"));
             assert!(!cache.is_empty());
             cache.complete(&id);
         }
@@ -254,7 +254,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         // The next completion drops every entry of the TTL's age.
         let id = JobId::new("late");
-        let _ = cache.claim(&id, || lease(&table, "x"));
+        let _ = cache.arrive(&id, || lease(&table, "x"));
         cache.complete(&id);
         assert_eq!(cache.len(), 1);
     }
@@ -264,17 +264,17 @@ mod tests {
         let table = LeaseTable::default();
         let cache = SeenCache::new(Duration::from_secs(60), 100);
         let id = JobId::new("a");
-        let _ = cache.claim(&id, || lease(&table, "a"));
+        let _ = cache.arrive(&id, || lease(&table, "a"));
         cache.complete(&id);
         tokio::time::advance(Duration::from_millis(59_999)).await;
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::Done
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::Done
         ));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::New(_)
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::New(_)
         ));
     }
 
@@ -342,19 +342,19 @@ mod tests {
         let table = LeaseTable::default();
         let cache = SeenCache::new(Duration::from_secs(60), 100);
         let id = JobId::new("a");
-        let Claim::New(first) = cache.claim(&id, || lease(&table, "a")) else {
+        let Arrival::New(first) = cache.arrive(&id, || lease(&table, "a")) else {
             panic!()
         };
         let other = lease(&table, "a");
         cache.forget(&other);
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::InFlight(_)
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::InFlight(_)
         ));
         cache.forget(&first);
         assert!(matches!(
-            cache.claim(&id, || lease(&table, "a")),
-            Claim::New(_)
+            cache.arrive(&id, || lease(&table, "a")),
+            Arrival::New(_)
         ));
     }
 }

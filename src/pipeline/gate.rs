@@ -16,16 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::messages::{Admit, Leased, Probe, Restart};
+use super::messages::{Admit, Arrived, Leased, Probe, Restart};
 use super::shared::Shared;
 use crate::idempotency::{ClaimOutcome, RecordStatus};
 use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::stats::Stats;
-
-/// Poller → gate: new Gated leases.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Arrived(pub(crate) Vec<Arc<Lease>>);
 
 pub(crate) struct Gate {
     shared: Arc<Shared>,

@@ -69,3 +69,8 @@ pub(crate) struct Escalated;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Admit(pub(crate) Vec<Arc<Lease>>);
+
+/// Poller → gate: new Gated leases.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Arrived(pub(crate) Vec<Arc<Lease>>);

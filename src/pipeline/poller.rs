@@ -10,20 +10,20 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::gate::{Arrived, Gate};
-use super::messages::{DropCopies, Leased, Probe, Restart, ResumePolling, StopPolling};
+use super::messages::{Arrived, DropCopies, Leased, Probe, Restart, ResumePolling, StopPolling};
 use super::shared::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
-use crate::lease::Claim;
+use crate::lease::Arrival;
 use crate::lease::{Ending, Move};
 use crate::stats::Stats;
 
 pub(crate) struct Poller {
     shared: Arc<Shared>,
     /// The gate new leases pass, when the pipeline has one.
-    gate: Option<Addr<Gate>>,
+    /// Where new leases go first, when the pipeline gates them.
+    gate: Option<Recipient<Arrived>>,
     /// Receives in flight, by slot number.
     active: Vec<(u64, SpawnHandle)>,
     next_slot: u64,
@@ -40,7 +40,7 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    pub(crate) fn new(shared: Arc<Shared>, gate: Option<Addr<Gate>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, gate: Option<Recipient<Arrived>>) -> Self {
         Self {
             shared,
             gate,
@@ -84,7 +84,7 @@ impl Poller {
     /// then arrive in the queue's order, and an endpoint that does not lock
     /// message groups atomically across concurrent receives (moto, for one)
     /// cannot hand two of a group's messages to two receives at once.
-    fn max_receives(&self) -> usize {
+    fn receive_slots(&self) -> usize {
         if self.shared.life.groups.is_some() {
             1
         } else {
@@ -183,7 +183,7 @@ impl Poller {
                 // costs a call when the queue runs empty.
                 let starving = self.shared.ready_pending() * 2 < self.prefetch_limit();
                 if full && starving && self.room() >= asked {
-                    self.target = (self.target + 1).min(self.max_receives());
+                    self.target = (self.target + 1).min(self.receive_slots());
                 } else if empty || (full && !starving) {
                     self.target = self.target.saturating_sub(1).max(1);
                 }
@@ -248,13 +248,13 @@ impl Poller {
             let k = id.key();
             // The job moves into the new lease, or stays here for a copy.
             let mut job = Some(job);
-            let claim = s.life.seen.claim_key(k, || {
+            let claim = s.life.seen.arrive_key(k, || {
                 let h = handle.take().expect("taken once");
                 let job = job.take().expect("taken once");
                 s.life.leases.insert_at(job, h, visible_until, now, k)
             });
             match claim {
-                Claim::InFlight(lease) => {
+                Arrival::InFlight(lease) => {
                     // The newest handle is the one SQS honours; another
                     // message of the same job is held beside the first.
                     let copy = job.take().expect("not taken for a copy");
@@ -269,12 +269,12 @@ impl Poller {
                         held_back.push(g);
                     }
                 }
-                Claim::Done => {
+                Arrival::Done => {
                     Stats::inc(&s.stats.duplicates_dropped);
                     tracing::debug!(pipeline = %s.name, job_id = %id, "duplicate of a completed job dropped");
                     copies.push(handle.expect("not taken for a copy"));
                 }
-                Claim::New(lease) => {
+                Arrival::New(lease) => {
                     let count = lease.job.receive_count;
                     let behind = group.is_some_and(|g| held_back.contains(&g));
                     if self.stopped || s.is_escalated() || behind {

@@ -83,7 +83,7 @@ pub(crate) fn start(shared: Arc<Shared>) -> Running {
     });
     let poller = sup.start(
         actix::Context::new(),
-        poller::Poller::new(shared.clone(), gate.clone()),
+        poller::Poller::new(shared.clone(), gate.clone().map(|g| g.recipient())),
     );
     let keeper = sup.start(
         actix::Context::new(),

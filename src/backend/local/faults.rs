@@ -125,11 +125,11 @@ impl CallCounts {
 
 /// A gate that holds every call of one operation while closed.
 #[derive(Debug, Clone)]
-pub struct Gate {
+pub struct CallGate {
     tx: Arc<watch::Sender<bool>>,
 }
 
-impl Gate {
+impl CallGate {
     /// Lets held and future calls through.
     pub fn open(&self) {
         self.tx.send_replace(true);
@@ -215,11 +215,11 @@ impl FaultState {
         CallCounts { counts }
     }
 
-    pub(crate) fn gate(&self, op: Op) -> Gate {
+    pub(crate) fn gate(&self, op: Op) -> CallGate {
         let (tx, rx) = watch::channel(false);
         self.gates.write().expect("gates lock").insert(op, rx);
         self.gated.store(true, Ordering::Release);
-        Gate { tx: Arc::new(tx) }
+        CallGate { tx: Arc::new(tx) }
     }
 
     /// Makes the next call of `op` panic, whatever else is configured.

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use blob::LocalBlobStore;
-pub use faults::{CallCounts, Faults, Gate};
+pub use faults::{CallCounts, CallGate, Faults};
 pub use idempotency::{LocalIdempotencyStore, LOCAL_KEEP_EXPIRED};
 pub use infra::{InfraFaults, Window};
 pub use op::Op;
@@ -127,7 +127,7 @@ impl LocalBackend {
 
     /// Holds every call of `op` until the returned gate is opened (or
     /// dropped and another gate set).
-    pub fn gate(&self, op: Op) -> Gate {
+    pub fn gate(&self, op: Op) -> CallGate {
         self.inner.faults.gate(op)
     }
 
