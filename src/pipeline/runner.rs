@@ -107,6 +107,9 @@ impl AsyncRunner {
                         let Ok(_permit) = t.permits.clone().acquire_owned().await else {
                             return;
                         };
+                        if t.halted() {
+                            return;
+                        }
                         t.guarded(vec![lease.clone()], t.run_one(p, lease.clone()))
                             .await;
                     });
@@ -150,8 +153,20 @@ impl AsyncRunner {
             let Ok(_permits) = t.permits.clone().acquire_many_owned(want).await else {
                 return;
             };
+            if t.halted() {
+                return;
+            }
             t.guarded(batch.clone(), t.run_batch(p, batch)).await;
         });
+    }
+}
+
+impl Tasks {
+    /// The runtime was dropped without a shutdown (a crash): the jobs'
+    /// runtime may still poll a task woken just before it stopped, which
+    /// must not start its job.
+    fn halted(&self) -> bool {
+        self.shared.halted() && !crate::sabotage::on(crate::sabotage::Sabotage::IgnoreHalt)
     }
 }
 
