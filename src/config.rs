@@ -131,8 +131,8 @@ pub struct PipelineConfig {
     /// lease lost, or its maximum age reached) before its worker thread is
     /// abandoned: a new thread takes its place in the pool and the old one
     /// is left, detached, to finish or hang on its own. A job that has
-    /// itself run for half its lease's maximum age or more and is still
-    /// running at that age counts one failed attempt ("timed out"), so a
+    /// itself run for half its lease's age or more when the lease reaches
+    /// its age limit counts one failed attempt ("timed out"), so a
     /// job that hangs every time ends in the dead-letter queue.
     pub hang_grace: Duration,
     /// Abandoned worker threads alive at once, at most. Past it a stuck

@@ -289,6 +289,11 @@ impl RuntimeHandle {
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        // The drain is over: what is left (a worker thread left behind by a
+        // hung job, a task of the jobs' runtime) starts nothing more.
+        for s in &self.shared {
+            s.halt();
+        }
         self.stop_owned();
         report
     }

@@ -4,8 +4,8 @@
 //! could run first. So every effect (upload, publish, split, claim
 //! completion, delete) checks the deadline itself, not only the cancel
 //! flag, right before its call; and a job that has itself run for half of
-//! its lease's maximum age or more, still running at that age, is charged
-//! an attempt ("timed out").
+//! its lease's age or more, still running when the lease reaches its age
+//! limit, is charged an attempt ("timed out").
 
 use std::sync::Arc;
 
@@ -72,12 +72,15 @@ impl Shared {
     }
 
     /// How a lease cancelled at its age limit (`limit` names it) ends: a
-    /// job that has itself been running for at least half the maximum age
+    /// job that has itself been running for at least half the lease's age
     /// ran past its limit, a failed attempt ("timed out"); any other lease
     /// is given back uncharged — it spent its age waiting (for a worker,
     /// behind other jobs), which is the pipeline's doing, not the job's.
     pub(crate) fn past_max_age(&self, lease: &Lease, limit: &str) -> Ending {
-        let ran_long = lease.in_state_for() >= self.config.max_lease_age / 2;
+        // Half of the lease's own age at its end (which may come before
+        // `max_lease_age`: the last extension that fits ends it).
+        let age = Instant::now().saturating_duration_since(lease.received_at);
+        let ran_long = lease.in_state_for() * 2 >= age;
         if lease.state() != LeaseState::Running || !ran_long {
             return Ending::Release;
         }

@@ -27,6 +27,13 @@ pub(crate) struct LeaseKeeper {
     shared: Arc<Shared>,
 }
 
+/// Whether a lease whose extension failed still holds its claim: claimed,
+/// not cancelled, and its deadline not passed (a lease lost or ending
+/// gives its claim up, and a late renewal must not bring it back).
+fn still_holds(lease: &Lease) -> bool {
+    lease.is_claimed() && !lease.is_cancelled() && !crate::pipeline::deadline::lapsed(lease)
+}
+
 impl LeaseKeeper {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
@@ -144,7 +151,7 @@ impl LeaseKeeper {
                         l.end_extend();
                         l
                     })
-                    .filter(|l| l.is_claimed())
+                    .filter(|l| still_holds(l))
                     .collect();
                 if !renew.is_empty() {
                     self.renew_claims(renew, ctx);
@@ -185,7 +192,7 @@ impl LeaseKeeper {
                     // The lease still holds until its deadline: its claim
                     // must not lapse before it because the queue throttled
                     // an extension (the job may be done and completing).
-                    if lease.is_claimed() {
+                    if still_holds(&lease) {
                         renew.push(lease);
                     }
                 }

@@ -587,6 +587,26 @@ fn claims_are_renewed_while_extensions_are_throttled() {
     });
 }
 
+/// The age check ends a lease at the last extension that fits, which can
+/// come well before `max_lease_age` (here at about 10 s of a 40 s limit
+/// with a 30 s visibility): a job running since its receive is charged.
+#[test]
+fn a_job_running_since_its_receive_is_timed_out_whatever_the_limit() {
+    paused_system().block_on(async {
+        let (_local, q, shared) = setup(1, Duration::from_secs(40));
+        let lease = lease_all(&shared, q.as_ref(), 1).await.remove(0);
+        assert!(lease.try_start());
+        crate::pipeline::start_keeper_only(shared.clone());
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert!(lease.is_cancelled());
+        assert!(
+            matches!(lease.ending(), Some(Ending::Retry { ref reason, .. }) if reason.contains("timed out")),
+            "{:?}",
+            lease.ending()
+        );
+    });
+}
+
 /// Leases `n` claimed messages, holds their renewals past the first
 /// extension, then settles the first lease and gives up the second's
 /// claim before the renewals answer — refused, or failing when
