@@ -121,8 +121,13 @@ fn runs(r: &Records, stage: u8, exactly_once: bool, v: &mut Vec<String>) {
                     && (e.how == "Released" || e.how == "Lost")
                     && a.start < e.at
                     // A killed worker's leases were lost when it died: that
-                    // excuses only runs after its death.
-                    && (e.ending != "crash" || e.at < b.start)
+                    // excuses only runs after its death, or a later
+                    // delivery of the same message (the queue handed it out
+                    // again, so the dead worker's visibility had lapsed
+                    // before, whatever its table still said).
+                    && (e.ending != "crash"
+                        || e.at < b.start
+                        || (b.message == a.message && b.receive_count > a.receive_count))
             });
             // Without the store, what a killed worker did is forgotten: its
             // successor may run the job again (from a notice announced
