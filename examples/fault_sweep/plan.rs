@@ -26,6 +26,10 @@ pub(crate) struct ProcessorFaults {
     /// Chance that an async or batch run blocks its thread (a
     /// `std::thread::sleep` of half to one and a half visibility timeouts).
     pub(crate) block_rate: f64,
+    /// Every sync run takes at least this long (zero but for the
+    /// `ignore-halt` sabotage, which needs jobs still queued when a worker
+    /// dies).
+    pub(crate) pace: Duration,
 }
 
 /// Everything one seed chose.
@@ -164,6 +168,7 @@ impl Plan {
             stall_rate: some_rate(&mut rng, 0.05),
             hang_rate: 0.0,
             block_rate: 0.0,
+            pace: Duration::ZERO,
         };
         let mut hrng = StdRng::seed_from_u64(seed ^ 0x6861_6e67);
         let processor = if hrng.gen_bool(0.3) {
@@ -248,6 +253,7 @@ impl Plan {
             // queued for its threads: sync processors, killed early.
             plan.kinds = [Kind::Sync, Kind::Sync];
             plan.crash = Some(Crash::early(seed, plan.workers));
+            plan.processor.pace = Duration::from_millis(50);
         }
         let p = &plan.processor;
         if p.hang_rate > 0.0 || p.block_rate > 0.0 {

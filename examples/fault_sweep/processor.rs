@@ -225,6 +225,7 @@ impl Processor for SweepProcessor {
     fn process(&mut self, job: &Job, ctx: &Context) -> Result<Output, ProcessError> {
         let start = self.log.tick();
         let d = self.faults_of(job);
+        std::thread::sleep(self.faults.pace);
         if d.panic {
             self.panic(job, start);
         }
