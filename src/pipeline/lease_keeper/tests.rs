@@ -506,11 +506,11 @@ fn a_restarted_keeper_extends_again() {
     });
 }
 
-/// `n` leases of a queue with a 30 s visibility over a store that renews,
-/// the first claimed; `prepare` sees the backend before the keeper starts.
-async fn claimed_leases(
+/// `n` leases of a queue with a 30 s visibility over a `Renewals` store
+/// that `set_up` prepares.
+async fn leases_over_renewals(
     n: usize,
-    prepare: impl FnOnce(&LocalBackend),
+    set_up: impl FnOnce(&Renewals),
 ) -> (
     LocalBackend,
     Arc<crate::backend::local::LocalQueue>,
@@ -521,9 +521,7 @@ async fn claimed_leases(
     let local = LocalBackend::new();
     let q = one_queue(&local, n);
     let store = Arc::new(Renewals::default());
-    store
-        .renewed
-        .store(true, std::sync::atomic::Ordering::Release);
+    set_up(&store);
     let shared = over(
         q.clone(),
         &local,
@@ -531,6 +529,27 @@ async fn claimed_leases(
         Some(store.clone()),
     );
     let leases = lease_all(&shared, q.as_ref(), n).await;
+    (local, q, store, shared, leases)
+}
+
+/// `n` leases over a store that renews, the first claimed; `prepare` sees
+/// the backend before the keeper starts.
+async fn claimed_leases(
+    n: usize,
+    prepare: impl FnOnce(&LocalBackend),
+) -> (
+    LocalBackend,
+    Arc<crate::backend::local::LocalQueue>,
+    Arc<Renewals>,
+    Arc<Shared>,
+    Vec<Arc<crate::lease::Lease>>,
+) {
+    let (local, q, store, shared, leases) = leases_over_renewals(n, |store| {
+        store
+            .renewed
+            .store(true, std::sync::atomic::Ordering::Release)
+    })
+    .await;
     leases[0].set_claimed();
     prepare(&local);
     crate::pipeline::start_keeper_only(shared.clone());
@@ -615,22 +634,15 @@ async fn renewals_answering_late(
     n: usize,
     failing: bool,
 ) -> (Arc<Shared>, Vec<Arc<crate::lease::Lease>>) {
-    let local = LocalBackend::new();
-    let q = one_queue(&local, n);
-    let store = Arc::new(Renewals::default());
-    store
-        .closed
-        .store(true, std::sync::atomic::Ordering::Release);
-    store
-        .failing
-        .store(failing, std::sync::atomic::Ordering::Release);
-    let shared = over(
-        q.clone(),
-        &local,
-        Duration::from_secs(30),
-        Some(store.clone()),
-    );
-    let leases = lease_all(&shared, q.as_ref(), n).await;
+    let (_local, _q, store, shared, leases) = leases_over_renewals(n, |store| {
+        store
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        store
+            .failing
+            .store(failing, std::sync::atomic::Ordering::Release);
+    })
+    .await;
     for l in &leases {
         l.set_claimed();
     }
