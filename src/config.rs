@@ -108,10 +108,6 @@ pub struct PipelineConfig {
     /// owns (gate, uploader, publisher, acker) marks that actor stalled: it
     /// is restarted and picks the lease up again.
     pub stall_timeout: Duration,
-    /// Attempts at carrying out one lease's ending (delete, visibility
-    /// change, dead-letter send) before the last resort: the lease is let
-    /// go and the queue's visibility timeout (and redrive policy) takes it.
-    pub settle_attempts: u32,
     /// How long an idempotency claim holds without renewal (the lease keeper
     /// renews it with each extension); `None`: the visibility timeout. A
     /// worker killed mid-job blocks its job for about this long.
@@ -164,7 +160,6 @@ impl Default for PipelineConfig {
             restart: RestartPolicy::default(),
             call_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(300),
-            settle_attempts: 10,
             claim_ttl: None,
             completed_ttl: Duration::from_secs(7 * 24 * 3600),
             drop_s3_test_events: true,

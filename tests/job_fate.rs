@@ -378,3 +378,53 @@ async fn a_claim_renewal_that_fails_cancels_its_job_before_its_effects() {
     assert!(entries(&h).is_empty());
     rt.shutdown().await;
 }
+
+/// Completions throttled four times in five for a second and a half: the
+/// others succeeding in between do not hurry a failing one, each waits its
+/// own pause and is recorded once the store answers. None is given up and
+/// deleted without its record, which would let a copy of the job run again
+/// on another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_completion_is_retried_until_the_store_answers() {
+    let h = Harness::new();
+    let store = Arc::new(h.local.idempotency_store());
+    let ids = h.send_jobs(40).await;
+    h.local.set_infra_faults(InfraFaults {
+        throttle_rate: 0.8,
+        ops: vec![Op::Complete],
+        ..InfraFaults::default()
+    });
+    let p = Counting::new();
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .idempotency(store.clone())
+                .processor({
+                    let p = p.clone();
+                    move || p.clone()
+                })
+                .configure(fast),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.local.set_infra_faults(InfraFaults::default());
+    eventually("every job deleted", || h.jobs.depth_now().total() == 0).await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(stats.settle_gave_up, 0, "{stats:?}");
+    for id in &ids {
+        let record = ferry::idempotency::IdempotencyStore::record(&*store, &format!("stage/{id}"))
+            .await
+            .unwrap();
+        assert!(
+            record.is_some_and(|r| r.status == ferry::idempotency::RecordStatus::Completed),
+            "{id} deleted without its completion recorded"
+        );
+        assert_eq!(p.runs_of(id), 1, "{id}");
+    }
+}

@@ -80,7 +80,7 @@ pub(crate) fn audit(
             runs(r, stage, exactly_once, v);
             effects(jobs, r, stage, fifo, v);
             if fifo {
-                order(r, stage, v);
+                order(r, stage, exactly_once, v);
             }
         }
     });
@@ -373,10 +373,30 @@ fn sequence(message: &str) -> Option<u64> {
     message.rsplit('-').next()?.parse().ok()
 }
 
-fn order(r: &Records, stage: u8, v: &mut Vec<String>) {
+fn order(r: &Records, stage: u8, exactly_once: bool, v: &mut Vec<String>) {
+    // A message the queue delivered again after its delete (the backend's
+    // redelivery fault), once a worker was killed since: without the store,
+    // the worker that deleted it is gone with its memory, and the run is
+    // the queue's breach of order, not ferry's (a living worker drops it as
+    // a copy; with the store, its record does).
+    let back_from_the_dead = |run: &Run| {
+        !exactly_once
+            && r.deletes.iter().any(|d| {
+                d.stage == stage
+                    && d.detail.as_deref() == Some(run.message.as_str())
+                    && d.at < run.start
+                    && r.crashes
+                        .iter()
+                        .any(|(_, at)| d.at < *at && *at < run.start)
+            })
+    };
     // Group → message sequence → the message's runs.
     let mut groups: BTreeMap<&str, BTreeMap<u64, Vec<&Run>>> = BTreeMap::new();
-    for run in r.runs.iter().filter(|x| x.stage == stage && !x.cancelled) {
+    for run in r
+        .runs
+        .iter()
+        .filter(|x| x.stage == stage && !x.cancelled && !back_from_the_dead(x))
+    {
         let Some(m) = r.messages.get(&(stage, run.message.clone())) else {
             continue;
         };
@@ -404,9 +424,11 @@ fn order(r: &Records, stage: u8, v: &mut Vec<String>) {
             if let Some(l) = last {
                 if let Some(early) = runs.iter().find(|x| x.start < l.end) {
                     bad.push(format!(
-                        "group {group}: {} started before {} ended",
+                        "group {group}: {} started before {} ended [history of {}: {}]",
                         show(early),
-                        show(l)
+                        show(l),
+                        l.job,
+                        history(r, stage, &l.job)
                     ));
                 }
             }

@@ -5,18 +5,21 @@
 //! in batches of ten, flushed at once when a batch is full and otherwise
 //! every `flush_interval`.
 //!
-//! Retries are bounded: a failed entry is retried alone with a doubling
-//! backoff, a permanent refusal is not retried as if it were transient, and
-//! after `settle_attempts` the last resort applies — the lease is let go and
-//! the queue's own visibility timeout (and redrive policy) takes the
-//! message. On restart the acker re-derives its buffers from the Settling
-//! leases.
+//! A failed entry is the infrastructure's to ride out, never the job's: a
+//! retryable failure is retried alone, after its own doubling pause
+//! ([`SETTLE_RETRIES`]: other entries succeeding in between do not hurry
+//! it), for as long as its lease holds (the lease keeper extends a Settling
+//! lease up to its maximum age). A permanent refusal, or a lease that
+//! lapsed, takes the last resort: the lease is let go and the queue's own
+//! visibility timeout (and redrive policy) takes the message. On restart the
+//! acker re-derives its buffers from the Settling leases.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::lifecycle::Ended;
 use super::messages::{DropCopies, Flush, Restart, Settle};
@@ -35,6 +38,19 @@ fn is_dead_lettered(lease: &Lease) -> bool {
     )
 }
 
+/// The pause before an entry's nth retry: its own, whatever other entries do.
+pub(crate) const SETTLE_RETRIES: crate::backoff::Backoff =
+    crate::backoff::Backoff::jittered(Duration::from_millis(100), Duration::from_millis(6400));
+
+/// The step a failed entry waits to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Complete,
+    Delete,
+    Visibility,
+    DeadLetter,
+}
+
 /// A pending delete.
 enum Delete {
     /// A finished job (its ending says whether it was dead-lettered).
@@ -51,6 +67,8 @@ pub(crate) struct Acker {
     /// Claimed jobs whose effects are done: their records are marked
     /// completed before their messages are deleted.
     completing: Vec<Arc<Lease>>,
+    /// Entries that failed, each waiting out its own pause.
+    parked: Vec<(Instant, Step, Arc<Lease>)>,
     timer: Option<SpawnHandle>,
     outstanding: usize,
     /// Failures in a row, for the retry backoff.
@@ -66,6 +84,7 @@ impl Acker {
             visibility: Vec::new(),
             dead: Vec::new(),
             completing: Vec::new(),
+            parked: Vec::new(),
             timer: None,
             outstanding: 0,
             failures: 0,
@@ -131,11 +150,34 @@ impl Acker {
         }
     }
 
-    fn pending(&self) -> bool {
+    /// Whether anything is buffered to send.
+    fn buffered(&self) -> bool {
         !(self.deletes.is_empty()
             && self.visibility.is_empty()
             && self.dead.is_empty()
             && self.completing.is_empty())
+    }
+
+    fn pending(&self) -> bool {
+        self.buffered() || !self.parked.is_empty()
+    }
+
+    /// Puts entries whose pause is over (all of them when `all`) back in
+    /// their buffers.
+    fn unpark(&mut self, all: bool) {
+        let now = Instant::now();
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(at, _, _)| all || *at <= now);
+        self.parked = wait;
+        for (_, step, lease) in due {
+            match step {
+                Step::Complete => self.completing.push(lease),
+                Step::Delete => self.deletes.push(Delete::Job(lease)),
+                Step::Visibility => self.visibility.push(lease),
+                Step::DeadLetter => self.dead.push(lease),
+            }
+        }
     }
 
     /// Sends full batches now and schedules the rest — or sends everything
@@ -145,26 +187,36 @@ impl Acker {
         if self.failures == 0 {
             self.flush(ctx, !idle);
         }
-        if self.pending() && self.timer.is_none() {
-            let every = if self.failures == 0 {
-                self.shared.config.flush_interval
-            } else {
-                // A doubling backoff while calls keep failing.
-                crate::backoff::Backoff::jittered(
-                    Duration::from_millis(100),
-                    Duration::from_millis(6400),
-                )
-                .delay(self.failures)
-            };
-            self.timer = Some(ctx.run_later(every, |act, ctx| {
-                act.timer = None;
-                act.flush(ctx, false);
-            }));
-        }
+        self.arm(ctx);
         self.check_idle();
     }
 
+    /// Sets the timer for what is pending: the next flush of what is
+    /// buffered, or the end of the first pause of what is parked.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        if self.timer.is_some() || !self.pending() {
+            return;
+        }
+        let every = if !self.buffered() {
+            let first = self.parked.iter().map(|(at, _, _)| *at).min();
+            first.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+        } else if self.failures == 0 {
+            self.shared.config.flush_interval
+        } else {
+            // A doubling backoff while calls keep failing.
+            SETTLE_RETRIES.delay(self.failures)
+        };
+        self.timer = Some(ctx.run_later(every, |act, ctx| {
+            act.timer = None;
+            act.flush(ctx, false);
+            act.arm(ctx);
+        }));
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>, only_full: bool) {
+        self.unpark(false);
         let min = if only_full { MAX_BATCH } else { 1 };
         while self.completing.len() >= min {
             let n = self.completing.len().min(MAX_BATCH);
@@ -264,23 +316,26 @@ impl Acker {
         }));
     }
 
-    /// One entry failed. Retryable failures go back in the buffer (counted,
-    /// with backoff); a permanent one, or one past the attempt limit, takes
-    /// the last resort: returns false and the caller lets the lease go.
-    fn failed(&mut self, lease: &Lease, error: &BackendError, what: &str) -> bool {
+    /// One entry failed. A retryable failure, while the lease holds, is
+    /// parked for its own doubling pause and then tried again; a permanent
+    /// one, or one whose lease lapsed, takes the last resort: the lease is
+    /// let go.
+    fn failed(&mut self, lease: Arc<Lease>, error: &BackendError, what: &str, step: Step) {
         let n = lease.settle_failed();
         self.failures = self.failures.saturating_add(1);
         let s = &self.shared;
-        if error.is_retryable() && n < s.config.settle_attempts {
+        if error.is_retryable() && !crate::pipeline::deadline::lapsed(&lease) {
+            let pause = SETTLE_RETRIES.delay(n);
             tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
-                attempt = n, "{what} failed; will retry");
-            return true;
+                attempt = n, retry_in_ms = pause.as_millis() as u64, "{what} failed; will retry");
+            self.parked.push((Instant::now() + pause, step, lease));
+            return;
         }
         Stats::inc(&s.stats.settle_gave_up);
         tracing::error!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
             attempts = n, "{what} failed for good: letting the lease go; the queue's \
             visibility timeout returns the message");
-        false
+        self.let_go(lease);
     }
 
     /// The last resort: the lease ends here without a queue call; the
@@ -324,6 +379,7 @@ impl actix::Supervised for Acker {
         self.visibility.clear();
         self.dead.clear();
         self.completing.clear();
+        self.parked.clear();
         self.timer = None;
         self.outstanding = 0;
         for lease in self
@@ -375,6 +431,8 @@ impl Handler<Flush> for Acker {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
+        // A drain tries what is parked now rather than after its pause.
+        self.unpark(true);
         self.flush(ctx, false);
         let (tx, rx) = oneshot::channel();
         self.idle_waiters.push(tx);

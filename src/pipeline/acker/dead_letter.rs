@@ -17,7 +17,7 @@ use crate::job::{
 use crate::lease::{Ending, Lease};
 use crate::stats::Stats;
 
-use super::{Acker, Delete};
+use super::{Acker, Delete, Step};
 
 /// SQS's limit on message attributes.
 pub(super) const MAX_ATTRIBUTES: usize = 10;
@@ -209,13 +209,7 @@ impl Acker {
                             reason = %reason, "sent to the dead-letter queue");
                     }
                 }
-                Err(e) => {
-                    if self.failed(&lease, &e, "dead-letter send") {
-                        self.dead.push(lease);
-                    } else {
-                        self.let_go(lease);
-                    }
-                }
+                Err(e) => self.failed(lease, &e, "dead-letter send", Step::DeadLetter),
             }
         }
         self.mark_dead_lettered(sent, ctx);

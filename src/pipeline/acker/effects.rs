@@ -12,7 +12,7 @@ use crate::lease::{Ending, Lease};
 use crate::pipeline::lifecycle::Ended;
 use crate::stats::Stats;
 
-use super::{is_dead_lettered, Acker, Delete};
+use super::{is_dead_lettered, Acker, Delete, Step};
 
 impl Acker {
     /// Marks claimed jobs completed in the idempotency store; deletes follow.
@@ -51,14 +51,17 @@ impl Acker {
                     lease.take_claim();
                     self.deletes.push(Delete::Job(lease));
                 }
+                Err(e) if e.is_retryable() => {
+                    self.failed(lease, &e, "marking the job completed", Step::Complete);
+                }
                 Err(e) => {
-                    if self.failed(&lease, &e, "marking the job completed") {
-                        self.completing.push(lease);
-                    } else {
-                        // The effects are done: delete without the record.
-                        lease.take_claim();
-                        self.deletes.push(Delete::Job(lease));
-                    }
+                    // Refused for good: the effects are done, so the
+                    // message is deleted without the record.
+                    tracing::error!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
+                        "marking the job completed refused; deleting without the record");
+                    Stats::inc(&s.stats.settle_gave_up);
+                    lease.take_claim();
+                    self.deletes.push(Delete::Job(lease));
                 }
             }
         }
@@ -161,13 +164,7 @@ impl Acker {
                         deleted.push(lease);
                     }
                 }
-                Err(e) => {
-                    if self.failed(&lease, &e, "delete") {
-                        self.deletes.push(Delete::Job(lease));
-                    } else {
-                        self.let_go(lease);
-                    }
-                }
+                Err(e) => self.failed(lease, &e, "delete", Step::Delete),
             }
         }
         s.stats.add(&s.stats.acked, deleted.len() as u64);
@@ -232,13 +229,7 @@ impl Acker {
                     ended.push(lease);
                 }
                 Ok(()) | Err(BackendError::ReceiptInvalid) => self.visibility.push(lease),
-                Err(e) => {
-                    if self.failed(&lease, &e, "visibility change") {
-                        self.visibility.push(lease);
-                    } else {
-                        self.let_go(lease);
-                    }
-                }
+                Err(e) => self.failed(lease, &e, "visibility change", Step::Visibility),
             }
         }
         s.end(&ended, Ended::Released);

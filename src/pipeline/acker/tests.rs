@@ -39,7 +39,6 @@ fn acker(fifo: bool) -> Acker {
             .processor(|| Noop)
             .configure(|c| {
                 c.max_receives = 3;
-                c.settle_attempts = 3;
             }),
     ))
 }
@@ -226,21 +225,60 @@ async fn the_visibility_set_is_the_endings() {
     assert_eq!(of(1, Ending::Release), Duration::ZERO);
 }
 
-#[tokio::test]
-async fn a_failed_entry_is_retried_up_to_the_attempt_limit_unless_permanent() {
+#[tokio::test(start_paused = true)]
+async fn a_failed_entry_waits_its_own_pause_unless_permanent_or_lapsed() {
     let mut a = acker(false);
-    let l = settling(&a, 1, Ending::Release);
-    let transient = BackendError::transient("slow");
-    assert!(a.failed(&l, &transient, "x"));
-    assert!(a.failed(&l, &transient, "x"));
-    assert_eq!(a.failures, 2);
-    assert!(!a.failed(&l, &transient, "x"), "past settle_attempts (3)");
-    assert_eq!(a.shared.stats.snapshot().settle_gave_up, 1);
-    let p = settling(&a, 1, Ending::Release);
-    assert!(!a.failed(&p, &BackendError::ReceiptInvalid, "x"));
-    assert_eq!(a.shared.stats.snapshot().settle_gave_up, 2);
+    // Settling leases held for the next minute.
+    let held = |a: &Acker| {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        let l =
+            a.shared
+                .life
+                .leases
+                .insert(Job::from_message(message("j", "b", 1)), "h".into(), until);
+        assert!(l.begin_settling(Ending::Release));
+        l
+    };
+    let l = held(&a);
+    let transient = BackendError::transient("throttled");
+    a.failed(l.clone(), &transient, "x", Step::Visibility);
+    assert_eq!(a.failures, 1);
+    // Other entries succeeding do not hurry it: it waits its own pause.
     a.succeeded();
-    assert_eq!(a.failures, 0);
+    a.unpark(false);
+    assert!(a.visibility.is_empty(), "retried before its pause");
+    tokio::time::advance(SETTLE_RETRIES.delay(1) + Duration::from_millis(1)).await;
+    a.unpark(false);
+    assert_eq!(a.visibility.len(), 1);
+    // The pauses double, per entry.
+    a.visibility.clear();
+    for _ in 0..20 {
+        a.failed(l.clone(), &transient, "x", Step::Visibility);
+        a.succeeded();
+    }
+    let waits = a
+        .parked
+        .iter()
+        .map(|(at, _, _)| *at - tokio::time::Instant::now());
+    assert!(waits.clone().last().unwrap() >= SETTLE_RETRIES.delay(21) / 2);
+    assert!(waits.clone().all(|w| w <= Duration::from_millis(6400)));
+    assert_eq!(
+        a.shared.stats.snapshot().settle_gave_up,
+        0,
+        "a transient failure gave up"
+    );
+    a.parked.clear();
+    // A permanent refusal takes the last resort at once.
+    let p = held(&a);
+    a.failed(p, &BackendError::ReceiptInvalid, "x", Step::Visibility);
+    assert_eq!(a.shared.stats.snapshot().settle_gave_up, 1);
+    assert!(a.parked.is_empty());
+    // So does a transient failure once the lease has lapsed.
+    let q = held(&a);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    a.failed(q, &transient, "x", Step::Visibility);
+    assert_eq!(a.shared.stats.snapshot().settle_gave_up, 2);
+    assert!(a.parked.is_empty());
 }
 
 #[test]
