@@ -211,6 +211,64 @@ impl ProcessError {
     }
 }
 
+/// Says whose fault an error is, so `?` works in a processor: the error
+/// (with its chain of sources, `a: b: c`) becomes the reason of a
+/// [`ProcessError`] of the kind named. Any error converts (`std` errors,
+/// `anyhow::Error`, a `String`); the choice of kind stays explicit, since
+/// only what the job itself did may send it to the dead-letter queue.
+///
+/// ```
+/// use ferry::prelude::*;
+///
+/// fn process(job: &Job) -> Result<Output, ProcessError> {
+///     let n: u32 = job.body.trim().parse().or_bad_input()?; // the job's fault
+///     let path = format!("/tmp/ferry-doc-{n}");
+///     std::fs::write(&path, job.body.as_bytes()).or_retry()?; // try again later
+///     Ok(Output::text(path))
+/// }
+/// ```
+pub trait ResultExt<T> {
+    /// The input can never succeed: [`ProcessError::BadInput`].
+    fn or_bad_input(self) -> Result<T, ProcessError>;
+    /// Try again later, counting an attempt: [`ProcessError::Retry`].
+    fn or_retry(self) -> Result<T, ProcessError>;
+    /// A dependency is unavailable, not the job's fault:
+    /// [`ProcessError::Unavailable`].
+    fn or_unavailable(self) -> Result<T, ProcessError>;
+}
+
+impl<T, E> ResultExt<T> for Result<T, E>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn or_bad_input(self) -> Result<T, ProcessError> {
+        self.map_err(|e| ProcessError::bad_input(chain(e.into())))
+    }
+
+    fn or_retry(self) -> Result<T, ProcessError> {
+        self.map_err(|e| ProcessError::retry(chain(e.into())))
+    }
+
+    fn or_unavailable(self) -> Result<T, ProcessError> {
+        self.map_err(|e| ProcessError::unavailable(chain(e.into())))
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: Box<dyn std::error::Error + Send + Sync>) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Starting or running the runtime failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FerryError {

@@ -51,7 +51,7 @@ pub use async_trait::async_trait;
 pub use backend::{BlobStore, Queue, Topic};
 pub use backend::{DegradedDependency, IntoShared};
 pub use config::{ConfigError, PipelineConfig, RestartPolicy};
-pub use error::{BackendError, FerryError, ProcessError};
+pub use error::{BackendError, FerryError, ProcessError, ResultExt};
 pub use job::{
     is_s3_test_event, Job, JobId, ResultNotice, DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE,
     DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE, JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
@@ -79,7 +79,7 @@ pub mod __private {
 pub mod prelude {
     pub use crate::{
         AsyncProcessor, BatchOptions, BatchProcessor, Context, FerryError, Job, JobId, Output,
-        Pipeline, PipelineConfig, ProcessError, Processor, ResultNotice, Runtime, RuntimeHandle,
-        TaskContext, Typed, TypedAsyncProcessor, TypedProcessor,
+        Pipeline, PipelineConfig, ProcessError, Processor, ResultExt, ResultNotice, Runtime,
+        RuntimeHandle, TaskContext, Typed, TypedAsyncProcessor, TypedProcessor,
     };
 }

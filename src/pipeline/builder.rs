@@ -5,10 +5,12 @@ use std::sync::Arc;
 use crate::backend::{BlobStore, IntoShared, OutgoingMessage, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
+use crate::error::ProcessError;
 use crate::idempotency::IdempotencyStore;
 use crate::job::{Job, JobId};
 use crate::processor::{
-    AsyncProcessor, BatchOptions, BatchProcessor, Processor, ProcessorFactory, ProcessorKind,
+    AsyncProcessor, BatchOptions, BatchProcessor, Context, Output, Processor, ProcessorFactory,
+    ProcessorKind, TaskContext,
 };
 
 /// A pipeline's job-id function (see [`Pipeline::job_id`]).
@@ -161,6 +163,44 @@ impl Pipeline {
         let factory: ProcessorFactory = Arc::new(move || Box::new(factory()) as Box<dyn Processor>);
         self.processor = Some(ProcessorKind::Sync(factory));
         self
+    }
+
+    /// A closure as the synchronous processor, shared by every worker
+    /// thread: the smallest service.
+    ///
+    /// ```
+    /// use ferry::prelude::*;
+    ///
+    /// let _ = Pipeline::new("upper").handler(|job: &Job, _ctx: &Context| {
+    ///     let n: u64 = job.body.trim().parse().or_bad_input()?;
+    ///     Ok(Output::text((n * 2).to_string()))
+    /// });
+    /// ```
+    pub fn handler<F>(self, f: F) -> Self
+    where
+        F: Fn(&Job, &Context) -> Result<Output, ProcessError> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.processor(move || crate::processor::FnProcessor(f.clone()))
+    }
+
+    /// An async closure as the processor, for I/O-bound work: each run gets
+    /// its own copy of the job and context (see [`AsyncProcessor`]).
+    ///
+    /// ```
+    /// use ferry::prelude::*;
+    ///
+    /// let _ = Pipeline::new("lookup").async_handler(|job: Job, _ctx: TaskContext| async move {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///     Ok(Output::text(format!("looked up {}", job.body)))
+    /// });
+    /// ```
+    pub fn async_handler<F, Fut>(self, f: F) -> Self
+    where
+        F: Fn(Job, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Output, ProcessError>> + Send + 'static,
+    {
+        self.async_processor(crate::processor::FnAsyncProcessor(f))
     }
 
     /// An async processor, for I/O-bound work: jobs run as tasks, up to

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use crate::error::ProcessError;
 use crate::job::Job;
 
+mod closures;
 mod context;
 mod output;
 
+pub(crate) use closures::{FnAsyncProcessor, FnProcessor};
 pub(crate) use context::{blocking, fetch_limited, run_blocking, Reader};
 pub use context::{Context, TaskContext};
 pub use output::Output;
