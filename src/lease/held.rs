@@ -39,6 +39,9 @@ pub struct Lease {
     pub(super) extensions: AtomicU32,
     /// Whether this attempt holds a claim in the idempotency store.
     pub(super) claimed: AtomicBool,
+    /// When the claim lapses unless renewed: nanoseconds after
+    /// `received_at` (0: none taken).
+    pub(super) claim_until: AtomicU64,
     /// The processor's output, from Processed until it is announced (boxed:
     /// most leases never hold one, and a lease stays small).
     pub(super) output: Mutex<Option<Box<Output>>>,
@@ -249,9 +252,28 @@ impl Lease {
         self.extending.store(false, Ordering::Release);
     }
 
-    /// This attempt now holds the job's claim in the idempotency store.
-    pub(crate) fn set_claimed(&self) {
+    /// This attempt now holds the job's claim in the idempotency store,
+    /// until `until` unless renewed (counted from when the claim was sent).
+    pub(crate) fn set_claimed(&self, until: Instant) {
+        self.claim_renewed(until);
         self.claimed.store(true, Ordering::Release);
+    }
+
+    /// A renewal (sent before `until` less the hold) was confirmed.
+    pub(crate) fn claim_renewed(&self, until: Instant) {
+        let n = until.saturating_duration_since(self.received_at).as_nanos();
+        let n = u64::try_from(n).unwrap_or(u64::MAX).max(1);
+        self.claim_until.fetch_max(n, Ordering::AcqRel);
+    }
+
+    /// Whether the claim this attempt holds may have lapsed by `now` (no
+    /// renewal confirmed in time): another worker may hold the job now.
+    pub(crate) fn claim_lapsed(&self, now: Instant) -> bool {
+        if !self.is_claimed() {
+            return false;
+        }
+        let n = self.claim_until.load(Ordering::Acquire);
+        n != 0 && self.received_at + Duration::from_nanos(n) <= now
     }
 
     pub(crate) fn is_claimed(&self) -> bool {

@@ -70,6 +70,7 @@ impl LeaseTable {
             extending: AtomicBool::new(false),
             extensions: AtomicU32::new(0),
             claimed: AtomicBool::new(false),
+            claim_until: AtomicU64::new(0),
             output: Mutex::new(None),
             ending: Mutex::new(None),
             settle_attempts: AtomicU32::new(0),

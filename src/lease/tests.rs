@@ -278,8 +278,14 @@ async fn claims_outputs_and_taking_in_are_kept_per_lease() {
     let l = t.insert(job("a"), "h".into(), at(1000));
     assert!(!l.is_claimed());
     assert!(!l.take_claim());
-    l.set_claimed();
+    l.set_claimed(at(2000));
     assert!(l.is_claimed());
+    assert!(!l.claim_lapsed(at(1999)));
+    assert!(l.claim_lapsed(at(2000)), "held until its deadline, not at it");
+    l.claim_renewed(at(1500));
+    assert!(l.claim_lapsed(at(2000)), "an older renewal moves nothing");
+    l.claim_renewed(at(3000));
+    assert!(!l.claim_lapsed(at(2500)));
     assert!(l.take_claim());
     assert!(!l.is_claimed());
     assert!(!l.take_claim(), "given up once");

@@ -324,7 +324,10 @@ impl Acker {
         let n = lease.settle_failed();
         self.failures = self.failures.saturating_add(1);
         let s = &self.shared;
-        if error.is_retryable() && !crate::pipeline::deadline::lapsed(&lease) {
+        // A completion is tried however late: the job's effects are done,
+        // and the record is what keeps another worker from running it.
+        let holds = step == Step::Complete || !crate::pipeline::deadline::lapsed(&lease);
+        if error.is_retryable() && holds {
             let pause = SETTLE_RETRIES.delay(n);
             tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
                 attempt = n, retry_in_ms = pause.as_millis() as u64, "{what} failed; will retry");
@@ -347,7 +350,12 @@ impl Acker {
             Some(Ending::Delete {
                 dead_lettered: true,
             }) => Ended::DeadLettered,
-            Some(Ending::Delete { .. }) => Ended::Deleted,
+            Some(Ending::Delete { .. }) => {
+                // Its effects are done: a claim left is let lapse, never
+                // released for another worker to run the job at once.
+                lease.take_claim();
+                Ended::Deleted
+            }
             _ => Ended::Released,
         };
         self.shared.end(&[lease], how);

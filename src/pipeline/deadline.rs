@@ -15,10 +15,12 @@ use super::shared::Shared;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
-/// Whether a lease's deadline has passed: another reader may hold its
-/// message now.
+/// Whether a lease's deadline has passed — its visibility's, or its
+/// idempotency claim's: another reader may hold its message, or another
+/// worker its job, now.
 pub(crate) fn lapsed(lease: &Lease) -> bool {
-    lease.handle_and_deadline().1 <= Instant::now()
+    let now = Instant::now();
+    lease.handle_and_deadline().1 <= now || lease.claim_lapsed(now)
 }
 
 /// Whether no further effect may happen for a lease: it is cancelled, or

@@ -61,6 +61,8 @@ impl Gate {
         }
         let s = &self.shared;
         let hold = s.config.claim_hold();
+        // A claim holds from when it was sent, however late the answer.
+        let until = tokio::time::Instant::now() + hold;
         let store = s.sinks.store.clone().expect("checked");
         // A redelivery may be of a message another worker dead-lettered
         // (its delete came back): then it is deleted, not run again.
@@ -92,7 +94,7 @@ impl Gate {
         ctx.spawn(
             calls
                 .into_actor(self)
-                .map(move |results, act, _| act.claimed(leases, results)),
+                .map(move |results, act, _| act.claimed(leases, results, until)),
         );
     }
 
@@ -100,6 +102,7 @@ impl Gate {
         &mut self,
         leases: Vec<Arc<Lease>>,
         results: Vec<Result<Option<ClaimOutcome>, crate::BackendError>>,
+        until: tokio::time::Instant,
     ) {
         let s = &self.shared;
         let (mut go, mut settle) = (Vec::new(), Vec::new());
@@ -107,7 +110,7 @@ impl Gate {
             if lease.state() != LeaseState::Gated {
                 // Given back or lost meanwhile: a claim it took is released.
                 if matches!(r, Ok(Some(ClaimOutcome::Claimed))) {
-                    lease.set_claimed();
+                    lease.set_claimed(until);
                     s.release_claim(&lease);
                 }
                 continue;
@@ -128,7 +131,7 @@ impl Gate {
                     ));
                 }
                 Ok(Some(ClaimOutcome::Claimed)) => {
-                    lease.set_claimed();
+                    lease.set_claimed(until);
                     go.push(lease);
                 }
                 Ok(Some(ClaimOutcome::Completed))

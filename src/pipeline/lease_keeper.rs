@@ -73,6 +73,14 @@ impl LeaseKeeper {
                 );
                 continue;
             }
+            if lease.claim_lapsed(now) && state != LeaseState::Settling {
+                // Nor its claim: another worker may run the job now.
+                s.lose(
+                    &lease,
+                    "idempotency claim lapsed without a confirmed renewal",
+                );
+                continue;
+            }
             if until > now + margin {
                 continue;
             }
@@ -214,6 +222,8 @@ impl LeaseKeeper {
         let s = &self.shared;
         let hold = s.config.claim_hold();
         let attempts = s.config.effect_attempts;
+        // A renewal holds from when it was sent, however late the answer.
+        let until = Instant::now() + hold;
         let calls = s.store_calls(&leases, |store, key, owner| async move {
             crate::backoff::with_retries(attempts, || store.renew(&key, &owner, hold)).await
         });
@@ -222,7 +232,7 @@ impl LeaseKeeper {
             let mut lost = Vec::new();
             for (lease, r) in leases.into_iter().zip(results) {
                 match r {
-                    Ok(true) => {}
+                    Ok(true) => lease.claim_renewed(until),
                     Ok(false)
                         if lease.is_claimed()
                             && !lease.is_cancelled()

@@ -16,13 +16,12 @@ use super::{is_dead_lettered, Acker, Delete, Step};
 
 impl Acker {
     /// Marks claimed jobs completed in the idempotency store; deletes follow.
+    /// A lease past its deadline is marked all the same: the job's effects
+    /// are done, and the record says so whoever holds the message now (a
+    /// claim another worker took meanwhile is left to it). Its message is
+    /// then let go rather than deleted, and its claim never released, which
+    /// would let another worker run the job again.
     pub(super) fn send_completions(&mut self, batch: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
-        let (batch, lapsed) =
-            crate::pipeline::deadline::split_lapsed(&self.shared, batch, |l| Some(l));
-        lapsed.into_iter().for_each(|l| self.let_go(l));
-        if batch.is_empty() {
-            return;
-        }
         let s = &self.shared;
         let keep = s.config.completed_ttl;
         let calls = s.store_calls(&batch, |store, key, owner| async move {

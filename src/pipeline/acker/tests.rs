@@ -103,7 +103,7 @@ async fn each_ending_goes_to_its_buffer_once() {
     assert_eq!(a.deletes.len(), 1, "taken in twice");
     assert!(a.pending());
     let c = settling(&a, 1, delete);
-    c.set_claimed();
+    c.set_claimed(tokio::time::Instant::now() + Duration::from_secs(60));
     a.accept(c);
     assert_eq!(a.completing.len(), 1);
     let retry = |after| Ending::Retry {

@@ -550,7 +550,7 @@ async fn claimed_leases(
             .store(true, std::sync::atomic::Ordering::Release)
     })
     .await;
-    leases[0].set_claimed();
+    leases[0].set_claimed(tokio::time::Instant::now() + shared.config.claim_hold());
     prepare(&local);
     crate::pipeline::start_keeper_only(shared.clone());
     (local, q, store, shared, leases)
@@ -644,7 +644,7 @@ async fn renewals_answering_late(
     })
     .await;
     for l in &leases {
-        l.set_claimed();
+        l.set_claimed(tokio::time::Instant::now() + shared.config.claim_hold());
     }
     crate::pipeline::start_keeper_only(shared.clone());
     // All extended at 15 s, their renewals held.

@@ -1,0 +1,129 @@
+//! An idempotency claim has a deadline of its own, as a lease does (DESIGN
+//! rule 10): a renewal that answers after the claim lapsed in the store
+//! confirms nothing, since another worker may have taken the job meanwhile.
+//! The job is cancelled at the claim's deadline, before its effects, so
+//! however late a renewal comes the job's result is stored once.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry::idempotency::{ClaimOutcome, IdempotencyRecord, IdempotencyStore};
+use ferry::prelude::*;
+use ferry::BackendError;
+
+/// The shared store as one worker reaches it: while `slow` is set, each
+/// renewal answers two seconds late (long after the claim it renews has
+/// lapsed, and after the job would have finished).
+#[derive(Debug)]
+struct SlowRenewals {
+    inner: Arc<dyn IdempotencyStore>,
+    slow: Arc<AtomicBool>,
+}
+
+#[ferry::async_trait]
+impl IdempotencyStore for SlowRenewals {
+    async fn claim(&self, key: &str, owner: &str, hold: Duration) -> Result<ClaimOutcome, BackendError> {
+        self.inner.claim(key, owner, hold).await
+    }
+    async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
+        if self.slow.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        self.inner.renew(key, owner, hold).await
+    }
+    async fn complete(&self, key: &str, owner: &str, keep: Duration) -> Result<bool, BackendError> {
+        self.inner.complete(key, owner, keep).await
+    }
+    async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
+        self.inner.release(key, owner).await
+    }
+    async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
+        self.inner.record(key).await
+    }
+}
+
+/// Runs 600 ms, watching its cancellation; counts runs and cancellations.
+#[derive(Clone, Default)]
+struct Long {
+    runs: Arc<AtomicU32>,
+    cancelled: Arc<AtomicU32>,
+}
+
+impl Processor for Long {
+    fn process(&mut self, _: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+        self.runs.fetch_add(1, Ordering::AcqRel);
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(10));
+            if ctx.is_cancelled() {
+                self.cancelled.fetch_add(1, Ordering::AcqRel);
+                return Err(ProcessError::retry("cancelled"));
+            }
+        }
+        Ok(Output::text("done"))
+    }
+}
+
+fn worker(h: &Harness, store: Arc<dyn IdempotencyStore>, p: &Long) -> Pipeline {
+    let p = p.clone();
+    Pipeline::new("stage")
+        .source(h.jobs.clone())
+        .dead_letter(h.dlq.clone())
+        .results(h.local.blobs(), "results", "out/", "txt")
+        .idempotency(store)
+        .processor(move || p.clone())
+        .configure(|c| {
+            fast(c);
+            c.workers = 1;
+            c.visibility_timeout = Duration::from_millis(300);
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_effects() {
+    let h = Harness::new();
+    let shared: Arc<dyn IdempotencyStore> = Arc::new(h.local.idempotency_store());
+    let slow = Arc::new(AtomicBool::new(true));
+    let p = Long::default();
+    // Worker A takes the job; its renewals answer late.
+    h.send_named(&["J".into()]).await;
+    let a = Runtime::builder()
+        .pipeline(worker(
+            &h,
+            Arc::new(SlowRenewals {
+                inner: shared.clone(),
+                slow: slow.clone(),
+            }),
+            &p,
+        ))
+        .start()
+        .await
+        .unwrap();
+    eventually("A runs the job", || p.runs.load(Ordering::Acquire) == 1).await;
+    // The job sent again reaches worker B, which takes the claim once A's
+    // has lapsed in the store.
+    h.send_named(&["J".into()]).await;
+    let b = Runtime::builder()
+        .pipeline(worker(&h, shared.clone(), &p))
+        .start()
+        .await
+        .unwrap();
+    eventually("both messages settled", || h.jobs.depth_now().total() == 0).await;
+    slow.store(false, Ordering::Release);
+    let (sa, sb) = (a.total(), b.total());
+    a.shutdown().await;
+    b.shutdown().await;
+    eprintln!("a: {sa:?}\nb: {sb:?}");
+    assert_eq!(
+        sa.uploaded + sb.uploaded,
+        1,
+        "the result stored once: a {} + b {}",
+        sa.uploaded,
+        sb.uploaded
+    );
+    assert!(p.cancelled.load(Ordering::Acquire) >= 1, "A's run was not stopped");
+    assert!(h.dlq.snapshot().is_empty());
+}
