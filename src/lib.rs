@@ -38,6 +38,8 @@ pub mod payload; // large payloads offloaded to the blob store
 pub mod spot; // spot interruption notices (EC2 metadata)
 
 // Observing and testing.
+#[cfg(feature = "http")]
+pub mod http; // /healthz, /readyz and /metrics with queue-depth gauges (feature `http`)
 pub mod metrics; // metric names and descriptions
 /// Switches that break the runtime on purpose, for ferry's own fault sweep
 /// (the `sabotage` feature); not an API.

@@ -25,6 +25,8 @@ impl Runtime {
         RuntimeBuilder {
             pipelines: Vec::new(),
             grace: Duration::from_secs(30),
+            #[cfg(feature = "http")]
+            http: None,
         }
     }
 }
@@ -34,6 +36,8 @@ impl Runtime {
 pub struct RuntimeBuilder {
     pipelines: Vec<Pipeline>,
     grace: Duration,
+    #[cfg(feature = "http")]
+    http: Option<crate::http::Endpoint>,
 }
 
 impl RuntimeBuilder {
@@ -49,6 +53,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Serves `/healthz`, `/readyz` and `/metrics` (see [`crate::http`]):
+    /// on an address or with [`crate::http::HttpOptions`], a server started
+    /// and stopped with the runtime ([`RuntimeHandle::http_addr`]); or on a
+    /// running [`crate::http::HttpServer`], which outlives the runtime.
+    #[cfg(feature = "http")]
+    pub fn serve_http(mut self, endpoint: impl Into<crate::http::Endpoint>) -> Self {
+        self.http = Some(endpoint.into());
+        self
+    }
+
     /// Checks the pipelines and starts them on the runtime's I/O thread.
     pub async fn start(mut self) -> Result<RuntimeHandle, FerryError> {
         let mut names = std::collections::HashSet::new();
@@ -61,6 +75,12 @@ impl RuntimeBuilder {
                 });
             }
         }
+        // The recorder goes in before the pipelines register their metrics.
+        #[cfg(feature = "http")]
+        let http = match self.http.take() {
+            Some(e) => Some(crate::http::Opened::open(e, &self.pipelines)?),
+            None => None,
+        };
         let (jobs_rt, heartbeat) = watched_runtimes(&mut self.pipelines)?;
         let shared: Vec<Arc<Shared>> = self.pipelines.into_iter().map(Shared::new).collect();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -91,7 +111,14 @@ impl RuntimeBuilder {
         heartbeat
             .watch()
             .map_err(|e| FerryError::Runtime(format!("could not start the watchdog: {e}")))?;
+        #[cfg(feature = "http")]
+        let http = http.map(|h| {
+            let (s, beat) = (shared.clone(), heartbeat.clone());
+            h.attach(Arc::new(move || health_of(&s, &beat)))
+        });
         Ok(RuntimeHandle {
+            #[cfg(feature = "http")]
+            http,
             shared,
             grace: self.grace,
             cmd: Some(cmd_tx),
@@ -148,6 +175,9 @@ pub struct RuntimeHandle {
     /// Where async and batch jobs run (see `Pipeline::runtime`).
     jobs_rt: Option<tokio::runtime::Runtime>,
     heartbeat: Arc<Heartbeat>,
+    /// The HTTP endpoint's hold on this runtime (`serve_http`).
+    #[cfg(feature = "http")]
+    http: Option<crate::http::Attached>,
 }
 
 /// The runtimes a `Runtime` owns beside its I/O thread: one for async and
@@ -165,6 +195,10 @@ fn watched_runtimes(
 impl RuntimeHandle {
     /// Stops the watchdog and the jobs' runtime (after the I/O thread).
     fn stop_owned(&mut self) {
+        #[cfg(feature = "http")]
+        if let Some(h) = self.http.take() {
+            h.detach();
+        }
         self.heartbeat.stop();
         if let Some(rt) = self.jobs_rt.take() {
             rt.shutdown_background();
@@ -200,6 +234,17 @@ impl StatsReader {
             .map(|s| s.stats.snapshot())
             .fold(StatsSnapshot::default(), |a, b| a + b)
     }
+}
+
+fn health_of(shared: &[Arc<Shared>], heartbeat: &Heartbeat) -> Vec<PipelineHealth> {
+    shared
+        .iter()
+        .map(|s| {
+            let mut h = s.health_report();
+            heartbeat.annotate(&mut h);
+            h
+        })
+        .collect()
 }
 
 fn pipeline_stats(shared: &[Arc<Shared>]) -> Vec<PipelineStats> {
@@ -253,14 +298,13 @@ impl RuntimeHandle {
     /// (worker threads abandoned) or stalled (leases an actor has not moved
     /// past the stall timeout).
     pub fn health(&self) -> Vec<PipelineHealth> {
-        self.shared
-            .iter()
-            .map(|s| {
-                let mut h = s.health_report();
-                self.heartbeat.annotate(&mut h);
-                h
-            })
-            .collect()
+        health_of(&self.shared, &self.heartbeat)
+    }
+
+    /// Where [`RuntimeBuilder::serve_http`]'s endpoints listen.
+    #[cfg(feature = "http")]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
     }
 
     /// The first pipeline that has escalated, as an error.
@@ -277,6 +321,10 @@ impl RuntimeHandle {
     /// started jobs finish within the grace period, flushes pending deletes,
     /// then releases whatever remains.
     pub async fn shutdown(mut self) -> ShutdownReport {
+        #[cfg(feature = "http")]
+        if let Some(h) = &self.http {
+            h.stopping();
+        }
         let mut report = match (self.cmd.take(), self.done.take()) {
             (Some(cmd), Some(done)) => {
                 let _ = cmd.send(self.grace);

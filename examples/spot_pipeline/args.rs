@@ -77,6 +77,12 @@ pub(crate) struct Args {
     /// producer; pointer objects are deleted after their messages.
     #[arg(long)]
     pub(crate) large_payloads: bool,
+    /// Follow AWS extended-client pointers (Python, Java, …) to any object
+    /// of this bucket, as well as ferry's own under `payloads/` in the result
+    /// bucket (may be given more than once). Their objects are left in
+    /// place: only objects ferry offloaded for a job are deleted after it.
+    #[arg(long, value_name = "BUCKET")]
+    pub(crate) trust_payloads: Vec<String>,
     /// Pad each job message with this many bytes (with --large-payloads,
     /// more than 262144 makes every job a large payload).
     #[arg(long, default_value_t = 0)]
@@ -96,14 +102,20 @@ pub(crate) struct Args {
     /// across workers or after the queue's deduplication window.
     #[arg(long)]
     pub(crate) exactly_once: bool,
-    /// Serve ferry's metrics in the Prometheus text format on this address
-    /// (e.g. 127.0.0.1:9464), for the whole run.
+    /// Serve ferry's HTTP endpoints on this address (e.g. 127.0.0.1:9464)
+    /// for the whole run: /healthz, /readyz (every stage's health, 503 when
+    /// one is not ready) and /metrics (Prometheus text, with each stage's
+    /// queue depth and backlog per worker).
     #[arg(long)]
     pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// After the report, keep serving metrics until they are scraped once,
     /// at most this many seconds.
     #[arg(long, default_value_t = 0)]
     pub(crate) metrics_linger_secs: u64,
+    /// Seconds between two reads of each stage queue's depth for the
+    /// /metrics gauges.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) depth_every_secs: u64,
 
     /// Operator command on the dead-letter queues of --stage, instead of a
     /// run: `list` or `redrive`.

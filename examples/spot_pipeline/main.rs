@@ -17,7 +17,6 @@
 //! is lost. With `--worker` the process only runs its stages until SIGTERM.
 
 mod args;
-mod metrics;
 mod produce;
 mod record;
 mod report;
@@ -27,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ferry::backend::local::Faults;
+use ferry::http::{HttpOptions, HttpServer};
 use ferry::prelude::*;
 use ferry::testkit::PanicInjector;
 use ferry_actors::{Stage1, Stage2};
@@ -131,8 +131,11 @@ fn pipelines(args: &Args, r: &Resources) -> Vec<Pipeline> {
     out
 }
 
-async fn start(args: &Args, r: &Resources) -> Result<RuntimeHandle> {
+async fn start(args: &Args, r: &Resources, http: Option<&HttpServer>) -> Result<RuntimeHandle> {
     let mut builder = Runtime::builder().shutdown_grace(Duration::from_secs(args.grace_secs));
+    if let Some(server) = http {
+        builder = builder.serve_http(server);
+    }
     for mut p in pipelines(args, r) {
         if let Some(payloads) = &r.payloads {
             p = p.large_payloads(payloads.clone());
@@ -146,9 +149,10 @@ async fn start(args: &Args, r: &Resources) -> Result<RuntimeHandle> {
 async fn worker(
     args: &Args,
     r: &Resources,
+    http: Option<&HttpServer>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let runtime = start(args, r).await?;
+    let runtime = start(args, r, http).await?;
     let pid = std::process::id();
     let spot = if args.spot_watch {
         let imds = ferry::spot::imds_client(args.imds_endpoint.as_deref())?;
@@ -268,9 +272,18 @@ async fn main() -> Result<()> {
         }
     }));
 
-    // The recorder goes in before any pipeline registers its metrics.
-    let mut exporter = match args.metrics_addr {
-        Some(addr) => Some(metrics::serve(addr).await?),
+    // ferry's endpoints (its Prometheus recorder with them) go in before
+    // any pipeline registers its metrics, and outlive the runtime: the final
+    // figures are scraped after the report.
+    let http = match args.metrics_addr {
+        Some(addr) => {
+            let every = Duration::from_secs(args.depth_every_secs);
+            let server = HttpServer::start(HttpOptions::new(addr).depth_every(every))?;
+            let at = server.local_addr();
+            eprintln!("health on http://{at}/healthz and http://{at}/readyz");
+            eprintln!("metrics on http://{at}/metrics");
+            Some(server)
+        }
         None => None,
     };
     if let Some(dir) = &args.record {
@@ -281,7 +294,7 @@ async fn main() -> Result<()> {
         return dead_letters(&args, &r, op).await;
     }
     if args.worker {
-        return worker(&args, &r, stop).await;
+        return worker(&args, &r, http.as_ref(), stop).await;
     }
     record::keep_order();
     let produced = produce::produce(&args, &r).await?;
@@ -304,7 +317,7 @@ async fn main() -> Result<()> {
     }
 
     let started = Instant::now();
-    let runtime = start(&args, &r).await?;
+    let runtime = start(&args, &r, http.as_ref()).await?;
     let bar = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
@@ -349,7 +362,7 @@ async fn main() -> Result<()> {
     let report = report::build(&r, &produced, stats, elapsed).await?;
     // Scrapes from now on see the final figures (counted before the report
     // is printed, so a scrape right after it ends the linger).
-    let scraped = exporter.as_ref().map_or(0, |e| e.scrapes());
+    let scraped = http.as_ref().map_or(0, HttpServer::metrics_scrapes);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -363,14 +376,27 @@ async fn main() -> Result<()> {
             shutdown.io_thread_blocks, shutdown.longest_io_block_ms
         );
     }
-    if let Some(exporter) = &mut exporter {
-        exporter
-            .linger(scraped, Duration::from_secs(args.metrics_linger_secs))
-            .await;
+    if let Some(server) = &http {
+        linger(
+            server,
+            scraped,
+            Duration::from_secs(args.metrics_linger_secs),
+        )
+        .await;
+        server.stop();
     }
-    if report.lost > 0 {
-        eprintln!("{} job(s) lost", report.lost);
+    if let Some(failure) = report.failure() {
+        eprintln!("{failure}");
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Keeps serving until a scrape after the `seen`-th has been answered, at
+/// most `limit`.
+async fn linger(server: &HttpServer, seen: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while server.metrics_scrapes() <= seen && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -14,6 +14,11 @@ use crate::Result;
 /// The jobs sent: good ones, and bad inputs that must be dead-lettered.
 pub(crate) struct Produced {
     pub(crate) good: Vec<JobId>,
+    /// The input object of each good job, in the same order.
+    pub(crate) good_keys: Vec<String>,
+    /// Whether the good jobs are the user's own files (--input), which may
+    /// turn out to be bad input, rather than images made to be valid.
+    pub(crate) user_files: bool,
     pub(crate) bad: Vec<JobId>,
     /// Job messages sent as large-payload pointers.
     pub(crate) offloaded: usize,
@@ -67,9 +72,9 @@ fn pad(mut m: OutgoingMessage, n: usize) -> OutgoingMessage {
 /// Sends the jobs through ferry's producer: ten per call, each failing
 /// entry retried, large bodies offloaded; the ids it returns are the ones
 /// stage 1 will see (it derives S3 events' ids as stage 1 does).
-async fn enqueue(r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<JobId>> {
+async fn enqueue(args: &Args, r: &Resources, messages: Vec<OutgoingMessage>) -> Result<Vec<JobId>> {
     let mut producer = Producer::new(r.stage1.clone()).job_id(ferry_actors::stage1_job_id);
-    if let Some(p) = &r.payloads {
+    if let Some(p) = r.payloads.as_ref().filter(|_| args.large_payloads) {
         producer = producer.large_payloads(p.clone());
     }
     let jobs = messages
@@ -161,8 +166,10 @@ pub(crate) async fn produce(args: &Args, r: &Resources) -> Result<Produced> {
         })
         .collect();
     Ok(Produced {
-        good: enqueue(r, good).await?,
-        bad: enqueue(r, bad).await?,
+        good: enqueue(args, r, good).await?,
+        good_keys: keys,
+        user_files: args.input.is_some(),
+        bad: enqueue(args, r, bad).await?,
         offloaded: r.blobs.list(&r.result_bucket, "payloads/").await?.len(),
         good_groups,
     })

@@ -1,6 +1,6 @@
 //! The final report, computed by reading the stores and queues.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use ferry::backend::Queue;
@@ -19,8 +19,15 @@ pub(crate) struct Report {
     bad_inputs: usize,
     stage1_results: usize,
     stage2_results: usize,
-    pub(crate) lost: usize,
+    /// Jobs with neither a stage-2 result nor a dead-letter entry.
+    lost: usize,
     dead_lettered: usize,
+    /// With --input: the user's files that turned out to be bad input (their
+    /// jobs dead-lettered, with the reason). Not lost: reported.
+    rejected_inputs: Vec<Rejected>,
+    /// Generated images (valid by construction) that were dead-lettered: a
+    /// failure of the run, like a lost job.
+    generated_dead_lettered: usize,
     duplicates_dropped: u64,
     restarts: u64,
     /// Actors restarted (after a panic or a stall), backend calls that
@@ -65,6 +72,14 @@ pub(crate) struct Report {
     /// Per stage, the job ids of successful processor runs in the order
     /// they returned.
     run_order: BTreeMap<String, Vec<String>>,
+}
+
+/// One of the user's files whose job was dead-lettered.
+#[derive(Debug, Serialize)]
+struct Rejected {
+    file: String,
+    job_id: String,
+    reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -149,23 +164,44 @@ pub(crate) async fn build(
 ) -> Result<Report> {
     let good = &produced.good;
     let (stage1_results, stage2_results) = count_results(r, good).await?;
-    let mut valid2 = 0;
+    let mut valid2: HashSet<&JobId> = HashSet::new();
     for j in good {
         let key = format!("stage2/{}.json", j.key_safe());
         if let Ok(bytes) = r.blobs.get(&r.result_bucket, &key).await {
             if serde_json::from_slice::<ImageStats>(&bytes).is_ok_and(|s| s.job_id == *j) {
-                valid2 += 1;
+                valid2.insert(j);
             }
         }
     }
     let dead = dead_letters(&[r.stage1_dlq.as_ref(), r.stage2_dlq.as_ref()]).await?;
-    let dead_ids: HashSet<&str> = dead.iter().map(|d| d.job_id.as_str()).collect();
-    let lost = (good.len() - valid2.min(good.len()))
-        + produced
-            .bad
-            .iter()
-            .filter(|b| !dead_ids.contains(b.as_str()))
-            .count();
+    let reasons: HashMap<&str, &str> = dead
+        .iter()
+        .map(|d| (d.job_id.as_str(), d.reason.as_str()))
+        .collect();
+    // Lost: neither a result nor a dead-letter entry.
+    let lost = good
+        .iter()
+        .chain(&produced.bad)
+        .filter(|j| !valid2.contains(j) && !reasons.contains_key(j.as_str()))
+        .count();
+    // Good jobs without a result that were dead-lettered, with the reason.
+    let good_dead: Vec<Rejected> = good
+        .iter()
+        .zip(&produced.good_keys)
+        .filter(|(j, _)| !valid2.contains(j))
+        .filter_map(|(j, key)| {
+            Some(Rejected {
+                file: key.strip_prefix("input/").unwrap_or(key).to_owned(),
+                job_id: j.to_string(),
+                reason: reasons.get(j.as_str())?.to_string(),
+            })
+        })
+        .collect();
+    let (rejected_inputs, generated_dead_lettered) = if produced.user_files {
+        (good_dead, 0)
+    } else {
+        (Vec::new(), good_dead.len())
+    };
     let total = stats
         .iter()
         .fold(StatsSnapshot::default(), |a, p| a + p.stats);
@@ -176,6 +212,8 @@ pub(crate) async fn build(
         stage2_results,
         lost,
         dead_lettered: dead.len(),
+        rejected_inputs,
+        generated_dead_lettered,
         duplicates_dropped: total.duplicates(),
         restarts: total.restarts,
         actor_restarts: total.actor_restarts,
@@ -238,6 +276,22 @@ fn sent_order(produced: &Produced) -> BTreeMap<String, Vec<String>> {
 }
 
 impl Report {
+    /// Why the run failed, if it did: a job lost, or a generated (valid)
+    /// image dead-lettered. The user's own bad files are no failure.
+    pub(crate) fn failure(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if self.lost > 0 {
+            why.push(format!("{} job(s) lost", self.lost));
+        }
+        if self.generated_dead_lettered > 0 {
+            why.push(format!(
+                "{} generated image(s) dead-lettered, though valid",
+                self.generated_dead_lettered
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
     pub(crate) fn print(&self) {
         println!("jobs                {}", self.jobs);
         println!("stage1_results      {}", self.stage1_results);
@@ -249,6 +303,21 @@ impl Report {
         );
         for d in &self.dead_letters {
             println!("  {} {}: {}", d.queue, d.job_id, d.reason);
+        }
+        if !self.rejected_inputs.is_empty() {
+            println!(
+                "rejected_inputs     {} of your files (bad input, dead-lettered):",
+                self.rejected_inputs.len()
+            );
+            for f in &self.rejected_inputs {
+                println!("  {}: {}", f.file, f.reason);
+            }
+        }
+        if self.generated_dead_lettered > 0 {
+            println!(
+                "generated_dead_lettered {} (valid images: a failure)",
+                self.generated_dead_lettered
+            );
         }
         println!("duplicates_dropped  {}", self.duplicates_dropped);
         println!("restarts            {}", self.restarts);

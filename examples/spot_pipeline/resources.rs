@@ -26,7 +26,8 @@ pub(crate) struct Resources {
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
     /// The embedded backend, for fault injection (None on AWS).
     pub(crate) local: Option<LocalBackend>,
-    /// With --large-payloads: where bodies over 256 KiB go.
+    /// With --large-payloads: where bodies over 256 KiB go; with
+    /// --trust-payloads, also the other buckets pointers may name.
     pub(crate) payloads: Option<ferry::payload::LargePayloads>,
 }
 
@@ -39,11 +40,14 @@ pub(crate) async fn open(args: &Args) -> Result<Resources> {
         Backend::Local => local(args),
         Backend::Aws => aws(args).await?,
     };
-    if args.large_payloads {
-        r.payloads = Some(
+    if args.large_payloads || !args.trust_payloads.is_empty() {
+        let mut payloads =
             ferry::payload::LargePayloads::new(r.blobs.clone(), r.result_bucket.clone())
-                .prefix("payloads/"),
-        );
+                .prefix("payloads/");
+        for bucket in &args.trust_payloads {
+            payloads = payloads.trust(bucket.clone());
+        }
+        r.payloads = Some(payloads);
     }
     Ok(r)
 }
