@@ -8,7 +8,8 @@ use std::time::Duration;
 /// The limit measures the worker, not the work: a job that panics is retried
 /// and then dead-lettered like any failing job, and only restarts that keep
 /// coming with no job succeeding in between escalate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RestartPolicy {
     /// Restarts (processor rebuilds, actor restarts, worker threads
     /// respawned) in a row with no job succeeding in between, past which the
@@ -16,11 +17,14 @@ pub struct RestartPolicy {
     /// itself escalated and pauses.
     pub max_restarts: u32,
     /// First restart delay; doubles with each restart in a row.
+    #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
     /// Longest restart delay.
+    #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     /// How long an escalated pipeline pauses before polling again (doubling
     /// with each escalation, at most ten minutes).
+    #[serde(with = "humantime_serde")]
     pub escalation_pause: Duration,
 }
 
@@ -42,8 +46,12 @@ impl RestartPolicy {
     }
 }
 
-/// Settings of one pipeline.
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of one pipeline. They (de)serialize with serde, durations in
+/// human form (`"30s"`, `"1h 30m"`), every field optional (its default
+/// when absent) and unknown fields refused; [`crate::Settings`] reads them
+/// from a file and the environment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Processor threads.
     pub workers: usize,
@@ -65,11 +73,14 @@ pub struct PipelineConfig {
     pub receive_concurrency: usize,
     /// Long-polling wait of one receive (SQS allows up to 20 s), at most two
     /// fifths of the visibility ([`PipelineConfig::poll_wait`]).
+    #[serde(with = "humantime_serde")]
     pub receive_wait: Duration,
     /// Visibility set on receive and by each extension.
+    #[serde(with = "humantime_serde")]
     pub visibility_timeout: Duration,
     /// A lease is not extended past this age (SQS caps it at 12 h); the job
     /// is then cancelled and its message released.
+    #[serde(with = "humantime_serde")]
     pub max_lease_age: Duration,
     /// After this many failed attempts of its own (its processor returned an
     /// error, panicked or hung) a job goes to the dead-letter queue. Receives
@@ -83,15 +94,19 @@ pub struct PipelineConfig {
     /// counts receives that never ran the job (deferrals, FIFO waits) too.
     pub max_deliveries: Option<u32>,
     /// Visibility after the first failed attempt; doubles per receive.
+    #[serde(with = "humantime_serde")]
     pub retry_backoff_base: Duration,
     /// Longest retry backoff.
+    #[serde(with = "humantime_serde")]
     pub retry_backoff_max: Duration,
     /// Pending deletes, visibility changes and notifications are sent at
     /// once when ten are waiting, else after waiting this long: a longer
     /// interval fills more batches (fewer paid calls), a shorter one settles
     /// single jobs sooner.
+    #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// How long a completed job id is remembered.
+    #[serde(with = "humantime_serde")]
     pub seen_ttl: Duration,
     /// How many job ids are remembered at most.
     pub seen_capacity: usize,
@@ -103,17 +118,21 @@ pub struct PipelineConfig {
     pub restart: RestartPolicy,
     /// Longest any backend or store call may take before it counts as a
     /// transient failure (a receive may take its long-poll wait on top).
+    #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
     /// A lease that stays this long in a state whose next step an actor
     /// owns (gate, uploader, publisher, acker) marks that actor stalled: it
     /// is restarted and picks the lease up again.
+    #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
     /// How long an idempotency claim holds without renewal (the lease keeper
     /// renews it with each extension); `None`: the visibility timeout. A
     /// worker killed mid-job blocks its job for about this long.
+    #[serde(with = "humantime_serde")]
     pub claim_ttl: Option<Duration>,
     /// How long a completed job is remembered by the idempotency store:
     /// copies arriving within it are deleted unprocessed.
+    #[serde(with = "humantime_serde")]
     pub completed_ttl: Duration,
     /// Deletes S3's test event (`"Event":"s3:TestEvent"`, sent to the queue
     /// when a bucket notification is configured) as it is received, without
@@ -130,6 +149,7 @@ pub struct PipelineConfig {
     /// itself run for half its lease's age or more when the lease reaches
     /// its age limit counts one failed attempt ("timed out"), so a
     /// job that hangs every time ends in the dead-letter queue.
+    #[serde(with = "humantime_serde")]
     pub hang_grace: Duration,
     /// Abandoned worker threads alive at once, at most. Past it a stuck
     /// worker is not replaced (threads are never spawned without bound) and

@@ -37,6 +37,12 @@ pub enum ClaimOutcome {
     /// The job is this worker's to run; the claim holds until it expires
     /// unless renewed.
     Claimed,
+    /// As [`ClaimOutcome::Claimed`], over an earlier claim that ended
+    /// unfinished (given up, or lapsed: its holder died, or could not
+    /// reach the store in time). That holder may have done some of the
+    /// job's effects, its result included: ferry looks for the result
+    /// before running the job. A store that cannot tell answers `Claimed`.
+    TakenOver,
     /// The job completed within the store's window: do not run it again.
     Completed,
     /// Another worker's claim is live until this time.

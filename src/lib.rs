@@ -14,9 +14,11 @@
 
 // What a service writes and starts.
 mod config; // PipelineConfig and its checks
-mod processor; // the processor traits, their output and context
-pub mod producer;
-mod runtime; // Runtime: starts pipelines, health, stats, graceful shutdown // sends jobs, with ids fixed before the first attempt
+mod processor; // the processor traits, their output and context; middleware
+pub mod producer; // sends jobs, with ids fixed before the first attempt
+mod runtime; // Runtime: starts pipelines, health, stats, graceful shutdown
+#[cfg(feature = "settings")]
+mod settings; // settings from a TOML file and the environment
 
 // The runtime's own parts.
 mod attempts; // each job's own failed attempts in this process
@@ -61,13 +63,16 @@ pub use job::{
 };
 pub use pipeline::{Pipeline, PipelineHealth, ResultStore};
 pub use processor::{
-    ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, Context, Output, ProcessJob,
-    Processor, TaskContext, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,
+    ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, ConcurrencyLimit, Context,
+    DeadLetterHook, FailureHook, Held, Layer, Outcome, Output, ProcessJob, Processor, TaskContext,
+    Timeout, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,
 };
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,
     StatsReader,
 };
+#[cfg(feature = "settings")]
+pub use settings::{RuntimeSettings, Settings, SettingsError, ENV_PREFIX};
 pub use stats::StatsSnapshot;
 
 /// ferry's internals, for its own benches and benchmark report only: not a

@@ -63,6 +63,7 @@ pub fn context_reading(blobs: Option<Arc<dyn BlobStore>>, buckets: &[&str]) -> C
         reader: reader(blobs, buckets),
         io: io().clone(),
         cancelled: Default::default(),
+        deadline: None,
     }
 }
 

@@ -26,7 +26,12 @@ struct SlowRenewals {
 
 #[ferry::async_trait]
 impl IdempotencyStore for SlowRenewals {
-    async fn claim(&self, key: &str, owner: &str, hold: Duration) -> Result<ClaimOutcome, BackendError> {
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        hold: Duration,
+    ) -> Result<ClaimOutcome, BackendError> {
         self.inner.claim(key, owner, hold).await
     }
     async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
@@ -124,6 +129,120 @@ async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_eff
         sa.uploaded,
         sb.uploaded
     );
-    assert!(p.cancelled.load(Ordering::Acquire) >= 1, "A's run was not stopped");
+    assert!(
+        p.cancelled.load(Ordering::Acquire) >= 1,
+        "A's run was not stopped"
+    );
+    assert!(h.dlq.snapshot().is_empty());
+}
+
+/// The shared store as one worker reaches it: while `down` is set, its
+/// renewals and completions fail (the store throttling this worker).
+#[derive(Debug)]
+struct Unreachable {
+    inner: Arc<dyn IdempotencyStore>,
+    down: Arc<AtomicBool>,
+}
+
+impl Unreachable {
+    fn check(&self) -> Result<(), BackendError> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(BackendError::transient("throttled"));
+        }
+        Ok(())
+    }
+}
+
+#[ferry::async_trait]
+impl IdempotencyStore for Unreachable {
+    async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        hold: Duration,
+    ) -> Result<ClaimOutcome, BackendError> {
+        self.inner.claim(key, owner, hold).await
+    }
+    async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
+        self.check()?;
+        self.inner.renew(key, owner, hold).await
+    }
+    async fn complete(&self, key: &str, owner: &str, keep: Duration) -> Result<bool, BackendError> {
+        self.check()?;
+        self.inner.complete(key, owner, keep).await
+    }
+    async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
+        self.inner.release(key, owner).await
+    }
+    async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
+        self.inner.record(key).await
+    }
+}
+
+/// A worker stores a job's result, then cannot reach the store to mark it
+/// completed for longer than its claim holds; a copy of the job reaching
+/// another worker takes the lapsed claim over, finds the result and
+/// finishes the job from it, without running it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
+    let h = Harness::new();
+    let shared: Arc<dyn IdempotencyStore> = Arc::new(h.local.idempotency_store());
+    let down = Arc::new(AtomicBool::new(false));
+    let p = Counting::new();
+    // B reads its own queue, so the copy cannot reach A (which would merge
+    // it into its lease): the same job in the same pipeline all the same.
+    let copies = h.local.create_queue("copies", Default::default());
+    let quick = |source: Arc<ferry::backend::local::LocalQueue>,
+                 store: Arc<dyn IdempotencyStore>| {
+        let p = p.clone();
+        Pipeline::new("stage")
+            .source(source)
+            .dead_letter(h.dlq.clone())
+            .results(h.local.blobs(), "results", "out/", "txt")
+            .idempotency(store)
+            .processor(move || p.clone())
+            .configure(|c| {
+                fast(c);
+                c.workers = 1;
+                c.visibility_timeout = Duration::from_millis(300);
+            })
+    };
+    h.send_named(&["J".into()]).await;
+    down.store(true, Ordering::Release);
+    let a = Runtime::builder()
+        .pipeline(quick(
+            h.jobs.clone(),
+            Arc::new(Unreachable {
+                inner: shared.clone(),
+                down: down.clone(),
+            }),
+        ))
+        .start()
+        .await
+        .unwrap();
+    eventually("A stores the result", || a.total().uploaded == 1).await;
+    // A's claim lapses in the store while A cannot complete it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    send_named_to(copies.as_ref(), &["J".into()]).await;
+    let b = Runtime::builder()
+        .pipeline(quick(copies.clone(), shared.clone()))
+        .start()
+        .await
+        .unwrap();
+    eventually("B finishes the job from its result", || {
+        b.total().resumed == 1
+    })
+    .await;
+    down.store(false, Ordering::Release);
+    eventually("both messages settled", || {
+        h.jobs.depth_now().total() == 0 && copies.depth_now().total() == 0
+    })
+    .await;
+    let (sa, sb) = (a.total(), b.total());
+    a.shutdown().await;
+    b.shutdown().await;
+    eprintln!("a: {sa:?}\nb: {sb:?}");
+    assert_eq!(p.runs_of("J"), 1, "run again by B");
+    assert_eq!(sb.processed, 0, "{sb:?}");
     assert!(h.dlq.snapshot().is_empty());
 }

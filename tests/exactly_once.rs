@@ -220,7 +220,8 @@ mod aws {
         assert!(s.renew("k", "a", hold).await.unwrap());
         assert!(!s.renew("k", "b", hold).await.unwrap());
         clock.advance(Duration::from_secs(31));
-        assert_eq!(s.claim("k", "b", hold).await.unwrap(), Claimed);
+        // a's claim lapsed unfinished: b takes it over.
+        assert_eq!(s.claim("k", "b", hold).await.unwrap(), TakenOver);
         assert!(!s.renew("k", "a", hold).await.unwrap(), "a lost its claim");
         let keep = Duration::from_secs(3600);
         assert!(!s.complete("k", "a", keep).await.unwrap());
@@ -235,7 +236,7 @@ mod aws {
             HeldElsewhere { .. }
         ));
         s.release("other", "a").await.unwrap();
-        assert_eq!(s.claim("other", "b", hold).await.unwrap(), Claimed);
+        assert_eq!(s.claim("other", "b", hold).await.unwrap(), TakenOver);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,7 +281,10 @@ async fn claims_outputs_and_taking_in_are_kept_per_lease() {
     l.set_claimed(at(2000));
     assert!(l.is_claimed());
     assert!(!l.claim_lapsed(at(1999)));
-    assert!(l.claim_lapsed(at(2000)), "held until its deadline, not at it");
+    assert!(
+        l.claim_lapsed(at(2000)),
+        "held until its deadline, not at it"
+    );
     l.claim_renewed(at(1500));
     assert!(l.claim_lapsed(at(2000)), "an older renewal moves nothing");
     l.claim_renewed(at(3000));

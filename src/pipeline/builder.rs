@@ -59,6 +59,8 @@ pub struct Pipeline {
     pub(crate) reads: Vec<String>,
     pub(crate) job_id: Option<JobIdFn>,
     pub(crate) split: Option<SplitFn>,
+    pub(crate) layers: crate::processor::Layers,
+    pub(crate) on_dead_letter: Vec<crate::processor::DeadLetterHook>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -94,7 +96,34 @@ impl Pipeline {
             reads: Vec::new(),
             job_id: None,
             split: None,
+            layers: Default::default(),
+            on_dead_letter: Vec::new(),
         }
+    }
+
+    /// Adds a layer around the processor, whatever its kind (see
+    /// [`Layer`](crate::Layer)); the first added is outermost.
+    pub fn layer(mut self, layer: impl crate::Layer) -> Self {
+        self.layers.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Calls `hook` with each job whose run failed (an error it returned, a
+    /// panic, a layer's refusal or time limit) and why, where the job ran.
+    pub fn on_failure(
+        mut self,
+        hook: impl Fn(&Job, &ProcessError) + Send + Sync + 'static,
+    ) -> Self {
+        self.layers.on_failure.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with each job sent to the dead-letter queue and the
+    /// entry's reason, once the entry is sent (on ferry's I/O thread: keep
+    /// it quick).
+    pub fn on_dead_letter(mut self, hook: impl Fn(&Job, &str) + Send + Sync + 'static) -> Self {
+        self.on_dead_letter.push(Arc::new(hook));
+        self
     }
 
     /// The queue to consume.

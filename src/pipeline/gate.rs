@@ -31,13 +31,14 @@ impl Gate {
         Self { shared }
     }
 
-    /// Sends leases cleared to run on: redeliveries with a result store to
-    /// the uploader's probe, the rest to the processors.
-    fn route(&self, leases: Vec<Arc<Lease>>) {
+    /// Sends leases cleared to run on: redeliveries, and jobs whose claim
+    /// was taken over from an unfinished one (`look`), with a result store
+    /// to the uploader's probe; the rest to the processors.
+    fn route(&self, leases: Vec<(Arc<Lease>, bool)>) {
         let s = &self.shared;
         let (mut probes, mut fresh) = (Vec::new(), Vec::new());
-        for l in leases {
-            if l.job.receive_count > 1 && s.sinks.results.is_some() {
+        for (l, look) in leases {
+            if (look || l.job.receive_count > 1) && s.sinks.results.is_some() {
                 if l.step(Move::ProbeGated).is_some() {
                     probes.push(l);
                 }
@@ -56,7 +57,7 @@ impl Gate {
     /// Claims each lease's job, then routes, skips or defers it.
     fn claim_then_route(&mut self, leases: Vec<Arc<Lease>>, ctx: &mut Context<Self>) {
         if self.shared.sinks.store.is_none() {
-            self.route(leases);
+            self.route(leases.into_iter().map(|l| (l, false)).collect());
             return;
         }
         let s = &self.shared;
@@ -109,7 +110,7 @@ impl Gate {
         for (lease, r) in leases.into_iter().zip(results) {
             if lease.state() != LeaseState::Gated {
                 // Given back or lost meanwhile: a claim it took is released.
-                if matches!(r, Ok(Some(ClaimOutcome::Claimed))) {
+                if matches!(r, Ok(Some(ClaimOutcome::Claimed | ClaimOutcome::TakenOver))) {
                     lease.set_claimed(until);
                     s.release_claim(&lease);
                 }
@@ -132,12 +133,18 @@ impl Gate {
                 }
                 Ok(Some(ClaimOutcome::Claimed)) => {
                     lease.set_claimed(until);
-                    go.push(lease);
+                    go.push((lease, false));
+                }
+                Ok(Some(ClaimOutcome::TakenOver)) => {
+                    // Its last holder may have stored the result before its
+                    // claim lapsed: look for it before running the job.
+                    lease.set_claimed(until);
+                    go.push((lease, true));
                 }
                 Ok(Some(ClaimOutcome::Completed))
                     if crate::sabotage::on(crate::sabotage::Sabotage::RunCompleted) =>
                 {
-                    go.push(lease);
+                    go.push((lease, false));
                 }
                 Ok(Some(ClaimOutcome::Completed)) => {
                     s.jobs_started(1);

@@ -216,6 +216,7 @@ impl Worker {
             reader: s.sinks.reader.clone(),
             io: self.io.clone(),
             cancelled: lease.cancel_arc(),
+            deadline: None,
         };
         let began = Instant::now();
         let prepared = input_blocking(s, &self.io, job);

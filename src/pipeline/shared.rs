@@ -42,6 +42,8 @@ pub(crate) struct Addrs {
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) processor: ProcessorKind,
+    /// Told of each dead-letter entry sent (`Pipeline::on_dead_letter`).
+    pub(crate) on_dead_letter: Vec<crate::processor::DeadLetterHook>,
     /// Where async and batch jobs run, when not on the I/O runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Derives a received job's id from its content (`Pipeline::job_id`).
@@ -136,7 +138,8 @@ impl Shared {
             .then(crate::lease::Groups::default);
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
-            processor: p.processor.expect("checked"),
+            processor: p.layers.wrap(p.processor.expect("checked")),
+            on_dead_letter: p.on_dead_letter,
             runtime: p.runtime,
             job_id: p.job_id,
             split: p.split,

@@ -16,6 +16,8 @@ pub struct Context {
     pub(crate) reader: Arc<Reader>,
     pub(crate) io: tokio::runtime::Handle,
     pub(crate) cancelled: Arc<AtomicBool>,
+    /// Past it the job counts as cancelled (a [`crate::Timeout`] layer).
+    pub(crate) deadline: Option<std::time::Instant>,
 }
 
 impl Context {
@@ -28,6 +30,19 @@ impl Context {
     /// check it and return early; its result would be discarded anyway.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
+            || self
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+    }
+
+    /// This context with a deadline (the earlier one holds).
+    pub(crate) fn with_deadline(&self, deadline: Option<std::time::Instant>) -> Context {
+        let mut ctx = self.clone();
+        ctx.deadline = match (self.deadline, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ctx
     }
 
     /// Reads an object from the pipeline's blob store, blocking this worker
@@ -167,6 +182,17 @@ impl TaskContext {
     /// Whether the `index`th job of the batch was cancelled.
     pub fn is_job_cancelled(&self, index: usize) -> bool {
         self.cancels.get(index).is_some_and(|c| c.is_cancelled())
+    }
+
+    /// The context of some of the batch's jobs, by index.
+    pub(crate) fn only(&self, indices: &[usize]) -> TaskContext {
+        TaskContext {
+            reader: self.reader.clone(),
+            cancels: indices
+                .iter()
+                .filter_map(|&i| self.cancels.get(i).cloned())
+                .collect(),
+        }
     }
 
     /// Completes when [`TaskContext::is_cancelled`] becomes true.

@@ -17,11 +17,14 @@ use crate::job::Job;
 
 mod closures;
 mod context;
+mod layer;
 mod output;
 
 pub(crate) use closures::{FnAsyncProcessor, FnProcessor};
 pub(crate) use context::{blocking, fetch_limited, run_blocking, Reader};
 pub use context::{Context, TaskContext};
+pub(crate) use layer::{call_hook, Layers};
+pub use layer::{ConcurrencyLimit, DeadLetterHook, FailureHook, Held, Layer, Outcome, Timeout};
 pub use output::Output;
 
 /// A user's processor.

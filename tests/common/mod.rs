@@ -45,12 +45,17 @@ where
 /// The `spot_pipeline` example binary, built by `cargo test` with the
 /// other examples.
 pub fn example_binary() -> std::path::PathBuf {
+    example("spot_pipeline")
+}
+
+/// An example's binary, built by `cargo test` with the other examples.
+pub fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/examples/spot_pipeline
+    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir
         .join("examples")
-        .join(format!("spot_pipeline{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
         "{} not built: run the tests with `cargo test`",

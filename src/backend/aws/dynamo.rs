@@ -148,11 +148,26 @@ impl DynamoIdempotencyStore {
         condition: &str,
         values: &[(&str, AttributeValue)],
     ) -> Result<bool, BackendError> {
+        Ok(self
+            .update_old(key, set, condition, values)
+            .await?
+            .is_some())
+    }
+
+    /// [`Self::update`], answering the item as it was before (empty: none).
+    async fn update_old(
+        &self,
+        key: &str,
+        set: &str,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<Option<std::collections::HashMap<String, AttributeValue>>, BackendError> {
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("job", s(key))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .update_expression(set)
             .condition_expression(condition)
             .expression_attribute_names("#st", "status")
@@ -171,12 +186,12 @@ impl DynamoIdempotencyStore {
             req = req.expression_attribute_values(*k, v.clone());
         }
         match req.send().await {
-            Ok(_) => Ok(true),
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(classify(e, &format!("{} item {key}", self.resource()))),
         }
@@ -207,7 +222,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         let now = self.now_ms();
         let until = now + hold_for.as_millis() as u64;
         let claimed = self
-            .update(
+            .update_old(
                 key,
                 "SET #st = :inprog, #own = :me, #exp = :until, #ttl = :ttl ADD #claims :one",
                 "attribute_not_exists(#job) OR #exp <= :now",
@@ -221,8 +236,18 @@ impl IdempotencyStore for DynamoIdempotencyStore {
                 ],
             )
             .await?;
-        if claimed {
-            return Ok(ClaimOutcome::Claimed);
+        if let Some(old) = claimed {
+            // An earlier claim left unfinished: its holder may have done
+            // some of the job's effects.
+            let unfinished = old
+                .get("status")
+                .and_then(|v| v.as_s().ok())
+                .is_some_and(|st| st == IN_PROGRESS);
+            return Ok(if unfinished {
+                ClaimOutcome::TakenOver
+            } else {
+                ClaimOutcome::Claimed
+            });
         }
         Ok(match self.record(key).await? {
             Some(r) if r.status == RecordStatus::Completed && r.expires_at_ms > now => {

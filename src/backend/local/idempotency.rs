@@ -171,13 +171,18 @@ impl IdempotencyStore for LocalIdempotencyStore {
                 },
             });
         }
+        let unfinished = r.claims > 0 && r.status == RecordStatus::InProgress;
         *r = IdempotencyRecord {
             status: RecordStatus::InProgress,
             owner: owner.to_owned(),
             expires_at_ms: until,
             claims: r.claims + 1,
         };
-        Ok(ClaimOutcome::Claimed)
+        Ok(if unfinished {
+            ClaimOutcome::TakenOver
+        } else {
+            ClaimOutcome::Claimed
+        })
     }
 
     async fn renew(
@@ -261,7 +266,7 @@ mod tests {
         clock.advance(Duration::from_secs(31));
         assert_eq!(
             s.claim("k", "b", hold).await.unwrap(),
-            ClaimOutcome::Claimed
+            ClaimOutcome::TakenOver
         );
         assert!(!s.renew("k", "a", hold).await.unwrap());
         assert!(!s
@@ -349,7 +354,7 @@ mod tests {
         s.release("k", "a").await.unwrap();
         assert_eq!(
             s.claim("k", "b", hold).await.unwrap(),
-            ClaimOutcome::Claimed
+            ClaimOutcome::TakenOver
         );
         assert_eq!(s.record("k").await.unwrap().unwrap().claims, 2);
     }

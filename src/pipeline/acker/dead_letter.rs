@@ -153,7 +153,7 @@ impl Acker {
                         lease.set_ending(Ending::Defer { after: hold });
                         act.visibility.push(lease);
                     }
-                    Ok(ClaimOutcome::Claimed) => send.push(lease),
+                    Ok(ClaimOutcome::Claimed | ClaimOutcome::TakenOver) => send.push(lease),
                 }
             }
             act.send_dead_entries(send, ctx);
@@ -207,6 +207,11 @@ impl Acker {
                     if let Some(Ending::DeadLetter { reason }) = ending {
                         tracing::warn!(pipeline = %s.name, job_id = %lease.job.id,
                             reason = %reason, "sent to the dead-letter queue");
+                        for hook in &s.on_dead_letter {
+                            crate::processor::call_hook("on_dead_letter", &lease.job, || {
+                                hook(&lease.job, &reason)
+                            });
+                        }
                     }
                 }
                 Err(e) => self.failed(lease, &e, "dead-letter send", Step::DeadLetter),
