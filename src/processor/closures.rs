@@ -7,7 +7,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{AsyncProcessor, Context, Output, Processor, TaskContext};
+use super::context::{Context, TaskContext};
+use super::kinds::{AsyncProcessor, Processor};
+use super::output::Output;
 use crate::error::ProcessError;
 use crate::job::Job;
 

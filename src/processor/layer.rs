@@ -11,10 +11,9 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{
-    blocking, AsyncProcessor, BatchProcessor, Context, Output, Processor, ProcessorKind,
-    TaskContext,
-};
+use super::context::{blocking, Context, TaskContext};
+use super::kinds::{AsyncProcessor, BatchProcessor, Processor, ProcessorKind, WorkerInfo};
+use super::output::Output;
 use crate::error::ProcessError;
 use crate::job::Job;
 
@@ -175,7 +174,7 @@ struct LayeredSync {
 }
 
 impl Processor for LayeredSync {
-    fn started(&mut self, info: &super::WorkerInfo) {
+    fn started(&mut self, info: &WorkerInfo) {
         self.inner.started(info);
     }
 
