@@ -209,6 +209,8 @@ mod tests {
     }
 
     #[test]
+    // figment's jail returns its own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn the_environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
