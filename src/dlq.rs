@@ -101,6 +101,7 @@ pub struct RedriveOptions {
 }
 
 /// What a redrive did.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RedriveReport {
     /// Entries looked at.
@@ -120,6 +121,7 @@ pub struct RedriveReport {
 }
 
 /// A listing: the entries, and how many it left out.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     /// The entries seen, at most the limit asked for.

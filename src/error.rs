@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 /// A failed backend call, classified once so every actor decides alike.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
     /// The service asked us to slow down.
@@ -122,6 +123,7 @@ impl BackendError {
 }
 
 /// What a processor returns when it cannot produce a result.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProcessError {
     /// Try the job again later: its visibility is set to a backoff that grows
@@ -270,6 +272,7 @@ fn chain(e: Box<dyn std::error::Error + Send + Sync>) -> String {
 }
 
 /// Starting or running the runtime failed.
+#[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum FerryError {
     /// A pipeline's configuration is incomplete or contradictory.

@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::error::BackendError;
 
 /// What a claim found.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The job is this worker's to run; the claim holds until it expires

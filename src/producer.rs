@@ -37,6 +37,7 @@ use crate::job::{job_id_problem, JobId, JOB_ID_ATTRIBUTE};
 use crate::payload::{LargePayloads, LEGACY_PAYLOAD_SIZE_ATTRIBUTE, PAYLOAD_SIZE_ATTRIBUTE};
 
 /// Why a job was not sent.
+#[non_exhaustive]
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProduceError {
     /// The job breaks a rule of the queue (said why); nothing was sent.

@@ -131,6 +131,7 @@ impl RuntimeBuilder {
 }
 
 /// One pipeline's counters and its leases held now.
+#[non_exhaustive]
 #[derive(Debug, Clone, Serialize)]
 pub struct PipelineStats {
     /// The pipeline's name.
@@ -145,6 +146,7 @@ pub struct PipelineStats {
 }
 
 /// What a graceful shutdown did.
+#[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ShutdownReport {
     /// Leases of jobs not yet started, released at once.

@@ -51,6 +51,7 @@ macro_rules! counters {
         }
 
         /// A copy of one pipeline's counters.
+        #[non_exhaustive]
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
         pub struct StatsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*

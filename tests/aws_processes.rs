@@ -241,20 +241,18 @@ impl Stages {
             if let Some(line) = text.lines().rev().find_map(|l| l.strip_prefix("stats ")) {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
                 let get = |k: &str| v[k].as_u64().unwrap_or(0);
-                total = total
-                    + ferry::StatsSnapshot {
-                        duplicates_merged: get("duplicates_merged"),
-                        duplicates_dropped: get("duplicates_dropped"),
-                        resumed: get("resumed"),
-                        restarts: get("restarts"),
-                        received: get("received"),
-                        processed: get("processed"),
-                        leases_lost: get("leases_lost"),
-                        skipped_completed: get("skipped_completed"),
-                        claims_deferred: get("claims_deferred"),
-                        claims_lost: get("claims_lost"),
-                        ..Default::default()
-                    };
+                let mut s = ferry::StatsSnapshot::default();
+                s.duplicates_merged = get("duplicates_merged");
+                s.duplicates_dropped = get("duplicates_dropped");
+                s.resumed = get("resumed");
+                s.restarts = get("restarts");
+                s.received = get("received");
+                s.processed = get("processed");
+                s.leases_lost = get("leases_lost");
+                s.skipped_completed = get("skipped_completed");
+                s.claims_deferred = get("claims_deferred");
+                s.claims_lost = get("claims_lost");
+                total = total + s;
             }
         }
         total

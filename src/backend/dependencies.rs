@@ -17,6 +17,7 @@ use crate::error::BackendError;
 pub(crate) const PROCESSOR: &str = "the processor's dependencies";
 
 /// A dependency failing now, as `health()` reports it.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DegradedDependency {
     /// The queue, topic, bucket or store (as its calls name it), or the

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 /// A pipeline's health, as [`crate::RuntimeHandle::health`] reports it.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PipelineHealth {
     /// The pipeline's name.

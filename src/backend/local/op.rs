@@ -2,6 +2,7 @@
 //! its faults aimed at.
 
 /// A backend operation, as counted and as faults are aimed at.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
     /// SQS `ReceiveMessage`.
