@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +15,36 @@ use ferry::idempotency::{ClaimOutcome, IdempotencyRecord, IdempotencyStore};
 use ferry::prelude::*;
 use ferry::BackendError;
 
-/// The shared store as one worker reaches it: while `slow` is set, each
-/// renewal answers two seconds late (long after the claim it renews has
-/// lapsed, and after the job would have finished).
+/// The shared store as one worker reaches it: while `slow` is set its
+/// renewals answer two seconds late (long after the claim they renew has
+/// lapsed, and after the job would have finished); while `down` is set its
+/// renewals and completions fail (the store throttling this worker).
 #[derive(Debug)]
-struct SlowRenewals {
+struct Flaky {
     inner: Arc<dyn IdempotencyStore>,
     slow: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn over(inner: &Arc<dyn IdempotencyStore>) -> Self {
+        Self {
+            inner: inner.clone(),
+            slow: Default::default(),
+            down: Default::default(),
+        }
+    }
+
+    fn check(&self) -> Result<(), BackendError> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(BackendError::transient("throttled"));
+        }
+        Ok(())
+    }
 }
 
 #[ferry::async_trait]
-impl IdempotencyStore for SlowRenewals {
+impl IdempotencyStore for Flaky {
     async fn claim(
         &self,
         key: &str,
@@ -35,12 +54,14 @@ impl IdempotencyStore for SlowRenewals {
         self.inner.claim(key, owner, hold).await
     }
     async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
+        self.check()?;
         if self.slow.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         self.inner.renew(key, owner, hold).await
     }
     async fn complete(&self, key: &str, owner: &str, keep: Duration) -> Result<bool, BackendError> {
+        self.check()?;
         self.inner.complete(key, owner, keep).await
     }
     async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
@@ -51,28 +72,7 @@ impl IdempotencyStore for SlowRenewals {
     }
 }
 
-/// Runs 600 ms, watching its cancellation; counts runs and cancellations.
-#[derive(Clone, Default)]
-struct Long {
-    runs: Arc<AtomicU32>,
-    cancelled: Arc<AtomicU32>,
-}
-
-impl Processor for Long {
-    fn process(&mut self, _: &Job, ctx: &Context) -> Result<Output, ProcessError> {
-        self.runs.fetch_add(1, Ordering::AcqRel);
-        for _ in 0..60 {
-            std::thread::sleep(Duration::from_millis(10));
-            if ctx.is_cancelled() {
-                self.cancelled.fetch_add(1, Ordering::AcqRel);
-                return Err(ProcessError::retry("cancelled"));
-            }
-        }
-        Ok(Output::text("done"))
-    }
-}
-
-fn worker(h: &Harness, store: Arc<dyn IdempotencyStore>, p: &Long) -> Pipeline {
+fn worker(h: &Harness, store: Arc<dyn IdempotencyStore>, p: &Watchful) -> Pipeline {
     let p = p.clone();
     Pipeline::new("stage")
         .source(h.jobs.clone())
@@ -91,19 +91,13 @@ fn worker(h: &Harness, store: Arc<dyn IdempotencyStore>, p: &Long) -> Pipeline {
 async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_effects() {
     let h = Harness::new();
     let shared: Arc<dyn IdempotencyStore> = Arc::new(h.local.idempotency_store());
-    let slow = Arc::new(AtomicBool::new(true));
-    let p = Long::default();
+    let flaky = Arc::new(Flaky::over(&shared));
+    flaky.slow.store(true, Ordering::Release);
+    let p = Watchful::default();
     // Worker A takes the job; its renewals answer late.
     h.send_named(&["J".into()]).await;
     let a = Runtime::builder()
-        .pipeline(worker(
-            &h,
-            Arc::new(SlowRenewals {
-                inner: shared.clone(),
-                slow: slow.clone(),
-            }),
-            &p,
-        ))
+        .pipeline(worker(&h, flaky.clone(), &p))
         .start()
         .await
         .unwrap();
@@ -117,7 +111,7 @@ async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_eff
         .await
         .unwrap();
     eventually("both messages settled", || h.jobs.depth_now().total() == 0).await;
-    slow.store(false, Ordering::Release);
+    flaky.slow.store(false, Ordering::Release);
     let (sa, sb) = (a.total(), b.total());
     a.shutdown().await;
     b.shutdown().await;
@@ -136,49 +130,6 @@ async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_eff
     assert!(h.dlq.snapshot().is_empty());
 }
 
-/// The shared store as one worker reaches it: while `down` is set, its
-/// renewals and completions fail (the store throttling this worker).
-#[derive(Debug)]
-struct Unreachable {
-    inner: Arc<dyn IdempotencyStore>,
-    down: Arc<AtomicBool>,
-}
-
-impl Unreachable {
-    fn check(&self) -> Result<(), BackendError> {
-        if self.down.load(Ordering::Acquire) {
-            return Err(BackendError::transient("throttled"));
-        }
-        Ok(())
-    }
-}
-
-#[ferry::async_trait]
-impl IdempotencyStore for Unreachable {
-    async fn claim(
-        &self,
-        key: &str,
-        owner: &str,
-        hold: Duration,
-    ) -> Result<ClaimOutcome, BackendError> {
-        self.inner.claim(key, owner, hold).await
-    }
-    async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
-        self.check()?;
-        self.inner.renew(key, owner, hold).await
-    }
-    async fn complete(&self, key: &str, owner: &str, keep: Duration) -> Result<bool, BackendError> {
-        self.check()?;
-        self.inner.complete(key, owner, keep).await
-    }
-    async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
-        self.inner.release(key, owner).await
-    }
-    async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError> {
-        self.inner.record(key).await
-    }
-}
-
 /// A worker stores a job's result, then cannot reach the store to mark it
 /// completed for longer than its claim holds; a copy of the job reaching
 /// another worker takes the lapsed claim over, finds the result and
@@ -187,7 +138,7 @@ impl IdempotencyStore for Unreachable {
 async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
     let h = Harness::new();
     let shared: Arc<dyn IdempotencyStore> = Arc::new(h.local.idempotency_store());
-    let down = Arc::new(AtomicBool::new(false));
+    let flaky = Arc::new(Flaky::over(&shared));
     let p = Counting::new();
     // B reads its own queue, so the copy cannot reach A (which would merge
     // it into its lease): the same job in the same pipeline all the same.
@@ -208,15 +159,9 @@ async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
             })
     };
     h.send_named(&["J".into()]).await;
-    down.store(true, Ordering::Release);
+    flaky.down.store(true, Ordering::Release);
     let a = Runtime::builder()
-        .pipeline(quick(
-            h.jobs.clone(),
-            Arc::new(Unreachable {
-                inner: shared.clone(),
-                down: down.clone(),
-            }),
-        ))
+        .pipeline(quick(h.jobs.clone(), flaky.clone()))
         .start()
         .await
         .unwrap();
@@ -233,7 +178,7 @@ async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
         b.total().resumed == 1
     })
     .await;
-    down.store(false, Ordering::Release);
+    flaky.down.store(false, Ordering::Release);
     eventually("both messages settled", || {
         h.jobs.depth_now().total() == 0 && copies.depth_now().total() == 0
     })

@@ -308,27 +308,6 @@ async fn fifo_followers_of_a_poison_head_keep_their_attempts() {
     rt.shutdown().await;
 }
 
-/// Runs 600 ms, watching its cancellation; counts runs and cancellations.
-#[derive(Clone, Default)]
-struct Watchful {
-    runs: Arc<AtomicU32>,
-    cancelled: Arc<AtomicU32>,
-}
-
-impl Processor for Watchful {
-    fn process(&mut self, _: &Job, ctx: &Context) -> Result<Output, ProcessError> {
-        self.runs.fetch_add(1, Ordering::AcqRel);
-        for _ in 0..60 {
-            std::thread::sleep(Duration::from_millis(10));
-            if ctx.is_cancelled() {
-                self.cancelled.fetch_add(1, Ordering::AcqRel);
-                return Err(ProcessError::retry("cancelled"));
-            }
-        }
-        Ok(Output::text("done"))
-    }
-}
-
 /// An exactly-once claim whose renewal fails may lapse before the next
 /// renewal, and another worker take the job: the attempt stops before its
 /// effects (charged nothing), and the job runs again once the store works.

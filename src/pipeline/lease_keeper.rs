@@ -75,6 +75,7 @@ impl LeaseKeeper {
             }
             if lease.claim_lapsed(now) && state != LeaseState::Settling {
                 // Nor its claim: another worker may run the job now.
+                Stats::inc(&s.stats.claims_lost);
                 s.lose(
                     &lease,
                     "idempotency claim lapsed without a confirmed renewal",

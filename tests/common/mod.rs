@@ -393,3 +393,25 @@ macro_rules! for_each_kind {
         }
     };
 }
+
+/// Runs 600 ms, watching its cancellation; counts runs and cancellations.
+#[derive(Clone, Default)]
+pub struct Watchful {
+    pub runs: Arc<std::sync::atomic::AtomicU32>,
+    pub cancelled: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Processor for Watchful {
+    fn process(&mut self, _: &Job, ctx: &Context) -> Result<Output, ProcessError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.runs.fetch_add(1, AcqRel);
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(10));
+            if ctx.is_cancelled() {
+                self.cancelled.fetch_add(1, AcqRel);
+                return Err(ProcessError::retry("cancelled"));
+            }
+        }
+        Ok(Output::text("done"))
+    }
+}
