@@ -12,9 +12,15 @@
 //! `ferry_processed_total`, `ferry_failed_total`, `ferry_panics_total`,
 //! `ferry_restarts_total`, `ferry_resumed_total`, `ferry_uploaded_total`,
 //! `ferry_published_total`, `ferry_acked_total`, `ferry_retried_total`,
-//! `ferry_dead_lettered_total`, `ferry_released_total`,
-//! `ferry_leases_extended_total`, `ferry_leases_lost_total`,
-//! `ferry_escalations_total`.
+//! `ferry_waited_total`, `ferry_dead_lettered_total`,
+//! `ferry_released_total`, `ferry_leases_extended_total`,
+//! `ferry_leases_lost_total`, `ferry_escalations_total`,
+//! `ferry_actor_restarts_total`, `ferry_backend_panics_total`,
+//! `ferry_backend_timeouts_total`, `ferry_settle_gave_up_total`, the
+//! idempotency store's `ferry_skipped_completed_total`,
+//! `ferry_claims_deferred_total` and `ferry_claims_lost_total`,
+//! `ferry_s3_test_events_total`, `ferry_split_messages_total` and
+//! `ferry_workers_replaced_total` ([`counter_names`] lists them).
 //!
 //! Histograms, in seconds: [`PROCESSING_SECONDS`] (one processor run) and
 //! [`END_TO_END_SECONDS`] (from receive to delete, per job acked). Gauge:
