@@ -65,7 +65,7 @@ pub use pipeline::{Pipeline, PipelineHealth, ResultStore};
 pub use processor::{
     ActorProcessor, AsyncProcessor, BatchOptions, BatchProcessor, ConcurrencyLimit, Context,
     DeadLetterHook, FailureHook, Held, Layer, Outcome, Output, ProcessJob, Processor, TaskContext,
-    Timeout, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,
+    Timeout, TowerProcessor, Typed, TypedAsyncProcessor, TypedProcessor, WorkerInfo,
 };
 pub use runtime::{
     termination_signal, PipelineStats, Runtime, RuntimeBuilder, RuntimeHandle, ShutdownReport,

@@ -239,3 +239,83 @@ fn the_middleware_example_runs() {
 }
 
 for_each_kind!(mt; layers_and_hooks, a_timeout_retries_then_dead_letters, a_concurrency_limit_caps_running_jobs);
+
+/// tower's own middleware around jobs: a tower service as the processor,
+/// with tower's timeout and concurrency limit; a `ProcessError` from the
+/// service keeps its kind, tower's timeout is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_service_with_towers_middleware_is_a_processor() {
+    use tower::ServiceBuilder;
+    let h = Harness::new();
+    h.send_named(&[
+        "ok-1".into(),
+        "ok-2".into(),
+        "slow-1".into(),
+        "bad-1".into(),
+    ])
+    .await;
+    let g = Gauge::default();
+    let service = ServiceBuilder::new()
+        .concurrency_limit(1)
+        .timeout(Duration::from_millis(100))
+        .service_fn({
+            let g = g.clone();
+            move |job: Job| {
+                let g = g.clone();
+                async move {
+                    // Left on drop too: tower's timeout drops the future.
+                    struct Inside(Gauge);
+                    impl Drop for Inside {
+                        fn drop(&mut self) {
+                            self.0.leave();
+                        }
+                    }
+                    g.enter();
+                    let _inside = Inside(g.clone());
+                    let wait = if job.id.as_str().starts_with("slow") {
+                        1_000
+                    } else {
+                        20
+                    };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    if job.id.as_str().starts_with("bad") {
+                        return Err(ProcessError::bad_input("not a thing").into());
+                    }
+                    Ok::<_, tower::BoxError>(Output::text("done"))
+                }
+            }
+        });
+    let pipeline = Pipeline::new("stage")
+        .source(h.jobs.clone())
+        .dead_letter(h.dlq.clone())
+        .results(h.local.blobs(), "results", "out/", "txt")
+        .async_processor(ferry::TowerProcessor::new(service))
+        .configure(|c| {
+            fast(c);
+            c.max_receives = 2;
+            c.concurrency = 8;
+        });
+    let rt = Runtime::builder().pipeline(pipeline).start().await.unwrap();
+    eventually("every job settled", || {
+        h.jobs.depth_now().total() == 0 && h.dlq.depth_now().total() == 2
+    })
+    .await;
+    rt.shutdown().await;
+    let mut results = h.results().await;
+    results.sort();
+    assert_eq!(results, ["out/ok-1.txt", "out/ok-2.txt"]);
+    let reasons: Vec<String> = h
+        .dlq
+        .snapshot()
+        .iter()
+        .map(|m| m.attributes[DLQ_REASON_ATTRIBUTE].clone())
+        .collect();
+    assert!(reasons.iter().any(|r| r == "not a thing"), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("attempts") && r.contains("timed out")),
+        "{reasons:?}"
+    );
+    assert_eq!(g.most.load(Ordering::Acquire), 1, "tower's limit of one");
+}

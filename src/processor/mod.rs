@@ -18,6 +18,7 @@ mod context;
 mod kinds;
 mod layer;
 mod output;
+mod tower;
 
 pub(crate) use closures::{FnAsyncProcessor, FnProcessor};
 pub(crate) use context::{blocking, fetch_limited, run_blocking, Reader};
@@ -27,6 +28,7 @@ pub(crate) use kinds::{ProcessorFactory, ProcessorKind};
 pub(crate) use layer::{call_hook, Layers};
 pub use layer::{ConcurrencyLimit, DeadLetterHook, FailureHook, Held, Layer, Outcome, Timeout};
 pub use output::Output;
+pub use tower::TowerProcessor;
 
 /// A processor that declares its job type: the body is parsed as JSON into
 /// `Input` before `process` is called, and a body that does not parse is
