@@ -37,11 +37,10 @@ pub struct Lease {
     pub(super) cancelled: Arc<AtomicBool>,
     pub(super) extending: AtomicBool,
     pub(super) extensions: AtomicU32,
-    /// Whether this attempt holds a claim in the idempotency store.
-    pub(super) claimed: AtomicBool,
-    /// When the claim lapses unless renewed: nanoseconds after
-    /// `received_at` (0: none taken).
-    pub(super) claim_until: AtomicU64,
+    /// The claim this attempt holds in the idempotency store: when it
+    /// lapses unless renewed, in whole milliseconds after `received_at`,
+    /// rounded down (a lease lives at most 12 hours; 0: no claim held).
+    pub(super) claim: AtomicU32,
     /// The processor's output, from Processed until it is announced (boxed:
     /// most leases never hold one, and a lease stays small).
     pub(super) output: Mutex<Option<Box<Output>>>,
@@ -255,34 +254,42 @@ impl Lease {
     /// This attempt now holds the job's claim in the idempotency store,
     /// until `until` unless renewed (counted from when the claim was sent).
     pub(crate) fn set_claimed(&self, until: Instant) {
-        self.claim_renewed(until);
-        self.claimed.store(true, Ordering::Release);
+        self.claim.store(self.claim_mark(until), Ordering::Release);
     }
 
-    /// A renewal (sent before `until` less the hold) was confirmed.
+    /// A renewal (sent before `until` less the hold) was confirmed: the
+    /// claim, if still held, holds until then.
     pub(crate) fn claim_renewed(&self, until: Instant) {
-        let n = until.saturating_duration_since(self.received_at).as_nanos();
-        let n = u64::try_from(n).unwrap_or(u64::MAX).max(1);
-        self.claim_until.fetch_max(n, Ordering::AcqRel);
+        let n = self.claim_mark(until);
+        let _ = self
+            .claim
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v != 0 && v < n).then_some(n)
+            });
+    }
+
+    /// `until` as the claim field counts it (never 0, which means none).
+    fn claim_mark(&self, until: Instant) -> u32 {
+        let ms = until
+            .saturating_duration_since(self.received_at)
+            .as_millis();
+        u32::try_from(ms).unwrap_or(u32::MAX).max(1)
     }
 
     /// Whether the claim this attempt holds may have lapsed by `now` (no
     /// renewal confirmed in time): another worker may hold the job now.
     pub(crate) fn claim_lapsed(&self, now: Instant) -> bool {
-        if !self.is_claimed() {
-            return false;
-        }
-        let n = self.claim_until.load(Ordering::Acquire);
-        n != 0 && self.received_at + Duration::from_nanos(n) <= now
+        let n = self.claim.load(Ordering::Acquire);
+        n != 0 && self.received_at + Duration::from_millis(u64::from(n)) <= now
     }
 
     pub(crate) fn is_claimed(&self) -> bool {
-        self.claimed.load(Ordering::Acquire)
+        self.claim.load(Ordering::Acquire) != 0
     }
 
-    /// Gives up the claim flag once; true if it was held.
+    /// Gives up the claim once; true if it was held.
     pub(crate) fn take_claim(&self) -> bool {
-        self.claimed.swap(false, Ordering::AcqRel)
+        self.claim.swap(0, Ordering::AcqRel) != 0
     }
 
     /// The cancel flag, shared with the processor's context.
