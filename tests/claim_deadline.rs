@@ -18,12 +18,14 @@ use ferry::BackendError;
 /// The shared store as one worker reaches it: while `slow` is set its
 /// renewals answer two seconds late (long after the claim they renew has
 /// lapsed, and after the job would have finished); while `down` is set its
-/// renewals and completions fail (the store throttling this worker).
+/// renewals and completions fail (the store throttling this worker); while
+/// `late` is set a claim is taken at once and answered two seconds later.
 #[derive(Debug)]
 struct Flaky {
     inner: Arc<dyn IdempotencyStore>,
     slow: Arc<AtomicBool>,
     down: Arc<AtomicBool>,
+    late: Arc<AtomicBool>,
 }
 
 impl Flaky {
@@ -32,6 +34,7 @@ impl Flaky {
             inner: inner.clone(),
             slow: Default::default(),
             down: Default::default(),
+            late: Default::default(),
         }
     }
 
@@ -51,7 +54,11 @@ impl IdempotencyStore for Flaky {
         owner: &str,
         hold: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
-        self.inner.claim(key, owner, hold).await
+        let answer = self.inner.claim(key, owner, hold).await;
+        if self.late.swap(false, Ordering::AcqRel) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        answer
     }
     async fn renew(&self, key: &str, owner: &str, hold: Duration) -> Result<bool, BackendError> {
         self.check()?;
@@ -189,5 +196,48 @@ async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
     eprintln!("a: {sa:?}\nb: {sb:?}");
     assert_eq!(p.runs_of("J"), 1, "run again by B");
     assert_eq!(sb.processed, 0, "{sb:?}");
+    assert!(h.dlq.snapshot().is_empty());
+}
+
+/// A claim answered after its hold has passed may be another worker's by
+/// then (the answer's network path, or a batch of claims answered together
+/// with its slowest): the job is not started from it. The message comes
+/// back and the job runs once, from a claim answered in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_answered_after_its_hold_does_not_start_the_job() {
+    let h = Harness::new();
+    let shared: Arc<dyn IdempotencyStore> = Arc::new(h.local.idempotency_store());
+    let flaky = Arc::new(Flaky::over(&shared));
+    flaky.late.store(true, Ordering::Release);
+    let p = Counting::new();
+    h.send_named(&["J".into()]).await;
+    let rt = Runtime::builder()
+        .pipeline(
+            Pipeline::new("stage")
+                .source(h.jobs.clone())
+                .dead_letter(h.dlq.clone())
+                .results(h.local.blobs(), "results", "out/", "txt")
+                .idempotency(flaky.clone())
+                .processor({
+                    let p = p.clone();
+                    move || p.clone()
+                })
+                .configure(|c| {
+                    fast(c);
+                    c.visibility_timeout = Duration::from_millis(300);
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    eventually("the job stored", || h.jobs.depth_now().total() == 0).await;
+    let stats = rt.stats_of("stage").unwrap();
+    rt.shutdown().await;
+    assert_eq!(
+        p.runs_of("J"),
+        1,
+        "run from a claim answered too late: {stats:?}"
+    );
+    assert_eq!(stats.uploaded, 1, "{stats:?}");
     assert!(h.dlq.snapshot().is_empty());
 }

@@ -477,6 +477,9 @@ pub(crate) fn history(r: &Records, stage: u8, job: &str) -> String {
             ));
         }
     }
+    for (_, _, at, what) in r.store_calls.iter().filter(|c| c.0 == stage && c.1 == job) {
+        events.push((*at, what.clone()));
+    }
     let key = result_key(stage, job);
     for e in r.puts.iter().filter(|e| e.job == key) {
         events.push((e.at, "result written".into()));

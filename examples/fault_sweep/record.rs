@@ -117,6 +117,9 @@ pub(crate) struct Records {
     pub(crate) crashes: Vec<(u8, u64)>,
     /// Jobs the idempotency store marked completed: stage, job, stamp.
     pub(crate) completions: Vec<(u8, String, u64)>,
+    /// Every answered call to the idempotency store about a job, for a
+    /// job's history: stage, job, stamp, what (call, worker, answer).
+    pub(crate) store_calls: Vec<(u8, String, u64, String)>,
     /// Failures the sweep's processors injected, per stage and job (across
     /// every message and worker), so a good job's own failures stay under
     /// the dead-letter limit whatever copies it has.
@@ -154,6 +157,12 @@ impl Log {
 
     pub(crate) fn run(&self, run: Run) {
         self.with(|r| r.runs.push(run));
+    }
+
+    /// A call to the idempotency store about a job was answered.
+    pub(crate) fn store_call(&self, stage: u8, job: &str, what: String) {
+        let at = self.tick();
+        self.with(|r| r.store_calls.push((stage, job.to_owned(), at, what)));
     }
 
     /// The store marked a job completed.

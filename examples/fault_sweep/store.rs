@@ -18,6 +18,7 @@ use crate::record::Log;
 pub(crate) struct RecordedStore {
     pub(crate) inner: Arc<dyn IdempotencyStore>,
     pub(crate) log: Arc<Log>,
+    pub(crate) worker: u8,
     pub(crate) crash: Option<Arc<CrashPoint>>,
 }
 
@@ -32,6 +33,28 @@ fn job_of_key(key: &str) -> Option<(u8, String)> {
     Some((stage, job.to_owned()))
 }
 
+impl RecordedStore {
+    /// Logs an answered call about a job (not a dead-letter mark), with
+    /// the attempt that made it (the owner's last part, the lease).
+    fn note<T: std::fmt::Debug>(
+        &self,
+        key: &str,
+        call: &str,
+        owner: &str,
+        r: &Result<T, BackendError>,
+    ) {
+        if let Some((stage, job)) = job_of_key(key) {
+            let lease = owner.rsplit('/').next().unwrap_or(owner);
+            let answer = match r {
+                Ok(v) => format!("{v:?}"),
+                Err(e) => format!("error ({e})"),
+            };
+            let what = format!("{call} by worker {} (lease {lease}): {answer}", self.worker);
+            self.log.store_call(stage, &job, what);
+        }
+    }
+}
+
 #[ferry::async_trait]
 impl IdempotencyStore for RecordedStore {
     async fn claim(
@@ -41,7 +64,9 @@ impl IdempotencyStore for RecordedStore {
         hold_for: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
         step(&self.crash, Op::Claim).await;
-        self.inner.claim(key, owner, hold_for).await
+        let r = self.inner.claim(key, owner, hold_for).await;
+        self.note(key, "claim", owner, &r);
+        r
     }
 
     async fn renew(
@@ -51,7 +76,9 @@ impl IdempotencyStore for RecordedStore {
         hold_for: Duration,
     ) -> Result<bool, BackendError> {
         step(&self.crash, Op::Renew).await;
-        self.inner.renew(key, owner, hold_for).await
+        let r = self.inner.renew(key, owner, hold_for).await;
+        self.note(key, "renew", owner, &r);
+        r
     }
 
     async fn complete(
@@ -61,7 +88,9 @@ impl IdempotencyStore for RecordedStore {
         keep_for: Duration,
     ) -> Result<bool, BackendError> {
         step(&self.crash, Op::Complete).await;
-        let done = self.inner.complete(key, owner, keep_for).await?;
+        let r = self.inner.complete(key, owner, keep_for).await;
+        self.note(key, "complete", owner, &r);
+        let done = r?;
         if let (true, Some((stage, job))) = (done, job_of_key(key)) {
             self.log.completed(stage, &job);
         }
@@ -70,7 +99,9 @@ impl IdempotencyStore for RecordedStore {
 
     async fn release(&self, key: &str, owner: &str) -> Result<(), BackendError> {
         step(&self.crash, Op::Release).await;
-        self.inner.release(key, owner).await
+        let r = self.inner.release(key, owner).await;
+        self.note(key, "release", owner, &r);
+        r
     }
 
     async fn record(&self, key: &str) -> Result<Option<IdempotencyRecord>, BackendError> {

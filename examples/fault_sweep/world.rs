@@ -190,6 +190,7 @@ impl World {
             Arc::new(RecordedStore {
                 inner: self.store.clone(),
                 log: self.log.clone(),
+                worker,
                 crash: crash.clone(),
             })
         });

@@ -211,9 +211,15 @@ impl Lease {
     }
 
     /// Pending → Running; false if it was taken or given back first, or
-    /// cancelled.
+    /// cancelled, or past its deadline (its visibility's or its claim's: a
+    /// claim answered late, or not renewed in time, may be another
+    /// worker's now), which the keeper then loses.
     pub(crate) fn try_start(&self) -> bool {
-        !self.is_cancelled() && self.step(Move::Start).is_some()
+        let now = Instant::now();
+        !self.is_cancelled()
+            && self.handle.lock().expect("lease lock").1 > now
+            && !self.claim_lapsed(now)
+            && self.step(Move::Start).is_some()
     }
 
     /// The lease is lost or given up: no further side effect may happen.
