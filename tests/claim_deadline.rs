@@ -79,10 +79,17 @@ impl IdempotencyStore for Flaky {
     }
 }
 
-fn worker(h: &Harness, store: Arc<dyn IdempotencyStore>, p: &Watchful) -> Pipeline {
+/// One worker of pipeline `stage` reading `source`, its claims in `store`,
+/// visibility 300 ms.
+fn worker<P: Processor + Clone + Sync>(
+    h: &Harness,
+    source: Arc<ferry::backend::local::LocalQueue>,
+    store: Arc<dyn IdempotencyStore>,
+    p: &P,
+) -> Pipeline {
     let p = p.clone();
     Pipeline::new("stage")
-        .source(h.jobs.clone())
+        .source(source)
         .dead_letter(h.dlq.clone())
         .results(h.local.blobs(), "results", "out/", "txt")
         .idempotency(store)
@@ -104,7 +111,7 @@ async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_eff
     // Worker A takes the job; its renewals answer late.
     h.send_named(&["J".into()]).await;
     let a = Runtime::builder()
-        .pipeline(worker(&h, flaky.clone(), &p))
+        .pipeline(worker(&h, h.jobs.clone(), flaky.clone(), &p))
         .start()
         .await
         .unwrap();
@@ -113,7 +120,7 @@ async fn a_renewal_answering_after_the_claim_lapsed_stops_the_job_before_its_eff
     // has lapsed in the store.
     h.send_named(&["J".into()]).await;
     let b = Runtime::builder()
-        .pipeline(worker(&h, shared.clone(), &p))
+        .pipeline(worker(&h, h.jobs.clone(), shared.clone(), &p))
         .start()
         .await
         .unwrap();
@@ -150,25 +157,10 @@ async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
     // B reads its own queue, so the copy cannot reach A (which would merge
     // it into its lease): the same job in the same pipeline all the same.
     let copies = h.local.create_queue("copies", Default::default());
-    let quick = |source: Arc<ferry::backend::local::LocalQueue>,
-                 store: Arc<dyn IdempotencyStore>| {
-        let p = p.clone();
-        Pipeline::new("stage")
-            .source(source)
-            .dead_letter(h.dlq.clone())
-            .results(h.local.blobs(), "results", "out/", "txt")
-            .idempotency(store)
-            .processor(move || p.clone())
-            .configure(|c| {
-                fast(c);
-                c.workers = 1;
-                c.visibility_timeout = Duration::from_millis(300);
-            })
-    };
     h.send_named(&["J".into()]).await;
     flaky.down.store(true, Ordering::Release);
     let a = Runtime::builder()
-        .pipeline(quick(h.jobs.clone(), flaky.clone()))
+        .pipeline(worker(&h, h.jobs.clone(), flaky.clone(), &p))
         .start()
         .await
         .unwrap();
@@ -177,7 +169,7 @@ async fn a_claim_taken_over_from_a_finished_run_resumes_instead_of_running() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     send_named_to(copies.as_ref(), &["J".into()]).await;
     let b = Runtime::builder()
-        .pipeline(quick(copies.clone(), shared.clone()))
+        .pipeline(worker(&h, copies.clone(), shared.clone(), &p))
         .start()
         .await
         .unwrap();
@@ -212,21 +204,7 @@ async fn a_claim_answered_after_its_hold_does_not_start_the_job() {
     let p = Counting::new();
     h.send_named(&["J".into()]).await;
     let rt = Runtime::builder()
-        .pipeline(
-            Pipeline::new("stage")
-                .source(h.jobs.clone())
-                .dead_letter(h.dlq.clone())
-                .results(h.local.blobs(), "results", "out/", "txt")
-                .idempotency(flaky.clone())
-                .processor({
-                    let p = p.clone();
-                    move || p.clone()
-                })
-                .configure(|c| {
-                    fast(c);
-                    c.visibility_timeout = Duration::from_millis(300);
-                }),
-        )
+        .pipeline(worker(&h, h.jobs.clone(), flaky.clone(), &p))
         .start()
         .await
         .unwrap();
