@@ -289,6 +289,16 @@ impl Lease {
         n != 0 && self.received_at + Duration::from_millis(u64::from(n)) <= now
     }
 
+    /// The earliest of this lease's deadlines: its visibility's and, while
+    /// it holds one, its claim's.
+    pub(crate) fn deadline(&self) -> Instant {
+        let visible = self.handle.lock().expect("lease lock").1;
+        match self.claim.load(Ordering::Acquire) {
+            0 => visible,
+            n => visible.min(self.received_at + Duration::from_millis(u64::from(n))),
+        }
+    }
+
     pub(crate) fn is_claimed(&self) -> bool {
         self.claim.load(Ordering::Acquire) != 0
     }

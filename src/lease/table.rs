@@ -95,6 +95,11 @@ impl LeaseTable {
         }
     }
 
+    /// The signal every cancel of this table's leases wakes.
+    pub(crate) fn cancel_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.signal.clone()
+    }
+
     /// Moves the coarse clock lease state times are read from to now.
     pub(crate) fn tick(&self) {
         let ms = Instant::now().saturating_duration_since(self.epoch);

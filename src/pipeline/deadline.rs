@@ -7,11 +7,14 @@
 //! its lease's age or more, still running when the lease reaches its age
 //! limit, is charged an attempt ("timed out").
 
+use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::shared::Shared;
+use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
 use crate::stats::Stats;
 
@@ -19,14 +22,54 @@ use crate::stats::Stats;
 /// idempotency claim's: another reader may hold its message, or another
 /// worker its job, now.
 pub(crate) fn lapsed(lease: &Lease) -> bool {
-    let now = Instant::now();
-    lease.handle_and_deadline().1 <= now || lease.claim_lapsed(now)
+    lease.deadline() <= Instant::now()
 }
 
 /// Whether no further effect may happen for a lease: it is cancelled, or
 /// its deadline has passed.
 pub(crate) fn gone(lease: &Lease) -> bool {
     lease.is_cancelled() || lapsed(lease)
+}
+
+/// Runs an effect's call only while its leases hold: the call is dropped,
+/// so it cannot land later, once one of them is cancelled or past its
+/// deadline. A call that started in time can be slow (seed 6932: an upload
+/// landed after its lease was lost and its job dead-lettered on the next
+/// delivery); a deadline checked only before the call does not bound it.
+/// `cancelled` is the signal a cancel of these leases wakes.
+pub(crate) async fn within<T>(
+    leases: &[Arc<Lease>],
+    cancelled: &Notify,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    tokio::select! {
+        biased;
+        () = lapse(leases, cancelled) => Err(BackendError::transient(
+            "the lease lapsed while the call was in flight",
+        )),
+        r = call => r,
+    }
+}
+
+/// Completes once one of `leases` is cancelled or past its deadline (which
+/// renewals may move while it waits).
+async fn lapse(leases: &[Arc<Lease>], cancelled: &Notify) {
+    loop {
+        let woken = cancelled.notified();
+        tokio::pin!(woken);
+        // Registered before the leases are read: a cancel in between wakes it.
+        woken.as_mut().enable();
+        if leases.iter().any(|l| gone(l)) {
+            return;
+        }
+        let Some(until) = leases.iter().map(|l| l.deadline()).min() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
 }
 
 /// Splits what the acker is about to settle by one call into what may go

@@ -77,7 +77,7 @@ impl Shared {
         let n = parts.len();
         // Before each batch: the lease still held, within its deadline.
         let sent = self
-            .send_parts(parts, || {
+            .send_parts(parts, &lease, || {
                 self.lost_before(&lease, "sending a split's parts")
             })
             .await;
@@ -138,10 +138,12 @@ impl Shared {
 
     /// Sends the parts in batches of ten, in order; entries that fail
     /// transiently are sent again, up to `effect_attempts` times. Stops
-    /// before a batch once `cancelled` says so.
+    /// before a batch once `cancelled` says so, and drops a call in flight
+    /// once `lease` lapses.
     async fn send_parts(
         &self,
         parts: Vec<OutgoingMessage>,
+        lease: &Arc<Lease>,
         cancelled: impl Fn() -> bool,
     ) -> Result<(), BackendError> {
         let attempts = self.config.effect_attempts.max(1);
@@ -150,6 +152,10 @@ impl Shared {
             None => parts,
         };
         let lost = || BackendError::transient("the lease was lost while the parts were sent");
+        let (held, signal) = (
+            std::slice::from_ref(lease),
+            self.life.leases.cancel_signal(),
+        );
         for range in crate::backend::batches(&parts) {
             let mut pending = parts[range].to_vec();
             let mut attempt = 1;
@@ -157,11 +163,15 @@ impl Shared {
                 if cancelled() {
                     return Err(lost());
                 }
-                let results = with_retries(attempts, || {
-                    let (queue, batch) = (self.sinks.source.clone(), pending.clone());
-                    async move { queue.send_batch(batch).await }
-                })
-                .await?;
+                let results =
+                    with_retries(attempts, || {
+                        let (queue, batch) = (self.sinks.source.clone(), pending.clone());
+                        let signal = &signal;
+                        async move {
+                            super::deadline::within(held, signal, queue.send_batch(batch)).await
+                        }
+                    })
+                    .await?;
                 if results.len() != pending.len() {
                     return Err(BackendError::transient(format!(
                         "{} results for a batch of {}",

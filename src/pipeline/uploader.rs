@@ -44,7 +44,8 @@ impl Uploader {
         };
         let body = output.body;
         let key = store.key(&lease.job.id);
-        let held = lease.clone();
+        let held = [lease.clone()];
+        let cancelled = s.life.leases.cancel_signal();
         let early_delete = crate::sabotage::on(crate::sabotage::Sabotage::DeleteBeforeUpload)
             .then(|| (s.sinks.source.clone(), lease.handle()));
         ctx.spawn(
@@ -53,7 +54,8 @@ impl Uploader {
                     let (store, key, body, meta) =
                         (store.clone(), key.clone(), body.clone(), meta.clone());
                     let early_delete = early_delete.clone();
-                    let lost = super::deadline::gone(&held);
+                    let lost = super::deadline::gone(&held[0]);
+                    let (held, cancelled) = (&held, &cancelled);
                     async move {
                         // No retry after the lease was lost or lapsed.
                         if lost {
@@ -62,7 +64,8 @@ impl Uploader {
                         if let Some((queue, handle)) = early_delete {
                             let _ = queue.delete_batch(&[handle]).await;
                         }
-                        store.blobs.put(&store.bucket, &key, body, meta).await
+                        let put = store.blobs.put(&store.bucket, &key, body, meta);
+                        super::deadline::within(held, cancelled, put).await
                     }
                 })
                 .await
