@@ -458,7 +458,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = r.poller.send(StopPolling).await;
     }
     for r in running {
-        report.released_unstarted += r.shared.release_leases(false);
+        report.released_unstarted += r.release_leases(false);
     }
     let busy = || {
         running
@@ -470,7 +470,7 @@ async fn drain(running: &[Running], grace: Duration) -> ShutdownReport {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;
     }
     for r in running {
-        report.released_after_grace += r.shared.release_leases(true);
+        report.released_after_grace += r.release_leases(true);
     }
     for r in running {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.acker.send(Flush)).await;

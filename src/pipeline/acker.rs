@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::lifecycle::Ended;
 use super::messages::{DropCopies, Flush, Restart, Settle};
+use super::next::Routes;
 use super::shared::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
@@ -61,6 +62,8 @@ enum Delete {
 
 pub(crate) struct Acker {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
     deletes: Vec<Delete>,
     visibility: Vec<Arc<Lease>>,
     dead: Vec<Arc<Lease>>,
@@ -77,9 +80,10 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
         Self {
             shared,
+            routes,
             deletes: Vec::new(),
             visibility: Vec::new(),
             dead: Vec::new(),
@@ -358,7 +362,8 @@ impl Acker {
             }
             _ => Ended::Released,
         };
-        self.shared.end(&[lease], how);
+        let next = self.shared.end(&[lease], how);
+        self.routes.send(next);
     }
 
     fn succeeded(&mut self) {

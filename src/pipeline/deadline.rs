@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::next::Next;
 use super::shared::Shared;
 use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
@@ -99,20 +100,21 @@ pub(crate) fn split_lapsed<T>(
 }
 
 impl Shared {
-    /// Before an effect: true (and the lease lost, its job cancelled) when
-    /// the lease is cancelled or its deadline has passed, so the effect must
-    /// not happen. A lease the acker is settling is left to the acker.
-    pub(crate) fn lost_before(&self, lease: &Arc<Lease>, effect: &str) -> bool {
+    /// Before an effect: true (and the lease lost, its job cancelled, what
+    /// that hands on added to `next`) when the lease is cancelled or its
+    /// deadline has passed, so the effect must not happen. A lease the
+    /// acker is settling is left to the acker.
+    pub(crate) fn lost_before(&self, lease: &Arc<Lease>, effect: &str, next: &mut Next) -> bool {
         if lease.is_cancelled() {
             return true;
         }
         if !lapsed(lease) {
             return false;
         }
-        self.lose(
+        next.add(self.lose(
             lease,
             &format!("visibility deadline passed before {effect}"),
-        );
+        ));
         true
     }
 

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::messages::{Admit, Arrived, Leased, Probe, Restart};
+use super::messages::{Admit, Arrived, Restart};
+use super::next::{Next, Routes};
 use super::shared::Shared;
 use crate::idempotency::{ClaimOutcome, RecordStatus};
 use crate::lease::{Ending, Lease, LeaseState, Move};
@@ -24,11 +25,13 @@ use crate::stats::Stats;
 
 pub(crate) struct Gate {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
 }
 
 impl Gate {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
+        Self { shared, routes }
     }
 
     /// Sends leases cleared to run on: redeliveries, and jobs whose claim
@@ -46,12 +49,11 @@ impl Gate {
                 fresh.push(l);
             }
         }
-        if !fresh.is_empty() {
-            s.addrs().run.do_send(Leased(fresh));
-        }
-        if !probes.is_empty() {
-            s.addrs().probe.do_send(Probe(probes));
-        }
+        self.routes.send(Next {
+            run: fresh,
+            probe: probes,
+            ..Next::none()
+        });
     }
 
     /// Claims each lease's job, then routes, skips or defers it.
@@ -180,7 +182,7 @@ impl Gate {
             }
         }
         self.route(go);
-        s.settle(settle);
+        self.routes.send(s.settle(settle));
     }
 
     /// Takes in Gated leases (once each) and admits them to their groups;

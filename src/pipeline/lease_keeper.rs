@@ -17,6 +17,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 
 use super::messages::Restart;
+use super::next::Routes;
 use super::shared::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
@@ -25,6 +26,8 @@ use crate::stats::Stats;
 
 pub(crate) struct LeaseKeeper {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
 }
 
 /// Whether a lease whose extension failed still holds its claim: claimed,
@@ -35,8 +38,8 @@ fn still_holds(lease: &Lease) -> bool {
 }
 
 impl LeaseKeeper {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
+        Self { shared, routes }
     }
 
     /// How often leases are looked at: a tenth of the visibility timeout.
@@ -67,19 +70,19 @@ impl LeaseKeeper {
             let (handle, until) = lease.handle_and_deadline();
             if until <= now && state != LeaseState::Settling {
                 // Not confirmed in time: another reader may hold it now.
-                s.lose(
+                self.routes.send(s.lose(
                     &lease,
                     "visibility deadline passed without a confirmed extension",
-                );
+                ));
                 continue;
             }
             if lease.claim_lapsed(now) && state != LeaseState::Settling {
                 // Nor its claim: another worker may run the job now.
                 Stats::inc(&s.stats.claims_lost);
-                s.lose(
+                self.routes.send(s.lose(
                     &lease,
                     "idempotency claim lapsed without a confirmed renewal",
-                );
+                ));
                 continue;
             }
             if until > now + margin {
@@ -110,7 +113,7 @@ impl LeaseKeeper {
                 let ending = s.past_max_age(&lease, limit);
                 settle.push((lease, ending));
             }
-            s.settle(settle);
+            self.routes.send(s.settle(settle));
         }
         let limit = visibility / 4;
         for chunk in chunks_by_lease(due) {
@@ -193,7 +196,8 @@ impl LeaseKeeper {
                     if lease.handle() == handle && lease.state() != LeaseState::Settling =>
                 {
                     // Someone else holds the message now: stop before any effect.
-                    s.lose(&lease, "receipt handle no longer valid");
+                    self.routes
+                        .send(s.lose(&lease, "receipt handle no longer valid"));
                 }
                 Err(e) => {
                     tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %e,
@@ -266,7 +270,7 @@ impl LeaseKeeper {
                     Err(_) => {}
                 }
             }
-            s.settle(lost);
+            act.routes.send(s.settle(lost));
         }));
     }
 }

@@ -1,13 +1,14 @@
-//! The lease lifecycle's side effects, in one place. Every actor moves a
-//! lease through [`Lease::transition`]; the transitions that end a lease or
+//! The lease lifecycle's side effects, in one place. A lease moves only by
+//! the lease module's table (`Lease::step`); the steps that end a lease or
 //! hand it to the acker go through here, so the seen-ID cache, the lease
 //! table, the FIFO group, the idempotency claim, the cancel flag and the
-//! counters change together and nowhere else.
+//! counters change together and nowhere else. Each returns what must happen
+//! next ([`Next`]) for its caller to route; none sends.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::messages::{Admit, Settle, Uploaded};
+use super::next::Next;
 use super::shared::Shared;
 use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::stats::Stats;
@@ -52,7 +53,7 @@ impl Shared {
     /// Releases every lease of a pipeline: those not started yet, or all
     /// (cancelling started jobs; leases already settling are left to the
     /// acker). Returns how many were released.
-    pub(crate) fn release_leases(&self, started_too: bool) -> usize {
+    pub(crate) fn release_leases(&self, started_too: bool) -> (usize, Next) {
         let mut out = Vec::new();
         for lease in self.life.leases.all() {
             let state = lease.state();
@@ -63,38 +64,29 @@ impl Shared {
                 out.push((lease, Ending::Release));
             }
         }
-        let n = out.len();
-        self.settle(out);
-        n
+        (out.len(), self.settle(out))
     }
 
     /// Moves on every FIFO group whose running lease is no longer held (it
     /// ended on a path that did not reach its group): the stall watch's
     /// repair. The group's waiting leases are given back.
-    pub(crate) fn repair_groups(&self) {
+    pub(crate) fn repair_groups(&self) -> Next {
+        let mut next = Next::none();
         let Some(groups) = &self.life.groups else {
-            return;
+            return next;
         };
         for (group, id, waiting) in groups.repair(|id| self.life.leases.contains(id)) {
             tracing::error!(pipeline = %self.name, group, lease = id,
                 "FIFO group held by a lease that is gone: moving it on");
-            self.settle(waiting.into_iter().map(|l| (l, Ending::Release)).collect());
+            next.add(self.settle(waiting.into_iter().map(|l| (l, Ending::Release)).collect()));
         }
+        next
     }
 
-    /// Hands leases to the acker with their endings: each moves to Settling
-    /// (those already settling or ended are skipped) and the acker is told.
-    pub(crate) fn settle(&self, endings: Vec<(Arc<Lease>, Ending)>) {
-        let out = self.begin_settle(endings);
-        if !out.is_empty() {
-            self.addrs().settle.do_send(Settle(out));
-        }
-    }
-
-    /// The transition half of [`Shared::settle`]: records each ending and
-    /// moves the lease to Settling; returns those that moved, for the
-    /// caller to hand to the acker (batched).
-    pub(crate) fn begin_settle(&self, endings: Vec<(Arc<Lease>, Ending)>) -> Vec<Arc<Lease>> {
+    /// Hands leases to the acker with their endings: each records its
+    /// ending and moves to Settling (those already settling or ended are
+    /// skipped); those that moved are for the acker.
+    pub(crate) fn settle(&self, endings: Vec<(Arc<Lease>, Ending)>) -> Next {
         let mut out = Vec::with_capacity(endings.len());
         for (lease, ending) in endings {
             // A retry is the job's own failure: one attempt charged.
@@ -107,22 +99,25 @@ impl Shared {
                 out.push(lease);
             }
         }
-        out
+        Next::settle(out)
     }
 
     /// One lease, one ending.
-    pub(crate) fn settle_one(&self, lease: Arc<Lease>, ending: Ending) {
-        self.settle(vec![(lease, ending)]);
+    pub(crate) fn settle_one(&self, lease: Arc<Lease>, ending: Ending) -> Next {
+        self.settle(vec![(lease, ending)])
     }
 
-    /// Sends Stored leases to the publisher, or settles them as done when
-    /// the pipeline has no topic.
-    pub(crate) fn announce(&self, leases: Vec<Arc<Lease>>) {
+    /// Stored leases go to the publisher, or are settled as done when the
+    /// pipeline has no topic.
+    pub(crate) fn announce(&self, leases: Vec<Arc<Lease>>) -> Next {
         if leases.is_empty() {
-            return;
+            return Next::none();
         }
         if self.sinks.topic.is_some() {
-            self.addrs().publish.do_send(Uploaded(leases));
+            Next {
+                publish: leases,
+                ..Next::none()
+            }
         } else {
             self.settle(
                 leases
@@ -136,7 +131,7 @@ impl Shared {
                         )
                     })
                     .collect(),
-            );
+            )
         }
     }
 
@@ -146,7 +141,8 @@ impl Shared {
     /// other is forgotten so its next delivery — a retry, a fixed re-send,
     /// a redrive — runs afresh. A claim still held is given up (a
     /// dead-lettered job's claim is never marked completed).
-    pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) {
+    pub(crate) fn end(&self, leases: &[Arc<Lease>], how: Ended) -> Next {
+        let mut next = Next::none();
         let mut done_keys = Vec::new();
         let mut removed = false;
         // A lease the acker is settling is its to end, lost or not.
@@ -199,23 +195,24 @@ impl Shared {
             // hands all of them out again in order.
             let finished =
                 how == Ended::Deleted || (how == Ended::DeadLettered && !lease.had_others());
-            self.group_settled(lease, finished);
+            next.add(self.group_settled(lease, finished));
         }
         self.life.seen.complete_keys(&done_keys);
         if removed {
             self.flow.capacity.notify_one();
         }
         self.leases_changed();
+        next
     }
 
     /// A lease is lost: cancelled before any further effect, and ended.
-    pub(crate) fn lose(&self, lease: &Arc<Lease>, why: &str) {
+    pub(crate) fn lose(&self, lease: &Arc<Lease>, why: &str) -> Next {
         if matches!(lease.state(), LeaseState::Ended | LeaseState::Settling) {
-            return;
+            return Next::none();
         }
         tracing::warn!(pipeline = %self.name, job_id = %lease.job.id, reason = why,
             "lease lost: job cancelled before any further effect");
-        self.end(std::slice::from_ref(lease), Ended::Lost);
+        self.end(std::slice::from_ref(lease), Ended::Lost)
     }
 
     /// Gives up a lease's claim, if it holds one, without waiting.
@@ -238,22 +235,17 @@ impl Shared {
 
     /// A lease ended: move its FIFO group on (or give its waiting leases
     /// back).
-    fn group_settled(&self, lease: &Lease, finished: bool) {
+    fn group_settled(&self, lease: &Lease, finished: bool) -> Next {
         let Some(groups) = &self.life.groups else {
-            return;
+            return Next::none();
         };
-        let next = groups.settled(lease, finished);
-        if !next.go.is_empty() {
-            self.addrs().admit.do_send(Admit(next.go));
+        let moved = groups.settled(lease, finished);
+        let release = moved.release.into_iter().map(|l| (l, Ending::Release));
+        Next {
+            admit: moved.go,
+            ..Next::none()
         }
-        if !next.release.is_empty() {
-            self.settle(
-                next.release
-                    .into_iter()
-                    .map(|l| (l, Ending::Release))
-                    .collect(),
-            );
-        }
+        .and(self.settle(release.collect()))
     }
 }
 

@@ -59,12 +59,6 @@ pub(crate) struct ResumePolling;
 #[rtype(result = "()")]
 pub(crate) struct Restart;
 
-/// Any actor → supervisor: the pipeline escalated (polling stops, every
-/// lease is given back, polling resumes after a pause).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Escalated;
-
 /// Lifecycle → gate: leases cleared to run (their group moved on).
 #[derive(Message)]
 #[rtype(result = "()")]

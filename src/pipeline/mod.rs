@@ -14,9 +14,10 @@
 
 // What a pipeline is made of.
 mod builder; // `Pipeline`: source, processor, sinks and settings
-mod messages;
+mod messages; // what the actors send each other
+mod next; // what a step hands on (`Next`), and the routes it goes by
 mod shared; // the state every actor shares, in rooms
-mod wiring; // starts the actors and tells each where to send // what the actors send each other
+mod wiring; // starts the actors and gives each its routes
 
 // The actors, in the order a message meets them.
 mod acker; // settles leases: deletes, retries, dead-letters, releases
@@ -26,8 +27,8 @@ mod poller; // receives, merges copies, makes leases
 mod pool; // sync processors on worker threads
 mod publisher; // announces results
 mod runner; // async and batch processors as tasks
-mod supervisor;
-mod uploader; // stores results (and probes redeliveries) // escalations and the stall watch
+mod supervisor; // escalations and the stall watch
+mod uploader; // stores results (and probes redeliveries)
 
 // Steps the actors share.
 mod deadline; // effects only within a lease's deadline
@@ -45,5 +46,5 @@ pub(crate) use messages::{Flush, StopPolling};
 pub(crate) use runner::jobs_runtime;
 pub(crate) use shared::Shared;
 #[cfg(test)]
-pub(crate) use wiring::start_keeper_only;
+pub(crate) use wiring::{routes_nowhere, start_keeper_only};
 pub(crate) use wiring::{start, Running};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::messages::{Processed, Settle};
+use super::next::{Next, Routes};
 use super::shared::Shared;
 use super::split::Split;
 use crate::backend::MAX_RECEIVED_BYTES;
@@ -147,7 +147,10 @@ pub(crate) fn finish_split(
                 dead_lettered: false,
             })
         }
-        Split::Cancelled => None,
+        Split::Cancelled(next) => {
+            outbox.routes.send(next);
+            None
+        }
         Split::Panicked(message) => {
             Stats::inc(&s.stats.panics);
             span.record("outcome", "panicked");
@@ -168,7 +171,7 @@ pub(crate) fn finish_split(
         }
     };
     let done = match ending {
-        Some(ending) => s.begin_settle(vec![(lease, ending)]),
+        Some(ending) => s.settle_one(lease, ending).settle,
         None => Vec::new(),
     };
     outbox.add(s, io, now, |o| {
@@ -206,12 +209,14 @@ pub(crate) fn finish(
                 LeaseState::Settling
             };
             if to == LeaseState::Settling {
-                let done = s.begin_settle(vec![(
-                    lease,
-                    Ending::Delete {
-                        dead_lettered: false,
-                    },
-                )]);
+                let done = s
+                    .settle_one(
+                        lease,
+                        Ending::Delete {
+                            dead_lettered: false,
+                        },
+                    )
+                    .settle;
                 outbox.add(s, io, now, |o| {
                     o.started += 1;
                     o.ok += 1;
@@ -286,7 +291,7 @@ pub(crate) fn finish(
             }
         }
     };
-    let done = s.begin_settle(vec![(lease, ending)]);
+    let done = s.settle_one(lease, ending).settle;
     outbox.add(s, io, now, |o| {
         o.started += 1;
         o.settle.extend(done);
@@ -294,12 +299,12 @@ pub(crate) fn finish(
 }
 
 /// Outcomes of finished jobs not yet sent to the I/O side, shared by the
-/// pool's workers.
-#[derive(Default)]
+/// pool's workers, with where they go.
 pub(crate) struct Outbox {
     inner: Mutex<Outcomes>,
     /// A timer flush is scheduled.
     scheduled: AtomicBool,
+    routes: Routes,
 }
 
 #[derive(Default)]
@@ -321,20 +326,27 @@ impl Outcomes {
 }
 
 impl Outbox {
-    /// Sends everything waiting on.
+    pub(crate) fn new(routes: Routes) -> Self {
+        Self {
+            inner: Mutex::default(),
+            scheduled: AtomicBool::new(false),
+            routes,
+        }
+    }
+
+    /// Sends everything waiting on, a batch per next owner.
     pub(crate) fn flush(&self, s: &Shared) {
         let out = std::mem::take(&mut *self.inner.lock().expect("outbox lock"));
         s.stats.add(&s.stats.processed, out.ok);
         if out.started > 0 {
             s.jobs_started(out.started);
         }
-        if !out.processed.is_empty() {
-            s.addrs().store.do_send(Processed(out.processed));
-        }
-        s.announce(out.stored);
-        if !out.settle.is_empty() {
-            s.addrs().settle.do_send(Settle(out.settle));
-        }
+        let next = Next {
+            store: out.processed,
+            settle: out.settle,
+            ..Next::none()
+        };
+        self.routes.send(next.and(s.announce(out.stored)));
     }
 
     /// Adds one job's outcome; sends at once when `now`, or when a batch is

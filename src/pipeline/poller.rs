@@ -10,7 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::messages::{Arrived, DropCopies, Leased, Probe, Restart, ResumePolling, StopPolling};
+use super::messages::{Arrived, Restart, ResumePolling, StopPolling};
+use super::next::{Next, Routes};
 use super::shared::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
@@ -21,6 +22,8 @@ use crate::stats::Stats;
 
 pub(crate) struct Poller {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
     /// The gate new leases pass, when the pipeline has one.
     /// Where new leases go first, when the pipeline gates them.
     gate: Option<Recipient<Arrived>>,
@@ -40,9 +43,14 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    pub(crate) fn new(shared: Arc<Shared>, gate: Option<Recipient<Arrived>>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        gate: Option<Recipient<Arrived>>,
+        routes: Routes,
+    ) -> Self {
         Self {
             shared,
+            routes,
             gate,
             active: Vec::new(),
             next_slot: 0,
@@ -329,16 +337,13 @@ impl Poller {
         if let (Some(gate), false) = (&self.gate, gated.is_empty()) {
             gate.do_send(Arrived(gated));
         }
-        if !fresh.is_empty() {
-            s.addrs().run.do_send(Leased(fresh));
-        }
-        if !probes.is_empty() {
-            s.addrs().probe.do_send(Probe(probes));
-        }
-        s.settle(settle);
-        if !copies.is_empty() {
-            s.addrs().drop_copies.do_send(DropCopies(copies));
-        }
+        let next = Next {
+            run: fresh,
+            probe: probes,
+            drop_copies: copies,
+            ..Next::none()
+        };
+        self.routes.send(next.and(s.settle(settle)));
     }
 }
 

@@ -21,6 +21,7 @@ use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Restart};
+use super::next::Routes;
 use super::outcome::{finish, finish_split, input_blocking, Outbox, Outcome};
 use super::shared::Shared;
 use super::split::Split;
@@ -43,14 +44,14 @@ pub(crate) struct ProcessorPool {
 }
 
 impl ProcessorPool {
-    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle, routes: Routes) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Self {
             shared,
             tx,
             rx,
             io,
-            outbox: Arc::default(),
+            outbox: Arc::new(Outbox::new(routes)),
             spawned: false,
             slots: Vec::new(),
         }
@@ -325,7 +326,7 @@ impl Worker {
                                 reason: format!("worker panicked: {message}"),
                                 after: None,
                             };
-                            let done = s.begin_settle(vec![(lease, ending)]);
+                            let done = s.settle_one(lease, ending).settle;
                             self.outbox
                                 .add(&s, &self.io, true, |o| o.settle.extend(done));
                         }

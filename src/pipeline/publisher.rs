@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::messages::{Restart, Uploaded};
+use super::next::{Next, Routes};
 use super::shared::Shared;
 use crate::backend::{Notification, MAX_PUBLISH_BATCH};
 use crate::backoff::with_retries;
@@ -20,15 +21,18 @@ use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
     /// Stored leases waiting to fill a batch of ten.
     waiting: Vec<Arc<Lease>>,
     timer: Option<SpawnHandle>,
 }
 
 impl Publisher {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
         Self {
             shared,
+            routes,
             waiting: Vec::new(),
             timer: None,
         }
@@ -48,11 +52,12 @@ impl Publisher {
             let chunk: Vec<_> = self.waiting.drain(..n).collect();
             let mut leases = Vec::with_capacity(n);
             let mut batch = Vec::with_capacity(n);
+            let mut lost = Next::none();
             for lease in chunk {
                 if lease.state() != LeaseState::Stored
                     || self
                         .shared
-                        .lost_before(&lease, "publishing the notification")
+                        .lost_before(&lease, "publishing the notification", &mut lost)
                 {
                     continue;
                 }
@@ -62,6 +67,7 @@ impl Publisher {
                 batch.push(n);
                 leases.push(lease);
             }
+            self.routes.send(lost);
             if leases.is_empty() {
                 continue;
             }
@@ -160,6 +166,7 @@ impl Publisher {
             Err(e) => leases.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut settle = Vec::with_capacity(leases.len());
+        let mut next = Next::none();
         for (lease, r) in leases.into_iter().zip(results) {
             match r {
                 Ok(()) => {
@@ -172,16 +179,18 @@ impl Publisher {
                     ));
                 }
                 Err(_)
-                    if self
-                        .shared
-                        .lost_before(&lease, "publishing the notification") => {}
+                    if self.shared.lost_before(
+                        &lease,
+                        "publishing the notification",
+                        &mut next,
+                    ) => {}
                 Err(e) => settle.push((
                     lease,
                     super::lifecycle::effect_failed("publishing the notification", &e),
                 )),
             }
         }
-        self.shared.settle(settle);
+        self.routes.send(next.and(self.shared.settle(settle)));
     }
 }
 

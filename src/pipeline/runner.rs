@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::messages::{Leased, Restart};
+use super::next::Routes;
 use super::outcome::{finish, finish_split, Outbox, Outcome};
 use super::shared::Shared;
 use super::split::Split;
@@ -81,7 +82,7 @@ struct Tasks {
 }
 
 impl AsyncRunner {
-    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, io: tokio::runtime::Handle, routes: Routes) -> Self {
         let rt = shared.runtime.clone().unwrap_or_else(|| io.clone());
         let permits = Arc::new(Semaphore::new(shared.config.concurrency));
         Self {
@@ -90,7 +91,7 @@ impl AsyncRunner {
                 io,
                 rt,
                 permits,
-                outbox: Arc::default(),
+                outbox: Arc::new(Outbox::new(routes)),
                 running: AtomicUsize::new(0),
             }),
             waiting: Vec::new(),
@@ -204,7 +205,7 @@ impl Drop for Unfinished {
         if endings.is_empty() {
             return;
         }
-        let done = s.begin_settle(endings);
+        let done = s.settle(endings).settle;
         self.tasks
             .outbox
             .add(s, &self.tasks.io, true, |o| o.settle.extend(done));

@@ -6,14 +6,12 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use actix::Recipient;
 use tokio::sync::Notify;
 
 use super::builder::{self, Pipeline, ResultStore};
 use super::health::HealthState;
-use super::messages::{Admit, DropCopies, Escalated, Leased, Probe, Processed, Settle, Uploaded};
 use crate::backend::dependencies::Dependencies;
 use crate::backend::guard::Guard;
 use crate::backend::{Queue, Topic};
@@ -22,18 +20,6 @@ use crate::idempotency::IdempotencyStore;
 use crate::lease::{Lease, LeaseTable, SeenCache};
 use crate::processor::ProcessorKind;
 use crate::stats::Stats;
-
-/// The addresses the lifecycle and the actors send to, known by the
-/// messages they accept rather than by the actors' types.
-pub(crate) struct Addrs {
-    pub(crate) settle: Recipient<Settle>,
-    pub(crate) publish: Recipient<Uploaded>,
-    pub(crate) admit: Recipient<Admit>,
-    pub(crate) store: Recipient<Processed>,
-    pub(crate) probe: Recipient<Probe>,
-    pub(crate) run: Recipient<Leased>,
-    pub(crate) drop_copies: Recipient<DropCopies>,
-}
 
 /// What every actor of one pipeline shares, in four rooms: its sinks, the
 /// lease lifecycle, flow control and supervision; beside them its name,
@@ -97,19 +83,19 @@ pub(crate) struct Flow {
     pub(crate) prefetch_now: AtomicUsize,
 }
 
-/// Supervision: the pipeline's health, its supervisor and the actors'
-/// addresses.
+/// Supervision: the pipeline's health and the escalation signal its
+/// supervisor waits on.
 pub(crate) struct Care {
     pub(crate) health: HealthState,
     /// The dependencies failing now.
     pub(crate) dependencies: Arc<Dependencies>,
-    pub(crate) supervisor: OnceLock<Recipient<Escalated>>,
+    /// Woken by an escalation; the supervisor waits on it.
+    pub(crate) escalation: Notify,
     /// Set when the runtime drains: restarts and resumes stop.
     stopping: std::sync::atomic::AtomicBool,
     /// Set when the runtime was dropped without a shutdown (a crash): the
     /// worker threads left behind start no further job.
     halted: std::sync::atomic::AtomicBool,
-    pub(super) addrs: OnceLock<Addrs>,
 }
 
 impl Shared {
@@ -179,22 +165,13 @@ impl Shared {
             care: Care {
                 health: HealthState::default(),
                 dependencies: deps,
-                supervisor: OnceLock::new(),
+                escalation: Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 halted: std::sync::atomic::AtomicBool::new(false),
-                addrs: OnceLock::new(),
             },
             stats,
             config,
         })
-    }
-
-    /// The actors' addresses (set when the pipeline starts).
-    pub(crate) fn addrs(&self) -> &Addrs {
-        self.care
-            .addrs
-            .get()
-            .expect("the pipeline's actors are started")
     }
 
     /// Whether new leases pass the gate (FIFO order or claims) before running.

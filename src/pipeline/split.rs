@@ -13,6 +13,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use super::next::Next;
 use super::shared::Shared;
 use crate::backend::guard::panic_message;
 use crate::backend::OutgoingMessage;
@@ -28,8 +29,8 @@ pub(crate) enum Split {
     /// This many parts were sent: the original is to be deleted.
     Sent(usize),
     /// The lease was lost or given up while the parts were sent: nothing
-    /// more may happen to it.
-    Cancelled,
+    /// more may happen to it (what losing it handed on, to route).
+    Cancelled(Next),
     /// The split function panicked (with this message).
     Panicked(String),
     /// The parts could not all be sent: the original ends this way (a
@@ -76,13 +77,15 @@ impl Shared {
     ) -> Split {
         let n = parts.len();
         // Before each batch: the lease still held, within its deadline.
+        let lost = std::sync::Mutex::new(Next::none());
         let sent = self
             .send_parts(parts, &lease, || {
-                self.lost_before(&lease, "sending a split's parts")
+                let mut next = lost.lock().expect("split lock");
+                self.lost_before(&lease, "sending a split's parts", &mut next)
             })
             .await;
         if lease.is_cancelled() {
-            return Split::Cancelled;
+            return Split::Cancelled(lost.into_inner().expect("split lock"));
         }
         match sent {
             Ok(()) => Split::Sent(n),

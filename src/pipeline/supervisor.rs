@@ -29,7 +29,8 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::health::PipelineHealth;
-use super::messages::{Escalated, Restart, ResumePolling, StopPolling};
+use super::messages::{Restart, ResumePolling, StopPolling};
+use super::next::Routes;
 use super::shared::Shared;
 use super::supervision::Child;
 use crate::lease::{LeaseState, Owner};
@@ -58,9 +59,8 @@ impl Shared {
         Stats::inc(&self.stats.escalations);
         tracing::error!(pipeline = %self.name, reason = %reason,
             "pipeline escalated: polling paused, every lease given back");
-        if let Some(sup) = self.care.supervisor.get() {
-            sup.do_send(Escalated);
-        }
+        // A permit the supervisor takes whenever it next waits.
+        self.care.escalation.notify_one();
     }
 
     /// The pipeline's health now.
@@ -108,6 +108,8 @@ pub(crate) struct PipelineSupervisor {
     poller: Recipient<StopPolling>,
     resume: Recipient<ResumePolling>,
     restarters: HashMap<Owner, Recipient<Restart>>,
+    /// Where the leases its repairs and escalations give back go.
+    routes: Routes,
     pauses: u32,
 }
 
@@ -117,12 +119,14 @@ impl PipelineSupervisor {
         poller: Recipient<StopPolling>,
         resume: Recipient<ResumePolling>,
         restarters: HashMap<Owner, Recipient<Restart>>,
+        routes: Routes,
     ) -> Self {
         Self {
             shared,
             poller,
             resume,
             restarters,
+            routes,
             pauses: 0,
         }
     }
@@ -160,7 +164,7 @@ impl PipelineSupervisor {
                 r.do_send(Restart);
             }
         }
-        s.repair_groups();
+        self.routes.send(s.repair_groups());
     }
 }
 
@@ -168,7 +172,7 @@ impl Actor for PipelineSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let _ = self.shared.care.supervisor.set(ctx.address().recipient());
+        self.await_escalation(ctx);
         let every = (self.shared.config.stall_timeout / 8)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.run_interval(every, |act, _| act.watch());
@@ -196,12 +200,27 @@ impl Child for PipelineSupervisor {
     const NAME: &'static str = "supervisor";
 }
 
-impl Handler<Escalated> for PipelineSupervisor {
-    type Result = ();
+impl PipelineSupervisor {
+    /// Waits for the next escalation (`Shared::escalate`), then carries it
+    /// out and waits again.
+    fn await_escalation(&mut self, ctx: &mut Context<Self>) {
+        let s = self.shared.clone();
+        ctx.spawn(
+            async move { s.care.escalation.notified().await }
+                .into_actor(self)
+                .map(|(), act, ctx| {
+                    act.escalated(ctx);
+                    act.await_escalation(ctx);
+                }),
+        );
+    }
 
-    fn handle(&mut self, _: Escalated, ctx: &mut Context<Self>) {
+    /// The pipeline escalated: polling stops, every lease is given back,
+    /// polling resumes after a pause.
+    fn escalated(&mut self, ctx: &mut Context<Self>) {
         self.poller.do_send(StopPolling);
-        self.shared.release_leases(true);
+        let (_, next) = self.shared.release_leases(true);
+        self.routes.send(next);
         self.schedule_resume(ctx);
     }
 }

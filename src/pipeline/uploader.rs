@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::messages::{Leased, Probe, Processed, Restart};
+use super::messages::{Probe, Processed, Restart};
+use super::next::{Next, Routes};
 use super::shared::Shared;
 use crate::backend::ObjectMeta;
 use crate::backoff::with_retries;
@@ -19,11 +20,13 @@ use crate::stats::Stats;
 
 pub(crate) struct Uploader {
     shared: Arc<Shared>,
+    /// Where what its steps hand on goes.
+    routes: Routes,
 }
 
 impl Uploader {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, routes: Routes) -> Self {
+        Self { shared, routes }
     }
 
     fn upload(&mut self, lease: Arc<Lease>, ctx: &mut Context<Self>) {
@@ -33,7 +36,9 @@ impl Uploader {
         else {
             return;
         };
-        if s.lost_before(&lease, "storing the result") || !lease.take_in() {
+        let mut next = Next::none();
+        if s.lost_before(&lease, "storing the result", &mut next) || !lease.take_in() {
+            self.routes.send(next);
             return;
         }
         let attempts = s.config.effect_attempts;
@@ -73,19 +78,21 @@ impl Uploader {
             .into_actor(self)
             .map(move |res, act, _| {
                 let s = &act.shared;
+                let mut next = Next::none();
                 match res {
                     Ok(()) => {
                         Stats::inc(&s.stats.uploaded);
                         if lease.step(Move::Store).is_some() {
-                            s.announce(vec![lease]);
+                            next = s.announce(vec![lease]);
                         }
                     }
-                    Err(_) if s.lost_before(&lease, "storing the result") => {}
-                    Err(e) => s.settle_one(
-                        lease,
-                        super::lifecycle::effect_failed("storing the result", &e),
-                    ),
+                    Err(_) if s.lost_before(&lease, "storing the result", &mut next) => {}
+                    Err(e) => {
+                        let ending = super::lifecycle::effect_failed("storing the result", &e);
+                        next = s.settle_one(lease, ending);
+                    }
                 }
+                act.routes.send(next);
             }),
         );
     }
@@ -103,37 +110,50 @@ impl Uploader {
                 .into_actor(self)
                 .map(move |res, act, _| {
                     let s = &act.shared;
-                    let done = matches!(&res, Ok(Some(meta))
-                        if meta.metadata.get(RESULT_JOB_TAG).map(String::as_str)
-                            == Some(lease.job.id.as_str()));
-                    if done && !lease.is_cancelled() {
-                        if lease.step(Move::Found).is_some() {
-                            s.jobs_started(1);
-                            Stats::inc(&s.stats.resumed);
-                            tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
-                                "result already stored by an earlier attempt; resuming at publish");
-                            s.announce(vec![lease]);
-                        }
-                    } else if let (Err(e), false) = (&res, lease.is_cancelled()) {
-                        // The infrastructure's failure: running the job
-                        // again might repeat what an earlier attempt did, so
-                        // it waits to be looked at again.
-                        tracing::debug!(error = %e, "result check failed; the job waits");
-                        s.jobs_started(1);
-                        s.settle_one(
-                            lease,
-                            crate::lease::Ending::Wait {
-                                reason: format!("checking for a stored result: {e}"),
-                                after: None,
-                            },
-                        );
-                    } else {
-                        if lease.step(Move::NotFound).is_some() {
-                            s.addrs().run.do_send(Leased(vec![lease]));
-                        }
-                    }
+                    let next = act.probed(lease, res);
+                    act.routes.send(next);
+                    let _ = s;
                 }),
         );
+    }
+
+    /// What a probe's answer calls for.
+    fn probed(
+        &self,
+        lease: Arc<Lease>,
+        res: Result<Option<ObjectMeta>, crate::BackendError>,
+    ) -> Next {
+        let s = &self.shared;
+        let done = matches!(&res, Ok(Some(meta))
+                        if meta.metadata.get(RESULT_JOB_TAG).map(String::as_str)
+                            == Some(lease.job.id.as_str()));
+        if done && !lease.is_cancelled() {
+            if lease.step(Move::Found).is_none() {
+                return Next::none();
+            }
+            s.jobs_started(1);
+            Stats::inc(&s.stats.resumed);
+            tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
+                            "result already stored by an earlier attempt; resuming at publish");
+            s.announce(vec![lease])
+        } else if let (Err(e), false) = (&res, lease.is_cancelled()) {
+            // The infrastructure's failure: running the job
+            // again might repeat what an earlier attempt did, so
+            // it waits to be looked at again.
+            tracing::debug!(error = %e, "result check failed; the job waits");
+            s.jobs_started(1);
+            s.settle_one(
+                lease,
+                crate::lease::Ending::Wait {
+                    reason: format!("checking for a stored result: {e}"),
+                    after: None,
+                },
+            )
+        } else if lease.step(Move::NotFound).is_some() {
+            Next::run(vec![lease])
+        } else {
+            Next::none()
+        }
     }
 }
 

@@ -167,8 +167,9 @@ impl Acker {
             }
         }
         s.stats.add(&s.stats.acked, deleted.len() as u64);
-        s.end(&deleted, Ended::Deleted);
-        s.end(&dead, Ended::DeadLettered);
+        let next = s.end(&deleted, Ended::Deleted);
+        self.routes
+            .send(next.and(s.end(&dead, Ended::DeadLettered)));
         // Ended first: a given-back message that returns at once is a new
         // lease of the (forgotten) job, not a copy merged into this one.
         let back: Vec<(String, Duration)> = dead
@@ -231,6 +232,6 @@ impl Acker {
                 Err(e) => self.failed(lease, &e, "visibility change", Step::Visibility),
             }
         }
-        s.end(&ended, Ended::Released);
+        self.routes.send(s.end(&ended, Ended::Released));
     }
 }

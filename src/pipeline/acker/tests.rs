@@ -32,15 +32,18 @@ fn acker(fifo: bool) -> Acker {
     let suffix = if fifo { ".fifo" } else { "" };
     let q = local.create_queue(&format!("q{suffix}"), options.clone());
     let dlq = local.create_queue(&format!("dlq{suffix}"), options);
-    Acker::new(Shared::new(
-        Pipeline::new("p")
-            .source(q)
-            .dead_letter(dlq)
-            .processor(|| Noop)
-            .configure(|c| {
-                c.max_receives = 3;
-            }),
-    ))
+    Acker::new(
+        Shared::new(
+            Pipeline::new("p")
+                .source(q)
+                .dead_letter(dlq)
+                .processor(|| Noop)
+                .configure(|c| {
+                    c.max_receives = 3;
+                }),
+        ),
+        crate::pipeline::routes_nowhere(),
+    )
 }
 
 fn message(id: &str, body: &str, receive_count: u32) -> ReceivedMessage {

@@ -118,7 +118,9 @@ mod actor {
 
     /// A FIFO pipeline's shared state, its acker and lease keeper
     /// started, over a queue holding `messages` (group, body).
-    fn fifo(messages: &[(&str, &str)]) -> (Arc<LocalQueue>, Arc<Shared>) {
+    fn fifo(
+        messages: &[(&str, &str)],
+    ) -> (Arc<LocalQueue>, Arc<Shared>, crate::pipeline::next::Routes) {
         let local = LocalBackend::new();
         let options = QueueOptions {
             fifo: true,
@@ -137,8 +139,8 @@ mod actor {
                 .processor(|| Noop)
                 .configure(|c| c.visibility_timeout = Duration::from_secs(30)),
         );
-        crate::pipeline::start_keeper_only(shared.clone());
-        (q, shared)
+        let routes = crate::pipeline::start_keeper_only(shared.clone());
+        (q, shared, routes)
     }
 
     /// Receives every message of `q` as the poller does: Gated leases,
@@ -172,19 +174,19 @@ mod actor {
     #[test]
     fn repair_moves_on_a_group_whose_running_lease_is_gone() {
         paused_system().block_on(async {
-            let (q, shared) = fifo(&[("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")]);
+            let (q, shared, routes) = fifo(&[("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")]);
             let leases = gated(&shared, q.as_ref(), 4).await;
             let [a1, a2, a3, b1] = <[_; 4]>::try_from(leases).ok().unwrap();
             let groups = shared.life.groups.as_ref().unwrap();
             let go = groups.admit(vec![a1.clone(), a2.clone(), a3.clone(), b1.clone()]);
             assert_eq!(go.len(), 2);
             // Nothing is gone yet: repair changes nothing.
-            shared.repair_groups();
+            routes.send(shared.repair_groups());
             assert_eq!(groups.waiting(), 2);
             assert!(groups.is_running(&a1) && groups.is_running(&b1));
             // a1 leaves the table without its group hearing of it.
             assert!(shared.life.leases.remove(&a1));
-            shared.repair_groups();
+            routes.send(shared.repair_groups());
             assert_eq!(groups.waiting(), 0);
             assert!(!groups.is_waiting(&a2) && !groups.is_waiting(&a3));
             // b's running lease is held: b stays as it was.
@@ -223,9 +225,9 @@ mod actor {
     #[test]
     fn the_gate_routes_each_lease_once() {
         paused_system().block_on(async {
-            let (q, shared) = fifo(&[("a", "a1"), ("a", "a2"), ("b", "b1")]);
+            let (q, shared, _) = fifo(&[("a", "a1"), ("a", "a2"), ("b", "b1")]);
             let leases = gated(&shared, q.as_ref(), 3).await;
-            let gate = Gate::new(shared.clone()).start();
+            let gate = Gate::new(shared.clone(), crate::pipeline::routes_nowhere()).start();
             gate.send(Arrived(leases.clone())).await.unwrap();
             assert_eq!(
                 states(&leases),
@@ -271,7 +273,7 @@ mod actor {
                 let mut counts: Vec<_> = leases.iter().map(|l| l.job.receive_count).collect();
                 counts.sort_unstable();
                 assert_eq!(counts, [1, 2]);
-                let gate = Gate::new(shared.clone()).start();
+                let gate = Gate::new(shared.clone(), crate::pipeline::routes_nowhere()).start();
                 gate.send(Arrived(leases.clone())).await.unwrap();
                 for _ in 0..100 {
                     if leases.iter().all(|l| l.state() != LeaseState::Gated) {
@@ -303,7 +305,7 @@ mod actor {
     #[test]
     fn a_restarted_gate_rederives_its_work_from_the_gated_leases() {
         paused_system().block_on(async {
-            let (q, shared) = fifo(&[("a", "a1"), ("a", "a2"), ("c", "c1")]);
+            let (q, shared, _) = fifo(&[("a", "a1"), ("a", "a2"), ("c", "c1")]);
             let leases = gated(&shared, q.as_ref(), 3).await;
             let [a1, a2, c1] = <[_; 3]>::try_from(leases).ok().unwrap();
             let groups = shared.life.groups.as_ref().unwrap();
@@ -312,7 +314,9 @@ mod actor {
             assert_eq!(groups.admit(vec![a1.clone(), a2.clone()]).len(), 1);
             assert!(a1.take_in() && a2.take_in());
             let shared2 = shared.clone();
-            let gate = actix::Supervisor::start(move |_| Gate::new(shared2.clone()));
+            let gate = actix::Supervisor::start(move |_| {
+                Gate::new(shared2.clone(), crate::pipeline::routes_nowhere())
+            });
             gate.send(Restart).await.unwrap();
             for _ in 0..100 {
                 if a1.state() != LeaseState::Gated && c1.state() != LeaseState::Gated {

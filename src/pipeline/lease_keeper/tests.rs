@@ -499,7 +499,9 @@ fn a_restarted_keeper_extends_again() {
         // An extension was under way when the keeper stopped.
         assert!(lease.begin_extend());
         let s = shared.clone();
-        let keeper = actix::Supervisor::start(move |_| LeaseKeeper::new(s.clone()));
+        let keeper = actix::Supervisor::start(move |_| {
+            LeaseKeeper::new(s.clone(), crate::pipeline::routes_nowhere())
+        });
         keeper.send(Restart).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!lease.is_extending(), "still counted as under way");
@@ -699,7 +701,7 @@ fn the_tick_is_a_tenth_of_the_visibility() {
             let q = one_queue(&local, 0);
             let shared = over(q, &local, Duration::from_millis(vis), None);
             assert_eq!(
-                LeaseKeeper::new(shared).tick_every(),
+                LeaseKeeper::new(shared, crate::pipeline::routes_nowhere()).tick_every(),
                 Duration::from_millis(tick),
                 "visibility {vis} ms"
             );

@@ -116,12 +116,14 @@ async fn lost_settling() {
     );
     let (running, lease) = leased_by_hand(&shared, &q).await;
     // Settling with its ending, but the acker never told.
-    let moved = shared.begin_settle(vec![(
-        lease,
-        crate::lease::Ending::Delete {
-            dead_lettered: false,
-        },
-    )]);
+    let moved = shared
+        .settle_one(
+            lease,
+            crate::lease::Ending::Delete {
+                dead_lettered: false,
+            },
+        )
+        .settle;
     assert_eq!(moved.len(), 1);
     let done = crate::testkit::wait_until(Duration::from_secs(10), || {
         q.depth_now().total() == 0 && shared.life.leases.is_empty()
