@@ -383,14 +383,19 @@ fn rss_mb_leases(n: usize) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    // `bench_report noop` runs only the no-op figure (for profiling).
+    // `bench_report noop` runs only the no-op figure (for profiling; `NOOP_N`
+    // messages, 100,000 by default).
     if std::env::args().nth(1).as_deref() == Some("async") {
         let (a, s, workers) = async_latency_throughput(50_000, 500).await?;
         println!("async_latency_throughput {a:.0} jobs/s baseline={s:.0} jobs/s (sync, {workers} workers)");
         return Ok(());
     }
     if std::env::args().nth(1).as_deref() == Some("noop") {
-        let rate = ferry_noop(100_000).await?;
+        let n: usize = std::env::var("NOOP_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let rate = ferry_noop(n).await?;
         println!("noop_throughput {rate:.0} msg/s");
         return Ok(());
     }

@@ -34,7 +34,7 @@ mod uploader; // stores results (and probes redeliveries)
 mod deadline; // effects only within a lease's deadline
 mod health; // what health() reports
 mod lifecycle; // how a lease ends: seen cache, table, groups, attempts
-mod outcome; // a processor's outcome → the next step
+mod outcome; // the one way a job runs: input, step, the outcome's next step
 mod split; // content-derived job ids and split messages
 mod stuck; // hung worker threads, abandoned and replaced
 mod supervision; // one-for-one restarts of every actor

@@ -1,8 +1,11 @@
-//! What every kind of processor shares once a job's outcome is known: the
-//! checks before a job runs, the lease transition its outcome calls for,
-//! and the outbox that carries outcomes to the I/O side (at once when no
-//! other job is queued, else within [`OUTCOME_WAIT`], whatever the worker
-//! or task does next).
+//! The one way a job runs, for every kind of processor: the checks and its
+//! input ([`input`], or [`input_blocking`] on a worker thread), then what it
+//! calls for ([`step`]: an outcome already, a split, or the processor),
+//! then the lease transition its outcome calls for ([`finish`],
+//! [`finish_split`]) and the outbox that carries outcomes to the I/O side
+//! (at once when no other job is queued, else within [`OUTCOME_WAIT`],
+//! whatever the worker or task does next). The pool, the async runner and
+//! the batch runner only call the processor their own way in between.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,7 @@ use std::time::Duration;
 use super::next::{Next, Routes};
 use super::shared::Shared;
 use super::split::Split;
-use crate::backend::MAX_RECEIVED_BYTES;
+use crate::backend::{OutgoingMessage, MAX_RECEIVED_BYTES};
 use crate::error::ProcessError;
 use crate::job::{Job, RESULT_JOB_TAG};
 use crate::lease::{Ending, Lease, LeaseState, Move};
@@ -66,6 +69,43 @@ pub(crate) async fn input(s: &Arc<Shared>, job: &Job) -> Result<Option<Job>, Out
         Err(e) => Err(Outcome::Done(Err(e))),
         Ok(None) => Ok(None),
         Ok(Some((payloads, p))) => resolve(s.clone(), job.clone(), payloads, p).await.map(Some),
+    }
+}
+
+/// What a started job calls for once its input is known.
+pub(crate) enum Step {
+    /// It has its outcome without running (bad input, a payload gone).
+    Done(Outcome),
+    /// It splits: its parts go to the queue instead of the processor (or
+    /// the split function panicked, with this message); see [`split`].
+    Split(Result<Vec<OutgoingMessage>, String>),
+    /// The processor runs it: the lease's own job (`None`), or this one
+    /// with its large payload in place.
+    Process(Option<Job>),
+}
+
+/// The step after [`input`]: its outcome, a split, or the processor.
+pub(crate) fn step(s: &Shared, lease: &Lease, input: Result<Option<Job>, Outcome>) -> Step {
+    let resolved = match input {
+        Ok(r) => r,
+        Err(outcome) => return Step::Done(outcome),
+    };
+    match s.parts_of(resolved.as_ref().unwrap_or(&lease.job)) {
+        Some(parts) => Step::Split(parts),
+        None => Step::Process(resolved),
+    }
+}
+
+/// Carries out a [`Step::Split`]: sends the parts (the lease keeper extends
+/// the lease meanwhile), or reports the split function's panic.
+pub(crate) async fn split(
+    s: Arc<Shared>,
+    lease: Arc<Lease>,
+    parts: Result<Vec<OutgoingMessage>, String>,
+) -> Split {
+    match parts {
+        Err(message) => Split::Panicked(message),
+        Ok(parts) => s.send_split(parts, lease).await,
     }
 }
 

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::messages::{Leased, Restart};
 use super::next::Routes;
-use super::outcome::{finish, finish_split, input_blocking, Outbox, Outcome};
+use super::outcome::{finish, finish_split, input_blocking, split, step, Outbox, Outcome, Step};
 use super::shared::Shared;
 use super::split::Split;
 use super::stuck::{Look, Slot};
@@ -220,17 +220,16 @@ impl Worker {
             deadline: None,
         };
         let began = Instant::now();
-        let prepared = input_blocking(s, &self.io, job);
-        if let Ok(r) = &prepared {
-            if let Some(parts) = s.parts_of(r.as_ref().unwrap_or(job)) {
-                let split = match parts {
-                    Err(message) => Split::Panicked(message),
-                    Ok(parts) => run_blocking(&self.io, s.clone().send_split(parts, lease.clone()))
-                        .unwrap_or(Split::Failed(Ending::Retry {
-                            reason: "the runtime stopped while the parts were sent".into(),
-                            after: None,
-                        })),
-                };
+        let outcome = match (
+            step(s, &lease, input_blocking(s, &self.io, job)),
+            processor.as_mut(),
+        ) {
+            (Step::Split(parts), _) => {
+                let sent = run_blocking(&self.io, split(s.clone(), lease.clone(), parts));
+                let split = sent.unwrap_or(Split::Failed(Ending::Retry {
+                    reason: "the runtime stopped while the parts were sent".into(),
+                    after: None,
+                }));
                 if !self.slot.end() {
                     return Ran::Abandoned;
                 }
@@ -238,10 +237,8 @@ impl Worker {
                 finish_split(s, &self.outbox, &self.io, lease, split, now, &span);
                 return Ran::Done;
             }
-        }
-        let outcome = match (prepared, processor.as_mut()) {
-            (Err(outcome), _) => outcome,
-            (Ok(r), Some(p)) => {
+            (Step::Done(outcome), _) => outcome,
+            (Step::Process(r), Some(p)) => {
                 let job = r.as_ref().unwrap_or(job);
                 match catch_unwind(AssertUnwindSafe(|| {
                     if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
@@ -253,7 +250,7 @@ impl Worker {
                     Err(e) => Outcome::Panicked(panic_message(&*e)),
                 }
             }
-            (Ok(_), None) => Outcome::Panicked("processor could not be built".into()),
+            (Step::Process(_), None) => Outcome::Panicked("processor could not be built".into()),
         };
         s.stats.processing.record(began.elapsed());
         if !self.slot.end() {

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::messages::{Leased, Restart};
 use super::next::Routes;
-use super::outcome::{finish, finish_split, Outbox, Outcome};
+use super::outcome::{finish, finish_split, split, step, Outbox, Outcome, Step};
 use super::shared::Shared;
 use super::split::Split;
 use crate::backend::guard::panic_message;
@@ -266,17 +266,14 @@ impl Tasks {
             cancels: Arc::from([cancel.clone()]),
         };
         let work = async {
-            let resolved = match self.input(&lease).await {
-                Ok(r) => r,
-                Err(outcome) => return Ran::Outcome(outcome),
+            let resolved = match step(s, &lease, self.input(&lease).await) {
+                Step::Done(outcome) => return Ran::Outcome(outcome),
+                Step::Split(parts) => {
+                    return Ran::Split(split(s.clone(), lease.clone(), parts).await)
+                }
+                Step::Process(r) => r,
             };
             let job = resolved.as_ref().unwrap_or(&lease.job);
-            if let Some(parts) = s.parts_of(job) {
-                return Ran::Split(match parts {
-                    Err(message) => Split::Panicked(message),
-                    Ok(parts) => s.clone().send_split(parts, lease.clone()).await,
-                });
-            }
             if crate::sabotage::on(crate::sabotage::Sabotage::DoubleRun) {
                 let _ = AssertUnwindSafe(p.process(job, &ctx)).catch_unwind().await;
             }
@@ -316,23 +313,18 @@ impl Tasks {
             if !lease.try_start() {
                 continue;
             }
-            match self.input(&lease).await {
-                Ok(job) => {
-                    let job = job.unwrap_or_else(|| lease.job.clone());
-                    if let Some(parts) = s.parts_of(&job) {
-                        // A message that splits is not processed: its parts are.
-                        let split = match parts {
-                            Err(message) => Split::Panicked(message),
-                            Ok(parts) => s.clone().send_split(parts, lease.clone()).await,
-                        };
-                        let span = lease.job.span(&s.name);
-                        finish_split(s, &self.outbox, &self.io, lease, split, false, &span);
-                        continue;
-                    }
-                    jobs.push(job);
+            match step(s, &lease, self.input(&lease).await) {
+                Step::Process(job) => {
+                    jobs.push(job.unwrap_or_else(|| lease.job.clone()));
                     leases.push(lease);
                 }
-                Err(outcome) => {
+                // A message that splits is not processed: its parts are.
+                Step::Split(parts) => {
+                    let split = split(s.clone(), lease.clone(), parts).await;
+                    let span = lease.job.span(&s.name);
+                    finish_split(s, &self.outbox, &self.io, lease, split, false, &span);
+                }
+                Step::Done(outcome) => {
                     let span = lease.job.span(&s.name);
                     finish(s, &self.outbox, &self.io, lease, outcome, false, &span);
                 }
