@@ -56,9 +56,9 @@ impl BlobStore for SlowFirstPut {
 }
 
 /// The first upload is slower than the lease may live (its age limit is
-/// 800 ms): the lease is let go while the upload is in flight, the job comes
-/// back, runs again and stores its result. The first upload must never
-/// land: it was dropped with its lease.
+/// 800 ms, after which it is no longer extended): the lease's deadline
+/// passes while the upload is in flight. The first upload must never land:
+/// it was dropped with its lease. The result lands once, from a later try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_in_flight_when_its_lease_is_lost_never_lands() {
     let h = Harness::new();
@@ -99,6 +99,10 @@ async fn an_upload_in_flight_when_its_lease_is_lost_never_lands() {
         "the upload begun under the lost lease landed after it"
     );
     assert_eq!(landed.load(Ordering::Acquire), 1, "one upload landed");
-    assert_eq!(p.runs_of("J"), 2, "run again after the lease was lost");
+    // Run again after the lease was lost, or once: the message, returned,
+    // came back to this worker while the job's effects were under way and
+    // was merged into its lease (a delivery of its own message), whose
+    // upload was then tried again.
+    assert!((1..=2).contains(&p.runs_of("J")), "{} runs", p.runs_of("J"));
     assert!(h.dlq.snapshot().is_empty());
 }

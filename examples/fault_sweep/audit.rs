@@ -47,7 +47,13 @@ pub(crate) fn audit(
         }
         // The audit reads ferry's words: any it does not know means it
         // would be checking nothing.
-        const HOW: &[&str] = &["Deleted", "DeadLettered", "Released", "Lost"];
+        const HOW: &[&str] = &[
+            "Deleted",
+            "DeadLettered",
+            "DeadLetteredUndeleted",
+            "Released",
+            "Lost",
+        ];
         const ENDING: &[&str] = &[
             "delete",
             "retry",

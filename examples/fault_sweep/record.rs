@@ -64,7 +64,8 @@ pub(crate) struct End {
     pub(crate) stage: u8,
     pub(crate) job: String,
     pub(crate) message: String,
-    /// `Deleted`, `DeadLettered`, `Released` or `Lost`.
+    /// `Deleted`, `DeadLettered`, `DeadLetteredUndeleted`, `Released` or
+    /// `Lost`.
     pub(crate) how: String,
     /// The ending it was settled with: `delete`, `retry`, `dead-letter`,
     /// `release`, `defer`, `wait`, or `none` (lost before settling).

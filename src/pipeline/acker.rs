@@ -351,9 +351,11 @@ impl Acker {
     /// deleted as a copy instead of being run (or dead-lettered) again.
     fn let_go(&mut self, lease: Arc<Lease>) {
         let how = match lease.ending() {
+            // Its message is not deleted: it comes back, and its FIFO
+            // group waits for it.
             Some(Ending::Delete {
                 dead_lettered: true,
-            }) => Ended::DeadLettered,
+            }) => Ended::DeadLetteredUndeleted,
             Some(Ending::Delete { .. }) => {
                 // Its effects are done: a claim left is let lapse, never
                 // released for another worker to run the job at once.

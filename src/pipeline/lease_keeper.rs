@@ -92,7 +92,13 @@ impl LeaseKeeper {
                 .config
                 .lease_age_limit(now.duration_since(lease.received_at))
             {
-                if state != LeaseState::Settling {
+                // A job that has run, its effects under way, keeps its lease
+                // to its deadline, unextended: cancelling it now would drop
+                // an effect that may still finish in time and give the job
+                // back uncharged, to run again (and again, should it always
+                // end this close to the limit). Past the deadline it is lost.
+                let effects = matches!(state, LeaseState::Processed | LeaseState::Stored);
+                if state != LeaseState::Settling && !effects {
                     expired.push((lease, limit));
                 }
             } else if lease.begin_extend() {

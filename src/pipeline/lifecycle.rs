@@ -20,6 +20,11 @@ pub(crate) enum Ended {
     Deleted,
     /// Sent to the dead-letter queue, then deleted.
     DeadLettered,
+    /// Sent to the dead-letter queue, but its delete was refused or never
+    /// made (the lease let go): the message comes back, and is deleted then
+    /// without a second entry. Until it has, its FIFO group's later
+    /// messages must not run: they are given back behind it.
+    DeadLetteredUndeleted,
     /// Given back to the queue (released, retried, deferred): it comes back.
     Released,
     /// Lost: its deadline passed unconfirmed or its receipt was refused.
@@ -171,7 +176,10 @@ impl Shared {
             {
                 lease.set_output(None);
             }
-            if matches!(how, Ended::Deleted | Ended::DeadLettered) {
+            if matches!(
+                how,
+                Ended::Deleted | Ended::DeadLettered | Ended::DeadLetteredUndeleted
+            ) {
                 self.life.attempts.forget(&lease.job.id);
             }
             match how {
@@ -179,7 +187,7 @@ impl Shared {
                 // Not remembered as done: a fixed re-send or a redrive of
                 // the job runs it. (The message itself is remembered by its
                 // id, so its own return is deleted without a second entry.)
-                Ended::DeadLettered => self.life.seen.forget(lease),
+                Ended::DeadLettered | Ended::DeadLetteredUndeleted => self.life.seen.forget(lease),
                 Ended::Lost => {
                     self.life.leases.cancel(lease);
                     Stats::inc(&self.stats.leases_lost);

@@ -188,7 +188,7 @@ pub(crate) fn finish_split(
             })
         }
         Split::Cancelled(next) => {
-            outbox.routes.send(next);
+            outbox.hand_on(next);
             None
         }
         Split::Panicked(message) => {
@@ -372,6 +372,11 @@ impl Outbox {
             scheduled: AtomicBool::new(false),
             routes,
         }
+    }
+
+    /// Hands on at once what a step returned.
+    pub(crate) fn hand_on(&self, next: Next) {
+        self.routes.send(next);
     }
 
     /// Sends everything waiting on, a batch per next owner.

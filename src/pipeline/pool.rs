@@ -225,11 +225,19 @@ impl Worker {
             processor.as_mut(),
         ) {
             (Step::Split(parts), _) => {
-                let sent = run_blocking(&self.io, split(s.clone(), lease.clone(), parts));
-                let split = sent.unwrap_or(Split::Failed(Ending::Retry {
-                    reason: "the runtime stopped while the parts were sent".into(),
-                    after: None,
-                }));
+                let mut split = match parts {
+                    Err(message) => Split::Panicked(message),
+                    Ok(parts) => run_blocking(&self.io, split(s.clone(), lease.clone(), Ok(parts)))
+                        .unwrap_or(Split::Failed(Ending::Retry {
+                            reason: "the runtime stopped while the parts were sent".into(),
+                            after: None,
+                        })),
+                };
+                // What losing the lease handed on goes now, even from a
+                // thread given up meanwhile.
+                if let Split::Cancelled(next) = &mut split {
+                    self.outbox.hand_on(std::mem::take(next));
+                }
                 if !self.slot.end() {
                     return Ran::Abandoned;
                 }

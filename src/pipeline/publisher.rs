@@ -75,7 +75,6 @@ impl Publisher {
             let held = leases.clone();
             let attempts = self.shared.config.effect_attempts;
             let payloads = self.shared.sinks.payloads.clone();
-            let signal = self.shared.life.leases.cancel_signal();
             ctx.spawn(
                 async move {
                     let batch = match payloads {
@@ -93,7 +92,6 @@ impl Publisher {
                             // or lapsed.
                             let lost = part_leases.iter().any(|l| super::deadline::gone(l));
                             let (topic, part) = (topic.clone(), part.to_vec());
-                            let signal = &signal;
                             async move {
                                 if lost {
                                     // Not the other jobs' doing: they wait,
@@ -105,8 +103,7 @@ impl Publisher {
                                 if crate::sabotage::on(crate::sabotage::Sabotage::SkipPublish) {
                                     return Ok(part.iter().map(|_| Ok(String::new())).collect());
                                 }
-                                let call = topic.publish_batch(part);
-                                super::deadline::within(part_leases, signal, call).await
+                                topic.publish_batch(part).await
                             }
                         })
                         .await;

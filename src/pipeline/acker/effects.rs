@@ -115,7 +115,7 @@ impl Acker {
     ) {
         let s = self.shared.clone();
         let results = Self::per_entry(batch.len(), res);
-        let (mut deleted, mut dead) = (Vec::new(), Vec::new());
+        let (mut deleted, mut dead, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         let mut payloads = Vec::new();
         for ((d, used), r) in batch.into_iter().zip(handles).zip(results) {
             let Delete::Job(lease) = d else {
@@ -158,7 +158,9 @@ impl Acker {
                         "delete refused: lease lost after the job's effects completed");
                     Stats::inc(&s.stats.leases_lost);
                     if dead_lettered {
-                        dead.push(lease);
+                        // Its message comes back (and is deleted then):
+                        // its FIFO group's later messages wait for it.
+                        kept.push(lease);
                     } else {
                         deleted.push(lease);
                     }
@@ -167,9 +169,12 @@ impl Acker {
             }
         }
         s.stats.add(&s.stats.acked, deleted.len() as u64);
-        let next = s.end(&deleted, Ended::Deleted);
-        self.routes
-            .send(next.and(s.end(&dead, Ended::DeadLettered)));
+        let next = s
+            .end(&deleted, Ended::Deleted)
+            .and(s.end(&dead, Ended::DeadLettered))
+            .and(s.end(&kept, Ended::DeadLetteredUndeleted));
+        self.routes.send(next);
+        dead.extend(kept);
         // Ended first: a given-back message that returns at once is a new
         // lease of the (forgotten) job, not a copy merged into this one.
         let back: Vec<(String, Duration)> = dead
