@@ -111,6 +111,8 @@ pub(crate) struct PipelineSupervisor {
     /// Where the leases its repairs and escalations give back go.
     routes: Routes,
     pauses: u32,
+    /// The pending resume after an escalation's pause, if any.
+    resume_timer: Option<SpawnHandle>,
 }
 
 impl PipelineSupervisor {
@@ -128,6 +130,7 @@ impl PipelineSupervisor {
             restarters,
             routes,
             pauses: 0,
+            resume_timer: None,
         }
     }
 
@@ -182,6 +185,7 @@ impl Actor for PipelineSupervisor {
 impl actix::Supervised for PipelineSupervisor {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // An escalation's resume timer died with the old context.
+        self.resume_timer = None;
         if self.shared.is_escalated() {
             self.schedule_resume(ctx);
         }
@@ -227,14 +231,20 @@ impl PipelineSupervisor {
 
 impl PipelineSupervisor {
     /// Polling resumes after a pause that doubles with each escalation.
+    /// Once per escalation: an escalation signalled before a restart and
+    /// carried out after it finds its resume already scheduled.
     fn schedule_resume(&mut self, ctx: &mut Context<Self>) {
+        if self.resume_timer.is_some() {
+            return;
+        }
         self.pauses += 1;
         let pause = crate::backoff::Backoff::exact(
             self.shared.config.restart.escalation_pause,
             Duration::from_secs(600),
         )
         .delay(self.pauses);
-        ctx.run_later(pause, |act, _| {
+        self.resume_timer = Some(ctx.run_later(pause, |act, _| {
+            act.resume_timer = None;
             let s = &act.shared;
             if s.shutting_down() {
                 return;
@@ -243,7 +253,7 @@ impl PipelineSupervisor {
             s.care.health.failing.store(0, Ordering::Release);
             s.care.health.escalated.store(false, Ordering::Release);
             act.resume.do_send(ResumePolling);
-        });
+        }));
     }
 }
 
