@@ -138,3 +138,73 @@ async fn lost_settling() {
     assert_eq!(stats.acked, 1, "{stats:?}");
     drop(running);
 }
+
+/// Counts what the supervisor tells the poller.
+#[derive(Default)]
+struct Told {
+    stops: Arc<std::sync::atomic::AtomicU32>,
+    resumes: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Actor for Told {
+    type Context = Context<Self>;
+}
+
+impl Handler<StopPolling> for Told {
+    type Result = ();
+    fn handle(&mut self, _: StopPolling, _: &mut Context<Self>) {
+        self.stops.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Handler<ResumePolling> for Told {
+    type Result = ();
+    fn handle(&mut self, _: ResumePolling, _: &mut Context<Self>) {
+        self.resumes.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[test]
+fn an_escalation_signalled_before_a_restart_resumes_polling_once() {
+    actix_rt::System::new().block_on(resumed_once());
+}
+
+/// The supervisor restarts between an escalation's signal and carrying it
+/// out: the restart schedules the resume, and carrying the escalation out
+/// afterwards finds it scheduled — one resume, after one pause.
+async fn resumed_once() {
+    let local = LocalBackend::new();
+    let q = local.create_queue("q", QueueOptions::default());
+    let dlq = local.create_queue("dlq", QueueOptions::default());
+    let shared = Shared::new(
+        Pipeline::new("p")
+            .source(q)
+            .dead_letter(dlq)
+            .processor(|| Noop)
+            .configure(|c| c.restart.escalation_pause = Duration::from_millis(150)),
+    );
+    let told = Told::default();
+    let (stops, resumes) = (told.stops.clone(), told.resumes.clone());
+    let told = told.start();
+    let sup = crate::pipeline::supervision::Supervision::new(shared.clone());
+    let addr = sup.start(
+        Context::new(),
+        PipelineSupervisor::new(
+            shared.clone(),
+            told.clone().recipient(),
+            told.recipient(),
+            HashMap::new(),
+            crate::pipeline::routes_nowhere(),
+        ),
+    );
+    // Let it start and wait for an escalation.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    shared.escalate("test".into());
+    addr.do_send(Restart);
+    // A second resume, if scheduled, would come after a doubled pause.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(stops.load(Ordering::Acquire), 1, "polling stopped once");
+    assert_eq!(resumes.load(Ordering::Acquire), 1, "polling resumed once");
+    assert!(!shared.is_escalated());
+    assert!(shared.stats.snapshot().actor_restarts >= 1);
+}
