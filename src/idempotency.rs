@@ -152,14 +152,14 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-impl<S: IdempotencyStore> crate::backend::IntoShared<dyn IdempotencyStore> for Arc<S> {
-    fn into_shared(self) -> Arc<dyn IdempotencyStore> {
+impl<S: IdempotencyStore> crate::backend::IntoBackend<dyn IdempotencyStore> for Arc<S> {
+    fn into_backend(self) -> Arc<dyn IdempotencyStore> {
         self
     }
 }
 
-impl crate::backend::IntoShared<dyn IdempotencyStore> for Arc<dyn IdempotencyStore> {
-    fn into_shared(self) -> Arc<dyn IdempotencyStore> {
+impl crate::backend::IntoBackend<dyn IdempotencyStore> for Arc<dyn IdempotencyStore> {
+    fn into_backend(self) -> Arc<dyn IdempotencyStore> {
         self
     }
 }

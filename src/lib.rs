@@ -53,7 +53,7 @@ pub mod trace; // W3C trace context across stages
 /// The attribute macro async and batch processors are written with.
 pub use async_trait::async_trait;
 pub use backend::{BlobStore, Queue, Topic};
-pub use backend::{DegradedDependency, IntoShared};
+pub use backend::{DegradedDependency, IntoBackend};
 pub use config::{ConfigError, PipelineConfig, RestartPolicy};
 pub use error::{BackendError, FerryError, ProcessError, ResultExt};
 pub use job::{

@@ -43,7 +43,7 @@ use bytes::Bytes;
 use rand::Rng;
 use serde_json::json;
 
-use crate::backend::IntoShared;
+use crate::backend::IntoBackend;
 use crate::backend::{
     BlobStore, ObjectMeta, OutgoingMessage, MAX_MESSAGE_ATTRIBUTES, MAX_MESSAGE_BYTES,
 };
@@ -157,9 +157,9 @@ impl LargePayloads {
     /// [`MAX_MESSAGE_BYTES`] (body and attributes counted, as SQS does);
     /// deletes after the message is deleted, except for messages that came
     /// through an SNS envelope.
-    pub fn new(blobs: impl IntoShared<dyn BlobStore>, bucket: impl Into<String>) -> Self {
+    pub fn new(blobs: impl IntoBackend<dyn BlobStore>, bucket: impl Into<String>) -> Self {
         Self {
-            blobs: blobs.into_shared(),
+            blobs: blobs.into_backend(),
             bucket: bucket.into(),
             prefix: "ferry-payloads/".into(),
             threshold: MAX_MESSAGE_BYTES,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::backend::IntoShared;
+use crate::backend::IntoBackend;
 use crate::backend::{
     attribute_name_problem, fifo_id_problem, sqs_allows, OutgoingMessage, Queue,
     MAX_MESSAGE_ATTRIBUTES,
@@ -184,9 +184,9 @@ impl Producer {
     }
 
     /// A producer for `queue`: five attempts per entry, 50 ms doubling.
-    pub fn new(queue: impl IntoShared<dyn Queue>) -> Self {
+    pub fn new(queue: impl IntoBackend<dyn Queue>) -> Self {
         Self {
-            queue: queue.into_shared(),
+            queue: queue.into_backend(),
             payloads: None,
             job_id: None,
             attempts: 5,

@@ -159,27 +159,27 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// Turns a concrete backend handle (`Arc<LocalQueue>`, …) or an
-/// `Arc<dyn …>` into the shared trait object a pipeline holds.
-pub trait IntoShared<T: ?Sized> {
-    /// The trait object.
-    fn into_shared(self) -> Arc<T>;
+/// A backend a pipeline, producer or payload store can be given: a concrete
+/// handle (`Arc<LocalQueue>`, `Arc<SqsQueue>`, …) or an `Arc<dyn …>`.
+pub trait IntoBackend<T: ?Sized> {
+    /// The backend as the trait object ferry holds.
+    fn into_backend(self) -> Arc<T>;
 }
 
-macro_rules! into_shared {
+macro_rules! into_backend {
     ($tr:ident) => {
-        impl<Q: $tr> IntoShared<dyn $tr> for Arc<Q> {
-            fn into_shared(self) -> Arc<dyn $tr> {
+        impl<Q: $tr> IntoBackend<dyn $tr> for Arc<Q> {
+            fn into_backend(self) -> Arc<dyn $tr> {
                 self
             }
         }
-        impl IntoShared<dyn $tr> for Arc<dyn $tr> {
-            fn into_shared(self) -> Arc<dyn $tr> {
+        impl IntoBackend<dyn $tr> for Arc<dyn $tr> {
+            fn into_backend(self) -> Arc<dyn $tr> {
                 self
             }
         }
     };
 }
-into_shared!(Queue);
-into_shared!(Topic);
-into_shared!(BlobStore);
+into_backend!(Queue);
+into_backend!(Topic);
+into_backend!(BlobStore);

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{BlobStore, IntoShared, OutgoingMessage, Queue, Topic};
+use crate::backend::{BlobStore, IntoBackend, OutgoingMessage, Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::error::FerryError;
 use crate::error::ProcessError;
@@ -127,20 +127,20 @@ impl Pipeline {
     }
 
     /// The queue to consume.
-    pub fn source(mut self, queue: impl IntoShared<dyn Queue>) -> Self {
-        self.source = Some(queue.into_shared());
+    pub fn source(mut self, queue: impl IntoBackend<dyn Queue>) -> Self {
+        self.source = Some(queue.into_backend());
         self
     }
 
     /// The dead-letter queue for bad input and exhausted retries.
-    pub fn dead_letter(mut self, queue: impl IntoShared<dyn Queue>) -> Self {
-        self.dead_letter = Some(queue.into_shared());
+    pub fn dead_letter(mut self, queue: impl IntoBackend<dyn Queue>) -> Self {
+        self.dead_letter = Some(queue.into_backend());
         self
     }
 
     /// The topic to announce each result on.
-    pub fn topic(mut self, topic: impl IntoShared<dyn Topic>) -> Self {
-        self.topic = Some(topic.into_shared());
+    pub fn topic(mut self, topic: impl IntoBackend<dyn Topic>) -> Self {
+        self.topic = Some(topic.into_backend());
         self
     }
 
@@ -150,12 +150,12 @@ impl Pipeline {
     /// result bucket.
     pub fn results(
         mut self,
-        blobs: impl IntoShared<dyn BlobStore>,
+        blobs: impl IntoBackend<dyn BlobStore>,
         bucket: impl Into<String>,
         prefix: impl Into<String>,
         extension: impl Into<String>,
     ) -> Self {
-        let blobs = blobs.into_shared();
+        let blobs = blobs.into_backend();
         self.blobs.get_or_insert_with(|| blobs.clone());
         self.results = Some(ResultStore {
             blobs,
@@ -167,8 +167,8 @@ impl Pipeline {
     }
 
     /// The blob store processors read inputs from.
-    pub fn blobs(mut self, blobs: impl IntoShared<dyn BlobStore>) -> Self {
-        self.blobs = Some(blobs.into_shared());
+    pub fn blobs(mut self, blobs: impl IntoBackend<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs.into_backend());
         self
     }
 
@@ -264,8 +264,8 @@ impl Pipeline {
     /// deduplication window (see [`crate::idempotency`]). Off by default:
     /// it costs a conditional write per job, plus one per renewal and one at
     /// completion.
-    pub fn idempotency(mut self, store: impl IntoShared<dyn IdempotencyStore>) -> Self {
-        self.store = Some(store.into_shared());
+    pub fn idempotency(mut self, store: impl IntoBackend<dyn IdempotencyStore>) -> Self {
+        self.store = Some(store.into_backend());
         self
     }
 
