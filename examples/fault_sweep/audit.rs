@@ -213,10 +213,21 @@ fn hung(r: &Records, v: &mut Vec<String>) {
                     && e.message == x.message
                     && e.receive_count == x.receive_count
                     && (matches!(e.ending.as_str(), "retry" | "release" | "dead-letter")
-                        || e.how == "Lost")
+                        || matches!(
+                            e.how.as_str(),
+                            "Lost" | "DeadLettered" | "DeadLetteredUndeleted"
+                        ))
             })
         })
-        .map(|x| format!("{} at stage {} ({})", x.job, x.stage, x.message))
+        .map(|x| {
+            format!(
+                "{} at stage {} ({}) [{}]",
+                x.job,
+                x.stage,
+                x.message,
+                history(r, x.stage, &x.job)
+            )
+        })
         .collect();
     if !bad.is_empty() {
         v.push(format!(

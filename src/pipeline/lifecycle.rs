@@ -98,7 +98,10 @@ impl Shared {
             let charged = matches!(ending, Ending::Retry { .. });
             if lease.begin_settling(ending) {
                 if charged {
-                    self.life.attempts.failed(&lease.job.id);
+                    let job = &lease.job;
+                    self.life
+                        .attempts
+                        .failed(&job.id, &job.message_id, job.receive_count);
                 }
                 self.life.settling.fetch_add(1, Ordering::AcqRel);
                 out.push(lease);

@@ -118,7 +118,10 @@ async fn each_ending_goes_to_its_buffer_once() {
     // The retry of a job that has failed its last attempt is
     // dead-lettered (attempts are the job's own, not receives).
     for _ in 0..3 {
-        a.shared.life.attempts.failed(&crate::job::JobId::new("j"));
+        a.shared
+            .life
+            .attempts
+            .failed(&crate::job::JobId::new("j"), "m", 1);
     }
     let last = settling(&a, 3, retry(None));
     a.accept(last.clone());
@@ -203,7 +206,10 @@ async fn the_visibility_set_is_the_endings() {
     );
     // The backoff grows with the job's own failed attempts.
     for _ in 0..2 {
-        a.shared.life.attempts.failed(&crate::job::JobId::new("j"));
+        a.shared
+            .life
+            .attempts
+            .failed(&crate::job::JobId::new("j"), "m", 1);
     }
     assert_eq!(
         of(
