@@ -242,13 +242,14 @@ pub(crate) async fn check(
         if !left.is_empty() {
             let in_flight = left.iter().filter(|m| m.in_flight).count();
             v.push(format!(
-                "stage-{stage} queue still holds {} message(s) ({in_flight} in flight): {}",
+                "stage-{stage} queue still holds {} message(s) ({in_flight} in flight): {} [{}]",
                 left.len(),
                 some(left.iter().map(|m| format!(
                     "{} (received {}×)",
                     job_of_entry(m),
                     m.receive_count
-                )))
+                ))),
+                q.explain().join("; ")
             ));
         }
     }

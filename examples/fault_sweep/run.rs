@@ -133,6 +133,15 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
         v.push("the operator's redrive never happened".into());
     }
     let run_time = started.elapsed();
+    let health: Vec<String> = if settled {
+        Vec::new()
+    } else {
+        runtimes
+            .iter()
+            .flat_map(|r| r.health())
+            .map(|h| format!("{h:?}"))
+            .collect()
+    };
     let mut readers: Vec<_> = runtimes.iter().map(|r| r.stats_reader()).collect();
     readers.extend(dead_readers);
     // Shut down on tasks of their own: if one hangs, the checks still run
@@ -172,6 +181,7 @@ pub(crate) async fn run_seed(plan: Plan, args: &Args) -> Outcome {
             args.deadline_secs,
             progress(&world, &jobs, &stats).await
         ));
+        v.push(format!("health at the deadline: {}", health.join("; ")));
     }
     for r in reports.iter().flatten() {
         if r.held_at_exit != 0 {

@@ -54,6 +54,14 @@ pub(crate) fn effect_failed(what: &str, e: &crate::error::BackendError) -> Endin
     }
 }
 
+/// Whether a job started ([`Shared::start_job`]).
+#[must_use]
+pub(crate) enum Start {
+    Started,
+    /// It did not; what that hands on.
+    Not(Next),
+}
+
 impl Shared {
     /// Releases every lease of a pipeline: those not started yet, or all
     /// (cancelling started jobs; leases already settling are left to the
@@ -113,6 +121,25 @@ impl Shared {
     /// One lease, one ending.
     pub(crate) fn settle_one(&self, lease: Arc<Lease>, ending: Ending) -> Next {
         self.settle(vec![(lease, ending)])
+    }
+
+    /// Starts a Pending lease's job (Pending → Running), or says it did
+    /// not, with what that hands on. A lease whose deadline or claim
+    /// passed while it waited for a worker is given back now, uncharged:
+    /// left Pending for the keeper to lose, it would be nobody's should an
+    /// extension sent before the deadline land after it (seed 6785: a FIFO
+    /// group held for good). One cancelled, taken by another worker or no
+    /// longer Pending is someone else's to end.
+    pub(crate) fn start_job(&self, lease: &Arc<Lease>) -> Start {
+        if lease.try_start() {
+            return Start::Started;
+        }
+        if lease.state() == LeaseState::Pending && !lease.is_cancelled() {
+            tracing::debug!(pipeline = %self.name, job_id = %lease.job.id,
+                "lease past its deadline before its job started: given back");
+            return Start::Not(self.settle_one(lease.clone(), Ending::Release));
+        }
+        Start::Not(Next::none())
     }
 
     /// Stored leases go to the publisher, or are settled as done when the

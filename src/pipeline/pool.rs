@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::lifecycle::Start;
 use super::messages::{Leased, Restart};
 use super::next::Routes;
 use super::outcome::{finish, finish_split, input_blocking, split, step, Outbox, Outcome, Step};
@@ -205,8 +206,11 @@ impl Worker {
     /// Runs one job.
     fn run_one(&self, lease: Arc<Lease>, processor: &mut Option<Box<dyn Processor>>) -> Ran {
         let s = &self.shared;
-        let halted = s.halted() && !crate::sabotage::on(crate::sabotage::Sabotage::IgnoreHalt);
-        if halted || !lease.try_start() {
+        if s.halted() && !crate::sabotage::on(crate::sabotage::Sabotage::IgnoreHalt) {
+            return Ran::Done;
+        }
+        if let Start::Not(next) = s.start_job(&lease) {
+            self.outbox.hand_on(next);
             return Ran::Done;
         }
         self.slot.begin(&lease);

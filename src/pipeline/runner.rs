@@ -20,6 +20,7 @@ use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::lifecycle::Start;
 use super::messages::{Leased, Restart};
 use super::next::Routes;
 use super::outcome::{finish, finish_split, split, step, Outbox, Outcome, Step};
@@ -186,11 +187,22 @@ impl Drop for Unfinished {
         }
         let s = &self.tasks.shared;
         // Running: started here and not handed on. Pending: never started
-        // (taken here, so a lease queued twice is retried, not run twice).
+        // (taken here, so a lease queued twice is retried, not run twice;
+        // one that may no longer start is given back).
+        let mut skipped = super::next::Next::none();
         let endings: Vec<_> = self
             .leases
             .drain(..)
-            .filter(|l| l.state() == LeaseState::Running || l.try_start())
+            .filter(|l| {
+                l.state() == LeaseState::Running
+                    || match s.start_job(l) {
+                        Start::Started => true,
+                        Start::Not(next) => {
+                            skipped.add(next);
+                            false
+                        }
+                    }
+            })
             .map(|l| {
                 let reason = self.why.clone();
                 (
@@ -202,6 +214,7 @@ impl Drop for Unfinished {
                 )
             })
             .collect();
+        self.tasks.outbox.hand_on(skipped);
         if endings.is_empty() {
             return;
         }
@@ -253,10 +266,11 @@ impl Tasks {
     }
 
     async fn run_one(&self, p: Arc<dyn AsyncProcessor>, lease: Arc<Lease>) {
-        if !lease.try_start() {
+        let s = &self.shared;
+        if let Start::Not(next) = s.start_job(&lease) {
+            self.outbox.hand_on(next);
             return;
         }
-        let s = &self.shared;
         self.running.fetch_add(1, Ordering::AcqRel);
         let span = lease.job.span(&s.name);
         let began = Instant::now();
@@ -310,7 +324,8 @@ impl Tasks {
         let began = Instant::now();
         let (mut leases, mut jobs) = (Vec::new(), Vec::new());
         for lease in batch {
-            if !lease.try_start() {
+            if let Start::Not(next) = s.start_job(&lease) {
+                self.outbox.hand_on(next);
                 continue;
             }
             match step(s, &lease, self.input(&lease).await) {

@@ -146,6 +146,14 @@ impl LocalQueue {
         true
     }
 
+    /// Each message's place in the queue's bookkeeping, for a report on a
+    /// message that is not delivered (see `State::explain`).
+    #[doc(hidden)]
+    pub fn explain(&self) -> Vec<String> {
+        let st = self.state.lock().expect("queue lock");
+        st.explain(Instant::now())
+    }
+
     /// Entries the queue keeps beside its messages (visible and hidden
     /// lists, FIFO group locks, deduplication ids): bounded by the messages
     /// it holds and the five-minute window, not by those it ever held.

@@ -173,6 +173,39 @@ impl State {
         }
     }
 
+    /// Each message's place in the bookkeeping: in flight, listed as
+    /// visible, its hidden entry and when it returns, its FIFO group's lock.
+    pub(super) fn explain(&self, now: Instant) -> Vec<String> {
+        let mut seqs: Vec<_> = self.msgs.keys().copied().collect();
+        seqs.sort_unstable();
+        seqs.iter()
+            .map(|s| {
+                let m = &self.msgs[s];
+                let listed = self.ready.iter().filter(|r| *r == s).count();
+                let hidden: Vec<_> = self
+                    .hidden
+                    .iter()
+                    .filter(|e| e.0 .1 == *s && e.0 .2 == m.vis_version)
+                    .map(|e| e.0 .0.saturating_duration_since(now).as_millis())
+                    .collect();
+                let lock = m
+                    .group_id
+                    .as_ref()
+                    .map(|g| self.group_in_flight.get(g).copied().unwrap_or(0));
+                format!(
+                    "{}: in_flight {}, queued {}, listed {listed}×, hidden in {hidden:?} ms, \
+                     visible_at in {} ms, group {:?} lock {lock:?}, resurrected {}",
+                    m.message_id,
+                    m.in_flight,
+                    m.queued,
+                    m.visible_at.saturating_duration_since(now).as_millis(),
+                    m.group_id,
+                    m.resurrected
+                )
+            })
+            .collect()
+    }
+
     /// Entries of every table beside the messages themselves: what the
     /// queue keeps to find, order, lock and deduplicate them.
     pub(super) fn bookkeeping(&self) -> usize {

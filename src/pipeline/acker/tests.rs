@@ -10,6 +10,7 @@ use crate::job::{
     DLQ_REASON_ATTRIBUTE, DLQ_RECEIVES_ATTRIBUTE, DLQ_SOURCE_ATTRIBUTE, DLQ_TRUNCATED_ATTRIBUTE,
     JOB_ID_ATTRIBUTE, MAX_JOB_ID_BYTES,
 };
+use crate::pipeline::lifecycle::Start;
 use crate::pipeline::Pipeline;
 use crate::processor::{Context as JobContext, Output, Processor};
 use crate::ProcessError;
@@ -426,4 +427,44 @@ async fn a_fifo_dead_letter_entry_keeps_its_group_and_dedups_per_message() {
     assert_eq!(e.dedup_id.as_deref(), Some("dead-letter:msg-j"));
     let e = entry_for(&a, message("j", "b", 1), "r");
     assert_eq!(e.group_id.as_deref(), Some("dead-letter:j"));
+}
+
+/// A Pending lease whose deadline passed before a worker took it is given
+/// back, uncharged, not left Pending for good; one in time starts; one
+/// started or cancelled is left to its owner.
+#[test]
+fn a_lease_past_its_deadline_before_its_job_started_is_given_back() {
+    let a = acker(false);
+    let s = &a.shared;
+    // Its deadline is its insertion: past by the time a worker looks.
+    let late = lease_of(&a, message("late", "b", 1));
+    std::thread::sleep(Duration::from_millis(2));
+    let Start::Not(next) = s.start_job(&late) else {
+        panic!("started past its deadline")
+    };
+    assert_eq!(next.settle.len(), 1);
+    assert_eq!(late.state(), LeaseState::Settling);
+    assert!(matches!(late.ending(), Some(Ending::Release)));
+    assert_eq!(s.life.attempts.of(&late.job.id), 0, "nothing charged");
+
+    let in_time = s.life.leases.insert(
+        Job::from_message(message("in-time", "b", 1)),
+        "h2".into(),
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    );
+    assert!(matches!(s.start_job(&in_time), Start::Started));
+    assert_eq!(in_time.state(), LeaseState::Running);
+    let Start::Not(again) = s.start_job(&in_time) else {
+        panic!("started twice")
+    };
+    assert!(again.settle.is_empty());
+    assert_eq!(in_time.state(), LeaseState::Running);
+
+    let cancelled = lease_of(&a, message("cancelled", "b", 1));
+    s.life.leases.cancel(&cancelled);
+    let Start::Not(none) = s.start_job(&cancelled) else {
+        panic!("a cancelled lease started")
+    };
+    assert!(none.settle.is_empty(), "its canceller settles it");
+    assert_eq!(cancelled.state(), LeaseState::Pending);
 }
