@@ -213,7 +213,7 @@ impl Lease {
     /// Pending → Running; false if it was taken or given back first, or
     /// cancelled, or past its deadline (its visibility's or its claim's: a
     /// claim answered late, or not renewed in time, may be another
-    /// worker's now), which the keeper then loses.
+    /// worker's now); `Shared::start_job` then gives it back.
     pub(crate) fn try_start(&self) -> bool {
         let now = Instant::now();
         !self.is_cancelled()
@@ -324,6 +324,22 @@ impl Lease {
     /// Updates the ending while Settling (the acker's progress).
     pub(crate) fn set_ending(&self, ending: Ending) {
         *self.ending.lock().expect("lease lock") = Some(ending);
+    }
+
+    /// Moves to Settling with this ending only from `from`, a state the
+    /// caller saw and one [`Move::Settle`] leaves: a lease that moved on
+    /// meanwhile (started by another worker, say) is left to its new owner.
+    pub(crate) fn begin_settling_from(&self, from: LeaseState, ending: Ending) -> bool {
+        let (allowed, to) = Move::Settle.edge();
+        if !allowed.contains(&from) {
+            return false;
+        }
+        let mut slot = self.ending.lock().expect("lease lock");
+        let moved = self.transition(&[from], to).is_some();
+        if moved {
+            *slot = Some(ending);
+        }
+        moved
     }
 
     /// Moves to Settling ([`Move::Settle`]) with this ending, atomically

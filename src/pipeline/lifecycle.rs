@@ -67,17 +67,32 @@ impl Shared {
     /// (cancelling started jobs; leases already settling are left to the
     /// acker). Returns how many were released.
     pub(crate) fn release_leases(&self, started_too: bool) -> (usize, Next) {
-        let mut out = Vec::new();
+        // An unstarted lease goes from the state seen: one a worker starts
+        // meanwhile is the worker's, unless started ones go too (then it is
+        // cancelled first, as they are).
+        let (mut out, mut started) = (Vec::new(), Vec::new());
         for lease in self.life.leases.all() {
-            let state = lease.state();
-            if state.unstarted() || (started_too && state != LeaseState::Settling) {
+            let mut state = lease.state();
+            let released = loop {
                 if !state.unstarted() {
-                    self.life.leases.cancel(&lease);
+                    break false;
                 }
-                out.push((lease, Ending::Release));
+                if lease.begin_settling_from(state, Ending::Release) {
+                    break true;
+                }
+                state = lease.state();
+            };
+            if released {
+                self.life.settling.fetch_add(1, Ordering::AcqRel);
+                out.push(lease);
+            } else if started_too && state != LeaseState::Settling {
+                self.life.leases.cancel(&lease);
+                started.push((lease, Ending::Release));
             }
         }
-        (out.len(), self.settle(out))
+        let mut next = Next::settle(out);
+        next.add(self.settle(started));
+        (next.settle.len(), next)
     }
 
     /// Moves on every FIFO group whose running lease is no longer held (it
@@ -134,10 +149,14 @@ impl Shared {
         if lease.try_start() {
             return Start::Started;
         }
-        if lease.state() == LeaseState::Pending && !lease.is_cancelled() {
+        // From Pending only: one another worker started meanwhile is its.
+        if !lease.is_cancelled() && lease.begin_settling_from(LeaseState::Pending, Ending::Release)
+        {
+            self.life.settling.fetch_add(1, Ordering::AcqRel);
+            let next = Next::settle(vec![lease.clone()]);
             tracing::debug!(pipeline = %self.name, job_id = %lease.job.id,
                 "lease past its deadline before its job started: given back");
-            return Start::Not(self.settle_one(lease.clone(), Ending::Release));
+            return Start::Not(next);
         }
         Start::Not(Next::none())
     }
