@@ -104,6 +104,25 @@ async fn a_transition_moves_only_from_its_states_and_counts_starts_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn settling_from_a_state_seen_leaves_a_lease_that_moved_on() {
+    let t = LeaseTable::default();
+    let l = t.insert(job("a"), "h".into(), at(1000));
+    // Seen Pending, then started by another worker: not given back.
+    assert!(l.try_start());
+    assert!(!l.begin_settling_from(LeaseState::Pending, Ending::Release));
+    assert_eq!(l.state(), LeaseState::Running);
+    assert!(l.ending().is_none());
+    // Still as seen: it moves, with its ending.
+    let p = t.insert(job("b"), "h".into(), at(1000));
+    assert!(p.begin_settling_from(LeaseState::Pending, Ending::Release));
+    assert_eq!(p.state(), LeaseState::Settling);
+    assert!(matches!(p.ending(), Some(Ending::Release)));
+    assert_eq!(t.pending(), 0);
+    // Never from a state the settle move does not leave.
+    assert!(!p.begin_settling_from(LeaseState::Settling, Ending::Release));
+}
+
+#[tokio::test(start_paused = true)]
 async fn try_start_takes_a_pending_lease_once_and_never_a_cancelled_one() {
     let t = LeaseTable::default();
     let l = t.insert(job("a"), "h".into(), at(1000));
