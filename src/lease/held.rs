@@ -330,24 +330,21 @@ impl Lease {
     /// caller saw and one [`Move::Settle`] leaves: a lease that moved on
     /// meanwhile (started by another worker, say) is left to its new owner.
     pub(crate) fn begin_settling_from(&self, from: LeaseState, ending: Ending) -> bool {
-        let (allowed, to) = Move::Settle.edge();
-        if !allowed.contains(&from) {
-            return false;
-        }
-        let mut slot = self.ending.lock().expect("lease lock");
-        let moved = self.transition(&[from], to).is_some();
-        if moved {
-            *slot = Some(ending);
-        }
-        moved
+        Move::Settle.edge().0.contains(&from) && self.settling_from(&[from], ending)
     }
 
     /// Moves to Settling ([`Move::Settle`]) with this ending, atomically
     /// with the ending's record: of two racing endings, the one that moves
     /// the lease is the one kept.
     pub(crate) fn begin_settling(&self, ending: Ending) -> bool {
+        self.settling_from(Move::Settle.edge().0, ending)
+    }
+
+    /// Makes the settle move from one of `from`, recording the ending
+    /// under its lock.
+    fn settling_from(&self, from: &[LeaseState], ending: Ending) -> bool {
         let mut slot = self.ending.lock().expect("lease lock");
-        let moved = self.step(Move::Settle).is_some();
+        let moved = self.transition(from, Move::Settle.edge().1).is_some();
         if moved {
             *slot = Some(ending);
         }

@@ -77,13 +77,12 @@ impl Shared {
                 if !state.unstarted() {
                     break false;
                 }
-                if lease.begin_settling_from(state, Ending::Release) {
+                if self.to_acker(&lease, Some(state), Ending::Release) {
                     break true;
                 }
                 state = lease.state();
             };
             if released {
-                self.life.settling.fetch_add(1, Ordering::AcqRel);
                 out.push(lease);
             } else if started_too && state != LeaseState::Settling {
                 self.life.leases.cancel(&lease);
@@ -115,22 +114,33 @@ impl Shared {
     /// ending and moves to Settling (those already settling or ended are
     /// skipped); those that moved are for the acker.
     pub(crate) fn settle(&self, endings: Vec<(Arc<Lease>, Ending)>) -> Next {
-        let mut out = Vec::with_capacity(endings.len());
-        for (lease, ending) in endings {
-            // A retry is the job's own failure: one attempt charged.
-            let charged = matches!(ending, Ending::Retry { .. });
-            if lease.begin_settling(ending) {
-                if charged {
-                    let job = &lease.job;
-                    self.life
-                        .attempts
-                        .failed(&job.id, &job.message_id, job.receive_count);
-                }
-                self.life.settling.fetch_add(1, Ordering::AcqRel);
-                out.push(lease);
-            }
-        }
+        let out = endings
+            .into_iter()
+            .filter_map(|(lease, ending)| self.to_acker(&lease, None, ending).then_some(lease))
+            .collect();
         Next::settle(out)
+    }
+
+    /// Moves one lease to Settling with its ending — from any state the
+    /// settle move leaves, or only from `from` — and counts it; true if it
+    /// moved.
+    fn to_acker(&self, lease: &Arc<Lease>, from: Option<LeaseState>, ending: Ending) -> bool {
+        // A retry is the job's own failure: one attempt charged.
+        let charged = matches!(ending, Ending::Retry { .. });
+        let moved = match from {
+            Some(state) => lease.begin_settling_from(state, ending),
+            None => lease.begin_settling(ending),
+        };
+        if moved {
+            if charged {
+                let job = &lease.job;
+                self.life
+                    .attempts
+                    .failed(&job.id, &job.message_id, job.receive_count);
+            }
+            self.life.settling.fetch_add(1, Ordering::AcqRel);
+        }
+        moved
     }
 
     /// One lease, one ending.
@@ -150,9 +160,8 @@ impl Shared {
             return Start::Started;
         }
         // From Pending only: one another worker started meanwhile is its.
-        if !lease.is_cancelled() && lease.begin_settling_from(LeaseState::Pending, Ending::Release)
+        if !lease.is_cancelled() && self.to_acker(lease, Some(LeaseState::Pending), Ending::Release)
         {
-            self.life.settling.fetch_add(1, Ordering::AcqRel);
             let next = Next::settle(vec![lease.clone()]);
             tracing::debug!(pipeline = %self.name, job_id = %lease.job.id,
                 "lease past its deadline before its job started: given back");
