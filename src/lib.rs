@@ -3,11 +3,12 @@
 
 // The crate's map. A message's way through one pipeline:
 //
-//   backend (a queue) → pipeline::poller → lease (seen cache, table, FIFO
-//   groups) → pipeline::{gate, pool | runner} → processor (user code) →
-//   pipeline::{uploader, publisher} → backend (result store, topic) →
-//   pipeline::acker → backend (delete last) — while pipeline::lease_keeper
-//   extends the lease and pipeline::supervisor watches the whole.
+//   backend (a queue) → pipeline::stages::poller → lease (seen cache, table,
+//   FIFO groups) → stages::gate → pipeline::run::{pool | runner} →
+//   processor (user code) → stages::{uploader, publisher} → backend (result
+//   store, topic) → stages::acker → backend (delete last) — while
+//   stages::lease_keeper extends the lease and stages::supervisor watches
+//   the whole.
 //
 // The `runtime` runs every pipeline's actors on one I/O thread; `watchdog`
 // watches that thread.

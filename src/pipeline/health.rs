@@ -57,7 +57,7 @@ pub(crate) struct HealthState {
     pub(super) failing: AtomicU32,
     pub(super) stalled: AtomicU64,
     /// Worker threads abandoned or stuck in a job past its cancellation.
-    pub(crate) workers: super::stuck::Workers,
+    pub(crate) workers: super::run::stuck::Workers,
 }
 
 impl HealthState {

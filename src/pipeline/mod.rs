@@ -19,31 +19,20 @@ mod next; // what a step hands on (`Next`), and the routes it goes by
 mod shared; // the state every actor shares, in rooms
 mod wiring; // starts the actors and gives each its routes
 
-// The actors, in the order a message meets them.
-mod acker; // settles leases: deletes, retries, dead-letters, releases
-mod gate; // FIFO group order and idempotency claims before a job runs
-mod lease_keeper; // extends visibility while work runs; loses lapsed leases
-mod poller; // receives, merges copies, makes leases
-mod pool; // sync processors on worker threads
-mod publisher; // announces results
-mod runner; // async and batch processors as tasks
-mod supervisor; // escalations and the stall watch
-mod uploader; // stores results (and probes redeliveries)
+// The actors (`stages`), and the one way a job runs (`run`).
+mod run; // the job runner: sync pool, async and batch runner, outcome, split
+mod stages; // one actor per file, in the order a message meets them
 
 // Steps the actors share.
-mod deadline; // effects only within a lease's deadline
 mod health; // what health() reports
 mod lifecycle; // how a lease ends: seen cache, table, groups, attempts
-mod outcome; // the one way a job runs: input, step, the outcome's next step
-mod split; // content-derived job ids and split messages
-mod stuck; // hung worker threads, abandoned and replaced
 mod supervision; // one-for-one restarts of every actor
 
 pub(crate) use builder::JobIdFn;
 pub use builder::{Pipeline, ResultStore};
 pub use health::PipelineHealth;
 pub(crate) use messages::{Flush, StopPolling};
-pub(crate) use runner::jobs_runtime;
+pub(crate) use run::runner::jobs_runtime;
 pub(crate) use shared::Shared;
 #[cfg(test)]
 pub(crate) use wiring::{routes_nowhere, start_keeper_only};

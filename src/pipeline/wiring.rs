@@ -7,10 +7,10 @@ use std::sync::Arc;
 use actix::{Addr, AsyncContext};
 
 use super::next::Routes;
+use super::run::{pool, runner};
 use super::shared::Shared;
-use super::{
-    acker, gate, lease_keeper, poller, pool, publisher, runner, supervision, supervisor, uploader,
-};
+use super::stages::{acker, gate, lease_keeper, poller, publisher, supervisor, uploader};
+use super::supervision;
 use crate::processor::ProcessorKind;
 
 /// The other actors' addresses: the pool or the async runner, the gate

@@ -28,12 +28,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::health::PipelineHealth;
-use super::messages::{Restart, ResumePolling, StopPolling};
-use super::next::Routes;
-use super::shared::Shared;
-use super::supervision::Child;
 use crate::lease::{LeaseState, Owner};
+use crate::pipeline::health::PipelineHealth;
+use crate::pipeline::messages::{Restart, ResumePolling, StopPolling};
+use crate::pipeline::next::Routes;
+use crate::pipeline::shared::Shared;
+use crate::pipeline::supervision::Child;
 use crate::stats::Stats;
 
 impl Shared {

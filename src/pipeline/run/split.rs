@@ -1,5 +1,5 @@
-//! Content-derived job ids ([`super::builder::Pipeline::job_id`]) and messages split
-//! into parts ([`super::builder::Pipeline::split`]).
+//! Content-derived job ids ([`crate::pipeline::builder::Pipeline::job_id`]) and messages split
+//! into parts ([`crate::pipeline::builder::Pipeline::split`]).
 //!
 //! A split sends every part to the pipeline's own source queue first and
 //! deletes the original last, through the lease lifecycle like any job: the
@@ -13,14 +13,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::next::Next;
-use super::shared::Shared;
 use crate::backend::guard::panic_message;
 use crate::backend::OutgoingMessage;
 use crate::backoff::with_retries;
 use crate::error::BackendError;
 use crate::job::{Job, JobId, JOB_ID_ATTRIBUTE};
 use crate::lease::{Ending, Lease};
+use crate::pipeline::next::Next;
+use crate::pipeline::shared::Shared;
 use crate::trace::TRACEPARENT_ATTRIBUTE;
 
 /// What became of a job offered to the split function.

@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::lifecycle::Start;
-use super::messages::{Leased, Restart};
-use super::next::Routes;
 use super::outcome::{finish, finish_split, input_blocking, split, step, Outbox, Outcome, Step};
-use super::shared::Shared;
 use super::split::Split;
 use super::stuck::{Look, Slot};
 use crate::backend::guard::panic_message;
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::lifecycle::Start;
+use crate::pipeline::messages::{Leased, Restart};
+use crate::pipeline::next::Routes;
+use crate::pipeline::shared::Shared;
 use crate::processor::{run_blocking, Context as JobContext, Processor, ProcessorKind, WorkerInfo};
 use crate::stats::Stats;
 
@@ -139,7 +139,7 @@ impl Handler<Restart> for ProcessorPool {
     }
 }
 
-impl super::supervision::Child for ProcessorPool {
+impl crate::pipeline::supervision::Child for ProcessorPool {
     const NAME: &'static str = "pool";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Processors);
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::messages::{Restart, Uploaded};
-use super::next::{Next, Routes};
-use super::shared::Shared;
 use crate::backend::{Notification, MAX_PUBLISH_BATCH};
 use crate::backoff::with_retries;
 use crate::error::BackendError;
 use crate::job::{ResultNotice, JOB_ID_ATTRIBUTE};
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::messages::{Restart, Uploaded};
+use crate::pipeline::next::{Next, Routes};
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 use crate::trace::TRACEPARENT_ATTRIBUTE;
 
@@ -90,7 +90,9 @@ impl Publisher {
                         let res = with_retries(attempts, || {
                             // No retry once a lease of the batch was lost
                             // or lapsed.
-                            let lost = part_leases.iter().any(|l| super::deadline::gone(l));
+                            let lost = part_leases
+                                .iter()
+                                .any(|l| crate::pipeline::run::deadline::gone(l));
                             let (topic, part) = (topic.clone(), part.to_vec());
                             async move {
                                 if lost {
@@ -183,7 +185,7 @@ impl Publisher {
                     ) => {}
                 Err(e) => settle.push((
                     lease,
-                    super::lifecycle::effect_failed("publishing the notification", &e),
+                    crate::pipeline::lifecycle::effect_failed("publishing the notification", &e),
                 )),
             }
         }
@@ -215,7 +217,7 @@ impl Handler<Restart> for Publisher {
     }
 }
 
-impl super::supervision::Child for Publisher {
+impl crate::pipeline::supervision::Child for Publisher {
     const NAME: &'static str = "publisher";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Publisher);
 }

@@ -20,16 +20,16 @@ use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::lifecycle::Start;
-use super::messages::{Leased, Restart};
-use super::next::Routes;
 use super::outcome::{finish, finish_split, split, step, Outbox, Outcome, Step};
-use super::shared::Shared;
 use super::split::Split;
 use crate::backend::guard::panic_message;
 use crate::error::ProcessError;
 use crate::job::Job;
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::lifecycle::Start;
+use crate::pipeline::messages::{Leased, Restart};
+use crate::pipeline::next::Routes;
+use crate::pipeline::shared::Shared;
 use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContext};
 
 /// The runtime for the async and batch processors not handed one
@@ -38,9 +38,9 @@ use crate::processor::{AsyncProcessor, BatchProcessor, ProcessorKind, TaskContex
 /// thread that keeps every lease nor the other jobs. `None` when no
 /// pipeline needs it; the `Runtime` owns it and shuts it down with itself.
 pub(crate) fn jobs_runtime(
-    pipelines: &mut [super::builder::Pipeline],
+    pipelines: &mut [crate::pipeline::builder::Pipeline],
 ) -> std::io::Result<Option<tokio::runtime::Runtime>> {
-    let needs = |p: &super::builder::Pipeline| {
+    let needs = |p: &crate::pipeline::builder::Pipeline| {
         p.runtime.is_none()
             && matches!(
                 p.processor,
@@ -189,7 +189,7 @@ impl Drop for Unfinished {
         // Running: started here and not handed on. Pending: never started
         // (taken here, so a lease queued twice is retried, not run twice;
         // one that may no longer start is given back).
-        let mut skipped = super::next::Next::none();
+        let mut skipped = crate::pipeline::next::Next::none();
         let endings: Vec<_> = self
             .leases
             .drain(..)
@@ -443,7 +443,7 @@ impl Handler<Restart> for AsyncRunner {
     }
 }
 
-impl super::supervision::Child for AsyncRunner {
+impl crate::pipeline::supervision::Child for AsyncRunner {
     const NAME: &'static str = "runner";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Processors);
 }

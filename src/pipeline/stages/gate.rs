@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 
-use super::messages::{Admit, Arrived, Restart};
-use super::next::{Next, Routes};
-use super::shared::Shared;
 use crate::idempotency::{ClaimOutcome, RecordStatus};
 use crate::lease::{Ending, Lease, LeaseState, Move};
+use crate::pipeline::messages::{Admit, Arrived, Restart};
+use crate::pipeline::next::{Next, Routes};
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 pub(crate) struct Gate {
@@ -236,7 +236,7 @@ impl Handler<Restart> for Gate {
     }
 }
 
-impl super::supervision::Child for Gate {
+impl crate::pipeline::supervision::Child for Gate {
     const NAME: &'static str = "gate";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Gate);
 }

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::next::{Next, Routes};
-use super::shared::Shared;
 use super::split::Split;
 use crate::backend::{OutgoingMessage, MAX_RECEIVED_BYTES};
 use crate::error::ProcessError;
 use crate::job::{Job, RESULT_JOB_TAG};
 use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::payload::{LargePayloads, PayloadPointer};
+use crate::pipeline::next::{Next, Routes};
+use crate::pipeline::shared::Shared;
 use crate::processor::{blocking, Output};
 use crate::stats::Stats;
 

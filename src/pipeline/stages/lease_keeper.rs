@@ -16,12 +16,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::messages::Restart;
-use super::next::Routes;
-use super::shared::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::messages::Restart;
+use crate::pipeline::next::Routes;
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 pub(crate) struct LeaseKeeper {
@@ -34,7 +34,7 @@ pub(crate) struct LeaseKeeper {
 /// not cancelled, and its deadline not passed (a lease lost or ending
 /// gives its claim up, and a late renewal must not bring it back).
 fn still_holds(lease: &Lease) -> bool {
-    lease.is_claimed() && !lease.is_cancelled() && !crate::pipeline::deadline::lapsed(lease)
+    lease.is_claimed() && !lease.is_cancelled() && !crate::pipeline::run::deadline::lapsed(lease)
 }
 
 impl LeaseKeeper {
@@ -307,7 +307,7 @@ impl Handler<Restart> for LeaseKeeper {
     }
 }
 
-impl super::supervision::Child for LeaseKeeper {
+impl crate::pipeline::supervision::Child for LeaseKeeper {
     const NAME: &'static str = "keeper";
 }
 

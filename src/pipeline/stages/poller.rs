@@ -10,14 +10,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::messages::{Arrived, Restart, ResumePolling, StopPolling};
-use super::next::{Next, Routes};
-use super::shared::Shared;
 use crate::backend::{ReceivedMessage, MAX_BATCH};
 use crate::error::BackendError;
 use crate::job::Job;
 use crate::lease::Arrival;
 use crate::lease::{Ending, Move};
+use crate::pipeline::messages::{Arrived, Restart, ResumePolling, StopPolling};
+use crate::pipeline::next::{Next, Routes};
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 pub(crate) struct Poller {
@@ -378,7 +378,7 @@ impl Handler<Restart> for Poller {
     }
 }
 
-impl super::supervision::Child for Poller {
+impl crate::pipeline::supervision::Child for Poller {
     const NAME: &'static str = "poller";
 }
 

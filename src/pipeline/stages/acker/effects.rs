@@ -68,7 +68,7 @@ impl Acker {
 
     pub(super) fn send_deletes(&mut self, batch: Vec<Delete>, ctx: &mut Context<Self>) {
         let (batch, lapsed) =
-            crate::pipeline::deadline::split_lapsed(&self.shared, batch, |d| match d {
+            crate::pipeline::run::deadline::split_lapsed(&self.shared, batch, |d| match d {
                 Delete::Job(lease) => Some(lease),
                 Delete::Copy(_) => None,
             });

@@ -21,13 +21,13 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::lifecycle::Ended;
-use super::messages::{DropCopies, Flush, Restart, Settle};
-use super::next::Routes;
-use super::shared::Shared;
 use crate::backend::MAX_BATCH;
 use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::lifecycle::Ended;
+use crate::pipeline::messages::{DropCopies, Flush, Restart, Settle};
+use crate::pipeline::next::Routes;
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 fn is_dead_lettered(lease: &Lease) -> bool {
@@ -330,7 +330,7 @@ impl Acker {
         let s = &self.shared;
         // A completion is tried however late: the job's effects are done,
         // and the record is what keeps another worker from running it.
-        let holds = step == Step::Complete || !crate::pipeline::deadline::lapsed(&lease);
+        let holds = step == Step::Complete || !crate::pipeline::run::deadline::lapsed(&lease);
         if error.is_retryable() && holds {
             let pause = SETTLE_RETRIES.delay(n);
             tracing::debug!(pipeline = %s.name, job_id = %lease.job.id, error = %error,
@@ -417,7 +417,7 @@ impl Handler<Restart> for Acker {
     }
 }
 
-impl super::supervision::Child for Acker {
+impl crate::pipeline::supervision::Child for Acker {
     const NAME: &'static str = "acker";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Acker);
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::next::Next;
-use super::shared::Shared;
 use crate::error::BackendError;
 use crate::lease::{Ending, Lease, LeaseState};
+use crate::pipeline::next::Next;
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 /// Whether a lease's deadline has passed — its visibility's, or its

@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::messages::{Probe, Processed, Restart};
-use super::next::{Next, Routes};
-use super::shared::Shared;
 use crate::backend::ObjectMeta;
 use crate::backoff::with_retries;
 use crate::job::RESULT_JOB_TAG;
 use crate::lease::{Lease, LeaseState, Move};
+use crate::pipeline::messages::{Probe, Processed, Restart};
+use crate::pipeline::next::{Next, Routes};
+use crate::pipeline::shared::Shared;
 use crate::stats::Stats;
 
 pub(crate) struct Uploader {
@@ -59,7 +59,7 @@ impl Uploader {
                     let (store, key, body, meta) =
                         (store.clone(), key.clone(), body.clone(), meta.clone());
                     let early_delete = early_delete.clone();
-                    let lost = super::deadline::gone(&held[0]);
+                    let lost = crate::pipeline::run::deadline::gone(&held[0]);
                     let (held, cancelled) = (&held, &cancelled);
                     async move {
                         // No retry after the lease was lost or lapsed.
@@ -70,7 +70,7 @@ impl Uploader {
                             let _ = queue.delete_batch(&[handle]).await;
                         }
                         let put = store.blobs.put(&store.bucket, &key, body, meta);
-                        super::deadline::within(held, cancelled, put).await
+                        crate::pipeline::run::deadline::within(held, cancelled, put).await
                     }
                 })
                 .await
@@ -88,7 +88,8 @@ impl Uploader {
                     }
                     Err(_) if s.lost_before(&lease, "storing the result", &mut next) => {}
                     Err(e) => {
-                        let ending = super::lifecycle::effect_failed("storing the result", &e);
+                        let ending =
+                            crate::pipeline::lifecycle::effect_failed("storing the result", &e);
                         next = s.settle_one(lease, ending);
                     }
                 }
@@ -182,7 +183,7 @@ impl Handler<Restart> for Uploader {
     }
 }
 
-impl super::supervision::Child for Uploader {
+impl crate::pipeline::supervision::Child for Uploader {
     const NAME: &'static str = "uploader";
     const OWNS: Option<crate::lease::Owner> = Some(crate::lease::Owner::Uploader);
 }
