@@ -2,7 +2,9 @@
 //! lease lifecycle, flow control and supervision; beside them its name,
 //! settings and processor. Nothing an actor must not lose lives in the
 //! actor. The rooms' behaviour lives with the actor or step that owns it
-//! (`lifecycle`, `deadline`, `supervisor`); this module holds the state.
+//! (`lifecycle`, `deadline`, `supervisor`). The lease lifecycle's room
+//! (`lifecycle::Life`) keeps its parts private to the steps that change it;
+//! this module holds the other rooms' state.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,12 +14,13 @@ use tokio::sync::Notify;
 
 use super::builder::{self, Pipeline, ResultStore};
 use super::health::HealthState;
+use super::lifecycle::life::Life;
 use crate::backend::dependencies::Dependencies;
 use crate::backend::guard::Guard;
 use crate::backend::{Queue, Topic};
 use crate::config::PipelineConfig;
 use crate::idempotency::IdempotencyStore;
-use crate::lease::{Lease, LeaseTable, SeenCache};
+use crate::lease::Lease;
 use crate::processor::ProcessorKind;
 use crate::stats::Stats;
 
@@ -56,20 +59,6 @@ pub(crate) struct Sinks {
     pub(crate) reader: Arc<crate::processor::Reader>,
     /// The idempotency store, when the pipeline has one.
     pub(crate) store: Option<Arc<dyn IdempotencyStore>>,
-}
-
-/// The lease lifecycle's state (changed through `lifecycle`).
-pub(crate) struct Life {
-    pub(crate) leases: LeaseTable,
-    pub(crate) seen: SeenCache,
-    /// FIFO sources: each message group's running and waiting leases.
-    pub(crate) groups: Option<crate::lease::Groups>,
-    /// Leases in the Settling state.
-    pub(crate) settling: AtomicUsize,
-    /// This process's claim owner prefix (host, pid, random).
-    owner: String,
-    /// Each job's own failed attempts in this process.
-    pub(crate) attempts: crate::attempts::Attempts,
 }
 
 /// Flow control between the poller and the processors.
@@ -117,11 +106,7 @@ impl Shared {
             blobs: g.blobs(r.blobs),
             ..r
         });
-        let groups = p
-            .source
-            .as_ref()
-            .is_some_and(|q| q.is_fifo())
-            .then(crate::lease::Groups::default);
+        let fifo = p.source.as_ref().is_some_and(|q| q.is_fifo());
         Arc::new(Self {
             name: Arc::from(p.name.as_str()),
             processor: p.layers.wrap(p.processor.expect("checked")),
@@ -143,19 +128,7 @@ impl Shared {
                 }),
                 store: p.store.map(|s| g.store(s)),
             },
-            life: Life {
-                leases: LeaseTable::default(),
-                seen: SeenCache::new(config.seen_ttl, config.seen_capacity),
-                groups,
-                settling: AtomicUsize::new(0),
-                owner: owner_prefix(),
-                attempts: crate::attempts::Attempts::new(
-                    config.seen_capacity,
-                    config
-                        .seen_ttl
-                        .max(config.retry_backoff_max * (config.max_receives + 1)),
-                ),
-            },
+            life: Life::new(&config, fifo),
             flow: Flow {
                 capacity: Notify::new(),
                 receives_in_flight: AtomicUsize::new(0),
@@ -176,15 +149,14 @@ impl Shared {
 
     /// Whether new leases pass the gate (FIFO order or claims) before running.
     pub(crate) fn gated(&self) -> bool {
-        self.life.groups.is_some() || self.sinks.store.is_some()
+        self.life.groups().is_some() || self.sinks.store.is_some()
     }
 
     /// Leases received but not able to start yet: pending, less those
     /// waiting behind their FIFO group's running job (they wait on the
     /// group, not on a processor, so they do not fill the prefetch window).
     pub(crate) fn ready_pending(&self) -> usize {
-        let waiting = self.life.groups.as_ref().map_or(0, |g| g.waiting());
-        self.life.leases.pending().saturating_sub(waiting)
+        self.life.ready_pending()
     }
 
     /// The store key of a lease's job.
@@ -205,7 +177,7 @@ impl Shared {
 
     /// The claim owner of one attempt: this process and the lease.
     pub(crate) fn owner(&self, lease: &Lease) -> String {
-        format!("{}/{}", self.life.owner, lease.id)
+        self.life.owner(lease)
     }
 
     /// One idempotency-store call per lease, `call(store, key, owner)`, run
@@ -229,7 +201,7 @@ impl Shared {
 
     /// Leases held now.
     pub(crate) fn leases_held(&self) -> usize {
-        self.life.leases.len()
+        self.life.held()
     }
 
     /// Receives under way now.
@@ -244,7 +216,7 @@ impl Shared {
 
     /// Sets the in-flight gauge to the leases held now.
     pub(crate) fn leases_changed(&self) {
-        self.stats.in_flight.set(self.life.leases.len() as f64);
+        self.stats.in_flight.set(self.life.held() as f64);
     }
 
     /// `n` jobs left the prefetch window (started, or resumed without
@@ -261,7 +233,7 @@ impl Shared {
     /// more: then no other job can join a batch, and waiting for one only
     /// adds latency.
     pub(crate) fn nothing_else_in_flight(&self, waiting: usize) -> bool {
-        self.life.leases.len() <= self.life.settling.load(Ordering::Acquire) + waiting
+        self.life.held() <= self.life.settling() + waiting
     }
 
     pub(crate) fn is_escalated(&self) -> bool {
@@ -287,15 +259,4 @@ impl Shared {
     pub(crate) fn halted(&self) -> bool {
         self.care.halted.load(Ordering::Acquire)
     }
-}
-
-/// A claim owner prefix unique to this process: host, pid and a random part
-/// (a pid is reused across instances and restarts).
-fn owner_prefix() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!(
-        "{host}:{}:{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
 }

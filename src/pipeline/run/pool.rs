@@ -125,7 +125,7 @@ impl actix::Supervised for ProcessorPool {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // A handler that died mid-batch may not have queued every lease:
         // queue every pending one again (a worker skips one already taken).
-        for lease in self.shared.life.leases.in_state(LeaseState::Pending) {
+        for lease in self.shared.life.in_state(LeaseState::Pending) {
             let _ = self.tx.send(lease);
         }
     }

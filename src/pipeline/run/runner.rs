@@ -274,7 +274,7 @@ impl Tasks {
         self.running.fetch_add(1, Ordering::AcqRel);
         let span = lease.job.span(&s.name);
         let began = Instant::now();
-        let cancel = s.life.leases.cancel_handle(&lease);
+        let cancel = s.life.cancel_handle(&lease);
         let ctx = TaskContext {
             reader: s.sinks.reader.clone(),
             cancels: Arc::from([cancel.clone()]),
@@ -352,10 +352,7 @@ impl Tasks {
         self.running.fetch_add(n, Ordering::AcqRel);
         let ctx = TaskContext {
             reader: s.sinks.reader.clone(),
-            cancels: leases
-                .iter()
-                .map(|l| s.life.leases.cancel_handle(l))
-                .collect(),
+            cancels: leases.iter().map(|l| s.life.cancel_handle(l)).collect(),
         };
         let span = tracing::info_span!("batch", pipeline = %s.name, jobs = n);
         // Once every lease of the batch is lost the batch's future is
@@ -430,7 +427,7 @@ impl actix::Supervised for AsyncRunner {
         // spawned lives on (and a lease queued twice starts once).
         self.timer = None;
         self.waiting.clear();
-        let pending = self.task.shared.life.leases.in_state(LeaseState::Pending);
+        let pending = self.task.shared.life.in_state(LeaseState::Pending);
         self.accept(pending, ctx);
     }
 }

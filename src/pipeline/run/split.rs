@@ -155,10 +155,7 @@ impl Shared {
             None => parts,
         };
         let lost = || BackendError::transient("the lease was lost while the parts were sent");
-        let (held, signal) = (
-            std::slice::from_ref(lease),
-            self.life.leases.cancel_signal(),
-        );
+        let (held, signal) = (std::slice::from_ref(lease), self.life.cancel_signal());
         for range in crate::backend::batches(&parts) {
             let mut pending = parts[range].to_vec();
             let mut attempt = 1;

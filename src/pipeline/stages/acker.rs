@@ -105,15 +105,15 @@ impl Acker {
             Some(Ending::Delete { .. }) if lease.is_claimed() => self.completing.push(lease),
             Some(Ending::Delete { .. }) => self.deletes.push(Delete::Job(lease)),
             Some(Ending::Retry { reason, .. })
-                if self.shared.life.attempts.of(&lease.job.id) >= cfg.max_receives =>
+                if self.shared.life.attempts_of(&lease.job.id) >= cfg.max_receives =>
             {
-                let n = self.shared.life.attempts.of(&lease.job.id);
+                let n = self.shared.life.attempts_of(&lease.job.id);
                 let reason = format!("failed on all {n} attempts; last error: {reason}");
                 lease.set_ending(Ending::DeadLetter { reason });
                 self.dead.push(lease);
             }
             Some(Ending::Retry { reason, .. }) => {
-                let attempts = self.shared.life.attempts.of(&lease.job.id);
+                let attempts = self.shared.life.attempts_of(&lease.job.id);
                 let after = self.visibility_of(&lease);
                 tracing::info!(pipeline = %self.shared.name, job_id = %lease.job.id,
                     attempts, retry_in_ms = after.as_millis() as u64,
@@ -143,7 +143,7 @@ impl Acker {
         let cfg = &self.shared.config;
         match lease.ending() {
             Some(Ending::Retry { after, .. }) => after.unwrap_or_else(|| {
-                cfg.retry_backoff(self.shared.life.attempts.of(&lease.job.id).max(1))
+                cfg.retry_backoff(self.shared.life.attempts_of(&lease.job.id).max(1))
             }),
             Some(Ending::Wait { after, .. }) => after.unwrap_or_else(|| {
                 let deps = &self.shared.care.dependencies;
@@ -397,12 +397,7 @@ impl actix::Supervised for Acker {
         self.parked.clear();
         self.timer = None;
         self.outstanding = 0;
-        for lease in self
-            .shared
-            .life
-            .leases
-            .restart_owner(&[LeaseState::Settling])
-        {
+        for lease in self.shared.life.restart_owner(&[LeaseState::Settling]) {
             self.accept(lease);
         }
         self.schedule(ctx);

@@ -122,7 +122,7 @@ impl Gate {
                 Ok(None) => {
                     // Its entry is in the dead-letter queue already.
                     s.jobs_started(1);
-                    s.life.seen.dead_lettered(&lease.job.message_id);
+                    s.life.mark_dead_lettered(&lease.job.message_id);
                     Stats::inc(&s.stats.duplicates_dropped);
                     tracing::info!(pipeline = %s.name, job_id = %lease.job.id,
                         "message dead-lettered by another worker: deleting unprocessed");
@@ -192,7 +192,7 @@ impl Gate {
             .into_iter()
             .filter(|l| l.state() == LeaseState::Gated && l.take_in())
             .collect();
-        match &self.shared.life.groups {
+        match self.shared.life.groups() {
             Some(groups) => groups.admit(leases),
             None => leases,
         }
@@ -211,8 +211,8 @@ impl actix::Supervised for Gate {
         let s = self.shared.clone();
         let mut again = Vec::new();
         let mut fresh = Vec::new();
-        for l in s.life.leases.restart_owner(&[LeaseState::Gated]) {
-            match &s.life.groups {
+        for l in s.life.restart_owner(&[LeaseState::Gated]) {
+            match s.life.groups() {
                 Some(g) if g.is_waiting(&l) => {
                     l.take_in();
                 }

@@ -52,7 +52,7 @@ impl LeaseKeeper {
         let s = &self.shared;
         // The table's clock, which says how long each lease has been in its
         // state (a job's running time at its maximum age, below).
-        s.life.leases.tick();
+        s.life.tick();
         let now = Instant::now();
         let visibility = s.config.visibility_timeout;
         // Extend once half has passed; each try has a quarter: two fit
@@ -60,7 +60,7 @@ impl LeaseKeeper {
         let margin = visibility / 2;
         let mut due = Vec::new();
         let mut expired = Vec::new();
-        for lease in s.life.leases.all() {
+        for lease in s.life.all() {
             let state = lease.state();
             // An extension landing after a give-back would hide the
             // message again: a lease being given back is not extended.
@@ -115,7 +115,7 @@ impl LeaseKeeper {
                 tracing::warn!(pipeline = %s.name, job_id = %lease.job.id, limit,
                     "lease reached its maximum age: job cancelled, message given back");
                 Stats::inc(&s.stats.leases_lost);
-                s.life.leases.cancel(&lease);
+                s.life.cancel(&lease);
                 let ending = s.past_max_age(&lease, limit);
                 settle.push((lease, ending));
             }
@@ -253,7 +253,7 @@ impl LeaseKeeper {
                                     "idempotency claim lost: job cancelled before its effects");
                         Stats::inc(&s.stats.claims_lost);
                         lease.take_claim();
-                        s.life.leases.cancel(&lease);
+                        s.life.cancel(&lease);
                         lost.push((lease, Ending::Release));
                     }
                     Ok(false) => {}
@@ -270,7 +270,7 @@ impl LeaseKeeper {
                             "renewing the idempotency claim failed: job cancelled before its effects");
                         Stats::inc(&s.stats.claims_lost);
                         lease.take_claim();
-                        s.life.leases.cancel(&lease);
+                        s.life.cancel(&lease);
                         lost.push((lease, Ending::Release));
                     }
                     Err(_) => {}
@@ -293,7 +293,7 @@ impl Actor for LeaseKeeper {
 impl actix::Supervised for LeaseKeeper {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Extensions in flight were dropped: none is under way any more.
-        for lease in self.shared.life.leases.all() {
+        for lease in self.shared.life.all() {
             lease.end_extend();
         }
     }

@@ -93,7 +93,7 @@ impl Poller {
     /// message groups atomically across concurrent receives (moto, for one)
     /// cannot hand two of a group's messages to two receives at once.
     fn receive_slots(&self) -> usize {
-        if self.shared.life.groups.is_some() {
+        if self.shared.life.groups().is_some() {
             1
         } else {
             self.shared.config.receive_concurrency
@@ -106,9 +106,8 @@ impl Poller {
         let prefetch = self.prefetch_limit();
         let cfg = &self.shared.config;
         let coming = self.active.len() * MAX_BATCH;
-        let leases = &self.shared.life.leases;
         cfg.max_in_flight
-            .saturating_sub(leases.len() + coming)
+            .saturating_sub(self.shared.leases_held() + coming)
             .min(prefetch.saturating_sub(self.shared.ready_pending() + coming))
     }
 
@@ -256,10 +255,9 @@ impl Poller {
             let k = id.key();
             // The job moves into the new lease, or stays here for a copy.
             let mut job = Some(job);
-            let claim = s.life.seen.arrive_key(k, || {
+            let claim = s.life.arrive(k, visible_until, now, || {
                 let h = handle.take().expect("taken once");
-                let job = job.take().expect("taken once");
-                s.life.leases.insert_at(job, h, visible_until, now, k)
+                (job.take().expect("taken once"), h)
             });
             match claim {
                 Arrival::InFlight(lease) => {
@@ -287,7 +285,7 @@ impl Poller {
                     let behind = group.is_some_and(|g| held_back.contains(&g));
                     if self.stopped || s.is_escalated() || behind {
                         settle.push((lease, Ending::Release));
-                    } else if s.life.seen.was_dead_lettered(&lease.job.message_id) {
+                    } else if s.life.was_dead_lettered(&lease.job.message_id) {
                         // Its entry is in the dead-letter queue already.
                         settle.push((
                             lease,

@@ -202,7 +202,7 @@ impl actix::Supervised for Publisher {
         // Batches in flight were dropped: announce every Stored lease again.
         self.timer = None;
         self.waiting.clear();
-        let stored = self.shared.life.leases.restart_owner(&[LeaseState::Stored]);
+        let stored = self.shared.life.restart_owner(&[LeaseState::Stored]);
         self.waiting
             .extend(stored.into_iter().filter(|l| l.take_in()));
         self.flush(false, ctx);

@@ -66,7 +66,7 @@ impl Shared {
     /// The pipeline's health now.
     pub(crate) fn health_report(&self) -> PipelineHealth {
         let mut counts: HashMap<LeaseState, usize> = HashMap::new();
-        for l in self.life.leases.all() {
+        for l in self.life.all() {
             *counts.entry(l.state()).or_default() += 1;
         }
         let mut states: Vec<_> = counts.into_iter().collect();
@@ -90,7 +90,7 @@ impl Shared {
             },
             reason: self.care.health.reason(),
             escalations: self.care.health.escalations(),
-            leases: self.life.leases.len(),
+            leases: self.life.held(),
             stalled_leases: stalled,
             states: states.into_iter().map(|(s, n)| (s.name(), n)).collect(),
             degraded,
@@ -137,20 +137,20 @@ impl PipelineSupervisor {
     /// Looks for leases an actor lost track of, and restarts that actor.
     fn watch(&mut self) {
         let s = &self.shared;
-        s.life.leases.tick();
+        s.life.tick();
         if s.shutting_down() {
             return;
         }
         let limit = s.config.stall_timeout;
         let mut stalled: HashMap<Owner, usize> = HashMap::new();
         let mut n = 0;
-        for lease in s.life.leases.all() {
+        for lease in s.life.all() {
             let owner = lease.state().owner();
             // A running job is its thread's or task's (stuck code is the
             // pool's to watch); a lease waiting behind its FIFO group is
             // the group's, which moves on when the one ahead settles.
-            let waiting = owner == Owner::Gate
-                && s.life.groups.as_ref().is_some_and(|g| g.is_waiting(&lease));
+            let waiting =
+                owner == Owner::Gate && s.life.groups().is_some_and(|g| g.is_waiting(&lease));
             if matches!(owner, Owner::Job | Owner::Nobody) || waiting {
                 continue;
             }

@@ -50,7 +50,7 @@ impl Uploader {
         let body = output.body;
         let key = store.key(&lease.job.id);
         let held = [lease.clone()];
-        let cancelled = s.life.leases.cancel_signal();
+        let cancelled = s.life.cancel_signal();
         let early_delete = crate::sabotage::on(crate::sabotage::Sabotage::DeleteBeforeUpload)
             .then(|| (s.sinks.source.clone(), lease.handle()));
         ctx.spawn(
@@ -166,10 +166,10 @@ impl actix::Supervised for Uploader {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // The calls in flight were dropped: do them again.
         let s = self.shared.clone();
-        for lease in s.life.leases.restart_owner(&[LeaseState::Processed]) {
+        for lease in s.life.restart_owner(&[LeaseState::Processed]) {
             self.upload(lease, ctx);
         }
-        for lease in s.life.leases.restart_owner(&[LeaseState::Probing]) {
+        for lease in s.life.restart_owner(&[LeaseState::Probing]) {
             self.probe(lease, ctx);
         }
     }

@@ -141,7 +141,7 @@ impl Acker {
             for (lease, r) in batch.into_iter().zip(results) {
                 match r {
                     Ok(ClaimOutcome::Completed) => {
-                        s.life.seen.dead_lettered(&lease.job.message_id);
+                        s.life.mark_dead_lettered(&lease.job.message_id);
                         lease.set_ending(Ending::Delete {
                             dead_lettered: true,
                         });
@@ -201,7 +201,7 @@ impl Acker {
                     lease.set_ending(Ending::Delete {
                         dead_lettered: true,
                     });
-                    s.life.seen.dead_lettered(&lease.job.message_id);
+                    s.life.mark_dead_lettered(&lease.job.message_id);
                     sent.push(lease.clone());
                     Stats::inc(&s.stats.dead_lettered);
                     if let Some(Ending::DeadLetter { reason }) = ending {

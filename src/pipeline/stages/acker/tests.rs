@@ -60,7 +60,7 @@ fn message(id: &str, body: &str, receive_count: u32) -> ReceivedMessage {
 }
 
 fn lease_of(a: &Acker, m: ReceivedMessage) -> Arc<Lease> {
-    a.shared.life.leases.insert(
+    a.shared.life.table().insert(
         Job::from_message(m),
         "h".into(),
         tokio::time::Instant::now(),
@@ -121,7 +121,7 @@ async fn each_ending_goes_to_its_buffer_once() {
     for _ in 0..3 {
         a.shared
             .life
-            .attempts
+            .attempts()
             .failed(&crate::job::JobId::new("j"), "m", 1);
     }
     let last = settling(&a, 3, retry(None));
@@ -209,7 +209,7 @@ async fn the_visibility_set_is_the_endings() {
     for _ in 0..2 {
         a.shared
             .life
-            .attempts
+            .attempts()
             .failed(&crate::job::JobId::new("j"), "m", 1);
     }
     assert_eq!(
@@ -241,11 +241,11 @@ async fn a_failed_entry_waits_its_own_pause_unless_permanent_or_lapsed() {
     // Settling leases held for the next minute.
     let held = |a: &Acker| {
         let until = tokio::time::Instant::now() + Duration::from_secs(60);
-        let l =
-            a.shared
-                .life
-                .leases
-                .insert(Job::from_message(message("j", "b", 1)), "h".into(), until);
+        let l = a.shared.life.table().insert(
+            Job::from_message(message("j", "b", 1)),
+            "h".into(),
+            until,
+        );
         assert!(l.begin_settling(Ending::Release));
         l
     };
@@ -445,9 +445,9 @@ fn a_lease_past_its_deadline_before_its_job_started_is_given_back() {
     assert_eq!(next.settle.len(), 1);
     assert_eq!(late.state(), LeaseState::Settling);
     assert!(matches!(late.ending(), Some(Ending::Release)));
-    assert_eq!(s.life.attempts.of(&late.job.id), 0, "nothing charged");
+    assert_eq!(s.life.attempts_of(&late.job.id), 0, "nothing charged");
 
-    let in_time = s.life.leases.insert(
+    let in_time = s.life.table().insert(
         Job::from_message(message("in-time", "b", 1)),
         "h2".into(),
         tokio::time::Instant::now() + Duration::from_secs(30),
@@ -461,7 +461,7 @@ fn a_lease_past_its_deadline_before_its_job_started_is_given_back() {
     assert_eq!(in_time.state(), LeaseState::Running);
 
     let cancelled = lease_of(&a, message("cancelled", "b", 1));
-    s.life.leases.cancel(&cancelled);
+    s.life.cancel(&cancelled);
     let Start::Not(none) = s.start_job(&cancelled) else {
         panic!("a cancelled lease started")
     };

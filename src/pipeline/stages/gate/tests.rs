@@ -151,7 +151,7 @@ mod actor {
         while out.len() < n {
             for m in q.receive(10, Duration::ZERO, vis).await.unwrap() {
                 let handle = m.receipt_handle.clone();
-                let l = shared.life.leases.insert(
+                let l = shared.life.table().insert(
                     Job::from_message(m),
                     handle,
                     tokio::time::Instant::now() + vis,
@@ -177,7 +177,7 @@ mod actor {
             let (q, shared, routes) = fifo(&[("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1")]);
             let leases = gated(&shared, q.as_ref(), 4).await;
             let [a1, a2, a3, b1] = <[_; 4]>::try_from(leases).ok().unwrap();
-            let groups = shared.life.groups.as_ref().unwrap();
+            let groups = shared.life.groups().unwrap();
             let go = groups.admit(vec![a1.clone(), a2.clone(), a3.clone(), b1.clone()]);
             assert_eq!(go.len(), 2);
             // Nothing is gone yet: repair changes nothing.
@@ -185,21 +185,21 @@ mod actor {
             assert_eq!(groups.waiting(), 2);
             assert!(groups.is_running(&a1) && groups.is_running(&b1));
             // a1 leaves the table without its group hearing of it.
-            assert!(shared.life.leases.remove(&a1));
+            assert!(shared.life.table().remove(&a1));
             routes.send(shared.repair_groups());
             assert_eq!(groups.waiting(), 0);
             assert!(!groups.is_waiting(&a2) && !groups.is_waiting(&a3));
             // b's running lease is held: b stays as it was.
             assert!(groups.is_running(&b1));
-            let b2 = lease(&shared.life.leases, "b", 2);
+            let b2 = lease(shared.life.table(), "b", 2);
             assert!(
                 groups.admit(vec![b2.clone()]).is_empty(),
                 "b2 ran beside b1"
             );
             // a2 and a3 go back to the queue, visible again, in order.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            assert!(!shared.life.leases.contains(a2.id));
-            assert!(!shared.life.leases.contains(a3.id));
+            assert!(!shared.life.table().contains(a2.id));
+            assert!(!shared.life.table().contains(a3.id));
             assert_eq!(q.depth_now().in_flight, 2, "a1 (never settled) and b1");
             assert_eq!(shared.stats.snapshot().released, 2);
             assert!(q
@@ -214,7 +214,7 @@ mod actor {
             let bodies: Vec<_> = again.iter().map(|m| m.body.as_str()).collect();
             assert_eq!(bodies, ["a1", "a2", "a3"]);
             // Group a is free: its next lease runs at once.
-            let a4 = lease(&shared.life.leases, "a", 4);
+            let a4 = lease(shared.life.table(), "a", 4);
             assert_eq!(groups.admit(vec![a4]).len(), 1);
         });
     }
@@ -233,7 +233,7 @@ mod actor {
                 states(&leases),
                 [LeaseState::Pending, LeaseState::Gated, LeaseState::Pending]
             );
-            let groups = shared.life.groups.as_ref().unwrap();
+            let groups = shared.life.groups().unwrap();
             assert_eq!(groups.waiting(), 1);
             // The same leases arriving again are not taken in twice.
             gate.send(Arrived(leases.clone())).await.unwrap();
@@ -308,7 +308,7 @@ mod actor {
             let (q, shared, _) = fifo(&[("a", "a1"), ("a", "a2"), ("c", "c1")]);
             let leases = gated(&shared, q.as_ref(), 3).await;
             let [a1, a2, c1] = <[_; 3]>::try_from(leases).ok().unwrap();
-            let groups = shared.life.groups.as_ref().unwrap();
+            let groups = shared.life.groups().unwrap();
             // The gate took a1 and a2 in and had not routed a1 yet when
             // it stopped; c1's `Arrived` was never handled.
             assert_eq!(groups.admit(vec![a1.clone(), a2.clone()]).len(), 1);

@@ -35,12 +35,11 @@ async fn lease_all(shared: &Shared, q: &dyn Queue, n: usize) -> Vec<Arc<Lease>> 
     while out.len() < n {
         for m in q.receive(10, Duration::ZERO, vis).await.unwrap() {
             let handle = m.receipt_handle.clone();
-            out.push(
-                shared
-                    .life
-                    .leases
-                    .insert(Job::from_message(m), handle, Instant::now() + vis),
-            );
+            out.push(shared.life.table().insert(
+                Job::from_message(m),
+                handle,
+                Instant::now() + vis,
+            ));
         }
     }
     out
@@ -141,7 +140,7 @@ fn leases_are_extended_in_batches_then_released_at_the_maximum_age() {
         // Past the maximum age the jobs are cancelled and the messages released.
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(q.depth_now().visible, 12);
-        assert_eq!(shared.life.leases.len(), 0);
+        assert_eq!(shared.life.table().len(), 0);
         assert_eq!(shared.stats.snapshot().leases_lost, 12);
     });
 }
@@ -161,7 +160,7 @@ fn a_lease_taken_by_another_reader_is_cancelled_before_any_effect() {
         assert_eq!(theirs.len(), 1);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(lease.is_cancelled(), "the job must stop before its effects");
-        assert_eq!(shared.life.leases.len(), 0);
+        assert_eq!(shared.life.table().len(), 0);
         assert_eq!(shared.stats.snapshot().leases_lost, 1);
         // The other reader's lease is untouched.
         assert_eq!(q.depth_now().in_flight, 1);
@@ -393,7 +392,7 @@ fn settling_leases_are_extended_unless_given_back() {
         // The released one's visibility ran out; the other is held.
         let depth = q.depth_now();
         assert_eq!((depth.visible, depth.in_flight), (1, 1));
-        assert_eq!(shared.life.leases.len(), 2, "the keeper ended one");
+        assert_eq!(shared.life.table().len(), 2, "the keeper ended one");
         assert!(!deleting.is_cancelled() && !releasing.is_cancelled());
         assert_eq!(shared.stats.snapshot().leases_lost, 0);
     });
@@ -409,10 +408,10 @@ fn a_lease_whose_extensions_hang_is_lost_at_its_deadline() {
         crate::pipeline::start_keeper_only(shared.clone());
         tokio::time::sleep(Duration::from_millis(29_900)).await;
         assert!(!lease.is_cancelled());
-        assert_eq!(shared.life.leases.len(), 1);
+        assert_eq!(shared.life.table().len(), 1);
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(lease.is_cancelled(), "held past its deadline");
-        assert_eq!(shared.life.leases.len(), 0);
+        assert_eq!(shared.life.table().len(), 0);
         assert_eq!(shared.stats.snapshot().leases_lost, 1);
     });
 }
@@ -466,7 +465,7 @@ fn a_refused_handle_that_was_replaced_meanwhile_loses_nothing() {
         gate.open();
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!lease.is_cancelled(), "lost over a handle it gave up");
-        assert_eq!(shared.life.leases.len(), 1);
+        assert_eq!(shared.life.table().len(), 1);
         assert_eq!(q.depth_now().visible, 0);
     });
 }
@@ -480,7 +479,7 @@ fn a_leases_other_message_is_kept_hidden_with_it() {
         let other = leases.pop().unwrap();
         let lease = leases.pop().unwrap();
         let (handle, until) = other.handle_and_deadline();
-        shared.life.leases.remove(&other);
+        shared.life.table().remove(&other);
         lease.merge(&other.job.message_id, handle, until);
         crate::pipeline::start_keeper_only(shared.clone());
         tokio::time::sleep(Duration::from_secs(120)).await;

@@ -34,7 +34,7 @@ async fn leased_by_hand(
         .remove(0);
     let running = crate::pipeline::start(shared.clone());
     let handle = m.receipt_handle.clone();
-    let lease = shared.life.leases.insert(
+    let lease = shared.life.table().insert(
         Job::from_message(m),
         handle,
         tokio::time::Instant::now() + Duration::from_secs(30),
@@ -78,7 +78,7 @@ async fn lost_track() {
         lease.put_in(to);
     }
     let done = crate::testkit::wait_until(Duration::from_secs(10), || {
-        q.depth_now().total() == 0 && shared.life.leases.is_empty()
+        q.depth_now().total() == 0 && shared.life.table().is_empty()
     })
     .await;
     let stats = shared.stats.snapshot();
@@ -126,7 +126,7 @@ async fn lost_settling() {
         .settle;
     assert_eq!(moved.len(), 1);
     let done = crate::testkit::wait_until(Duration::from_secs(10), || {
-        q.depth_now().total() == 0 && shared.life.leases.is_empty()
+        q.depth_now().total() == 0 && shared.life.table().is_empty()
     })
     .await;
     let stats = shared.stats.snapshot();

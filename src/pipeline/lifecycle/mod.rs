@@ -4,6 +4,11 @@
 //! table, the FIFO group, the idempotency claim, the cancel flag and the
 //! counters change together and nowhere else. Each returns what must happen
 //! next ([`Next`]) for its caller to route; none sends.
+//!
+//! The room these steps change ([`Life`], in `life`) keeps its parts
+//! private to this module: the other actors read it, and take in, cancel or
+//! find leases, through its methods; only the steps here add to or end
+//! what it holds.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +17,8 @@ use super::next::Next;
 use super::shared::Shared;
 use crate::lease::{Ending, Lease, LeaseState, Move};
 use crate::stats::Stats;
+
+pub(crate) mod life;
 
 /// How a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
