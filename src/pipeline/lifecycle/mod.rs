@@ -166,15 +166,26 @@ impl Shared {
         if lease.try_start() {
             return Start::Started;
         }
-        // From Pending only: one another worker started meanwhile is its.
-        if !lease.is_cancelled() && self.to_acker(lease, Some(LeaseState::Pending), Ending::Release)
-        {
-            let next = Next::settle(vec![lease.clone()]);
+        if lease.is_cancelled() {
+            return Start::Not(Next::none());
+        }
+        let next = self.give_back_unstarted(lease);
+        if !next.settle.is_empty() {
             tracing::debug!(pipeline = %self.name, job_id = %lease.job.id,
                 "lease past its deadline before its job started: given back");
-            return Start::Not(next);
         }
-        Start::Not(Next::none())
+        Start::Not(next)
+    }
+
+    /// Gives a lease whose job never started back to the queue, charging
+    /// the job nothing: it did not run. From Pending only, so a lease a
+    /// worker started meanwhile stays that worker's.
+    pub(crate) fn give_back_unstarted(&self, lease: &Arc<Lease>) -> Next {
+        if self.to_acker(lease, Some(LeaseState::Pending), Ending::Release) {
+            Next::settle(vec![lease.clone()])
+        } else {
+            Next::none()
+        }
     }
 
     /// Stored leases go to the publisher, or are settled as done when the

@@ -8,7 +8,8 @@
 //! Pending until the task has a permit and Running while it works. A lost
 //! lease drops the job's future before any effect (a batch's, once every
 //! lease in it is lost); a panic anywhere in the task, or the task dropped
-//! unfinished, retries its jobs.
+//! unfinished, retries the jobs it started and gives back, uncharged, those
+//! it had not.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -186,34 +187,28 @@ impl Drop for Unfinished {
             return;
         }
         let s = &self.tasks.shared;
-        // Running: started here and not handed on. Pending: never started
-        // (taken here, so a lease queued twice is retried, not run twice;
-        // one that may no longer start is given back).
+        // Running: started here and not handed on; its run is lost, and
+        // retried. Pending: never started, so given back uncharged (from
+        // Pending only, so a lease queued twice and started by another
+        // task is that task's).
         let mut skipped = crate::pipeline::next::Next::none();
-        let endings: Vec<_> = self
-            .leases
-            .drain(..)
-            .filter(|l| {
-                l.state() == LeaseState::Running
-                    || match s.start_job(l) {
-                        Start::Started => true,
-                        Start::Not(next) => {
-                            skipped.add(next);
-                            false
-                        }
-                    }
-            })
-            .map(|l| {
-                let reason = self.why.clone();
-                (
-                    l,
-                    Ending::Retry {
-                        reason,
-                        after: None,
-                    },
-                )
-            })
-            .collect();
+        let mut endings = Vec::new();
+        for l in self.leases.drain(..) {
+            match l.state() {
+                LeaseState::Running => {
+                    let reason = self.why.clone();
+                    endings.push((
+                        l,
+                        Ending::Retry {
+                            reason,
+                            after: None,
+                        },
+                    ));
+                }
+                LeaseState::Pending => skipped.add(s.give_back_unstarted(&l)),
+                _ => {}
+            }
+        }
         self.tasks.outbox.hand_on(skipped);
         if endings.is_empty() {
             return;
@@ -452,3 +447,6 @@ impl Handler<Leased> for AsyncRunner {
         self.accept(msg.0, ctx);
     }
 }
+
+#[cfg(test)]
+mod tests;
