@@ -7,9 +7,10 @@
 //! A task holds nothing a restart would lose: it owns its lease, which is
 //! Pending until the task has a permit and Running while it works. A lost
 //! lease drops the job's future before any effect (a batch's, once every
-//! lease in it is lost); a panic anywhere in the task, or the task dropped
-//! unfinished, retries the jobs it started and gives back, uncharged, those
-//! it had not.
+//! lease in it is lost); a panic anywhere in the task retries the jobs it
+//! started, a task dropped unfinished (its runtime shut down) gives them
+//! back uncharged, and either gives back, uncharged, those it had not
+//! started.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,8 +114,10 @@ impl AsyncRunner {
                         if t.halted() {
                             return;
                         }
-                        t.guarded(vec![lease.clone()], t.run_one(p, lease.clone()))
-                            .await;
+                        t.guarded(vec![lease.clone()], |here| {
+                            t.run_one(p, lease.clone(), here)
+                        })
+                        .await;
                     });
                 }
             }
@@ -159,7 +162,8 @@ impl AsyncRunner {
             if t.halted() {
                 return;
             }
-            t.guarded(batch.clone(), t.run_batch(p, batch)).await;
+            t.guarded(batch.clone(), |here| t.run_batch(p, batch, here))
+                .await;
         });
     }
 }
@@ -173,12 +177,34 @@ impl Tasks {
     }
 }
 
-/// A task's jobs, retried when it ends without finishing them (see
+/// The leases a task started itself: only those are its to retry (a lease
+/// queued again after a restart may be started by another task).
+#[derive(Clone, Default)]
+struct StartedHere(Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl StartedHere {
+    /// Starts a lease's job ([`Shared::start_job`]), noting it if it did.
+    fn start(&self, s: &Shared, lease: &Arc<Lease>) -> Start {
+        let start = s.start_job(lease);
+        if matches!(start, Start::Started) {
+            self.0.lock().expect("started lock").push(lease.id);
+        }
+        start
+    }
+
+    fn contains(&self, lease: &Lease) -> bool {
+        self.0.lock().expect("started lock").contains(&lease.id)
+    }
+}
+
+/// A task's jobs, settled when it ends without finishing them (see
 /// [`Tasks::guarded`]).
 struct Unfinished {
     tasks: Arc<Tasks>,
     leases: Vec<Arc<Lease>>,
-    why: String,
+    here: StartedHere,
+    /// What escaped the task, if it panicked; `None`: it was dropped.
+    panicked: Option<String>,
 }
 
 impl Drop for Unfinished {
@@ -187,23 +213,25 @@ impl Drop for Unfinished {
             return;
         }
         let s = &self.tasks.shared;
-        // Running: started here and not handed on; its run is lost, and
-        // retried. Pending: never started, so given back uncharged (from
-        // Pending only, so a lease queued twice and started by another
-        // task is that task's).
+        // Running, started here and not handed on: its run is lost. A panic
+        // outside the processor retries it, as on a worker thread; a task
+        // dropped (its runtime shut down) gives it back, charging nothing.
+        // Pending: never started, so given back uncharged (from Pending
+        // only: a lease queued again and started by another task is that
+        // task's, as is one Running that this task did not start).
         let mut skipped = crate::pipeline::next::Next::none();
         let mut endings = Vec::new();
         for l in self.leases.drain(..) {
             match l.state() {
-                LeaseState::Running => {
-                    let reason = self.why.clone();
-                    endings.push((
-                        l,
-                        Ending::Retry {
-                            reason,
+                LeaseState::Running if self.here.contains(&l) => {
+                    let ending = match &self.panicked {
+                        Some(message) => Ending::Retry {
+                            reason: format!("task panicked: {message}"),
                             after: None,
                         },
-                    ));
+                        None => Ending::Release,
+                    };
+                    endings.push((l, ending));
                 }
                 LeaseState::Pending => skipped.add(s.give_back_unstarted(&l)),
                 _ => {}
@@ -231,25 +259,28 @@ enum Ran {
 impl Tasks {
     /// Runs a task's work. Should the work end without finishing its jobs
     /// — a panic that escapes it, or the task dropped unfinished (its
-    /// runtime shut down) — the jobs it had not handed on are retried, so
-    /// none is left Pending or Running with no one to move it.
-    async fn guarded(
+    /// runtime shut down) — the jobs it had not handed on are settled (see
+    /// [`Unfinished`]), so none is left Pending or Running with no one to
+    /// move it.
+    async fn guarded<Fut: std::future::Future<Output = ()>>(
         self: &Arc<Self>,
         leases: Vec<Arc<Lease>>,
-        work: impl std::future::Future<Output = ()>,
+        work: impl FnOnce(StartedHere) -> Fut,
     ) {
+        let here = StartedHere::default();
         let mut guard = Unfinished {
             tasks: self.clone(),
             leases,
-            why: "the task was dropped before its jobs finished (its runtime shut down?)".into(),
+            here: here.clone(),
+            panicked: None,
         };
-        match AssertUnwindSafe(work).catch_unwind().await {
+        match AssertUnwindSafe(work(here)).catch_unwind().await {
             Ok(()) => guard.leases.clear(),
             Err(e) => {
                 let message = panic_message(&*e);
                 tracing::error!(pipeline = %self.shared.name, panic = %message,
-                    "async task panicked outside the processor; its jobs will be retried");
-                guard.why = format!("task panicked: {message}");
+                    "async task panicked outside the processor; its started jobs will be retried");
+                guard.panicked = Some(message);
             }
         }
     }
@@ -260,9 +291,9 @@ impl Tasks {
         super::outcome::input(&self.shared, &lease.job).await
     }
 
-    async fn run_one(&self, p: Arc<dyn AsyncProcessor>, lease: Arc<Lease>) {
+    async fn run_one(&self, p: Arc<dyn AsyncProcessor>, lease: Arc<Lease>, here: StartedHere) {
         let s = &self.shared;
-        if let Start::Not(next) = s.start_job(&lease) {
+        if let Start::Not(next) = here.start(s, &lease) {
             self.outbox.hand_on(next);
             return;
         }
@@ -314,12 +345,17 @@ impl Tasks {
         }
     }
 
-    async fn run_batch(&self, p: Arc<dyn BatchProcessor>, batch: Vec<Arc<Lease>>) {
+    async fn run_batch(
+        &self,
+        p: Arc<dyn BatchProcessor>,
+        batch: Vec<Arc<Lease>>,
+        here: StartedHere,
+    ) {
         let s = &self.shared;
         let began = Instant::now();
         let (mut leases, mut jobs) = (Vec::new(), Vec::new());
         for lease in batch {
-            if let Start::Not(next) = s.start_job(&lease) {
+            if let Start::Not(next) = here.start(s, &lease) {
                 self.outbox.hand_on(next);
                 continue;
             }

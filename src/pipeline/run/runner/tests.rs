@@ -56,19 +56,26 @@ fn lease(t: &Tasks, id: &str) -> Arc<Lease> {
         .insert(Job::from_message(m), format!("h-{id}"), until)
 }
 
-/// A task dropped before it finished (its runtime shut down, or it
-/// panicked outside the processor) retries the job it had started, one
-/// attempt charged, and gives back the one it had not started, charging
-/// that job nothing: it never ran.
+/// A task that panicked outside the processor retries the job it had
+/// started, one attempt charged, as a worker thread does; it gives back the
+/// one it had not started, charging that job nothing (it never ran), and
+/// leaves alone one another task started (queued again after a restart).
 #[tokio::test]
-async fn a_task_dropped_unfinished_charges_only_the_jobs_it_started() {
+async fn a_task_that_panicked_charges_only_the_jobs_it_started() {
     let t = tasks();
-    let (started, waiting) = (lease(&t, "started"), lease(&t, "waiting"));
-    assert!(matches!(t.shared.start_job(&started), Start::Started));
+    let (started, waiting, elsewhere) = (
+        lease(&t, "started"),
+        lease(&t, "waiting"),
+        lease(&t, "elsewhere"),
+    );
+    let here = StartedHere::default();
+    assert!(matches!(here.start(&t.shared, &started), Start::Started));
+    assert!(matches!(t.shared.start_job(&elsewhere), Start::Started));
     drop(Unfinished {
         tasks: t.clone(),
-        leases: vec![started.clone(), waiting.clone()],
-        why: "the task was dropped".into(),
+        leases: vec![started.clone(), waiting.clone(), elsewhere.clone()],
+        here,
+        panicked: Some("boom".into()),
     });
     assert_eq!(started.state(), LeaseState::Settling);
     assert!(matches!(started.ending(), Some(Ending::Retry { .. })));
@@ -81,6 +88,39 @@ async fn a_task_dropped_unfinished_charges_only_the_jobs_it_started() {
     );
     assert_eq!(
         t.shared.life.attempts_of(&waiting.job.id),
+        0,
+        "nothing charged"
+    );
+    assert_eq!(
+        elsewhere.state(),
+        LeaseState::Running,
+        "another task's job is that task's to end"
+    );
+    assert_eq!(t.shared.life.attempts_of(&elsewhere.job.id), 0);
+}
+
+/// A task dropped unfinished because its runtime shut down charges nothing:
+/// the job it had started is given back, not retried.
+#[tokio::test]
+async fn a_task_dropped_with_its_runtime_charges_nothing() {
+    let t = tasks();
+    let started = lease(&t, "started");
+    let here = StartedHere::default();
+    assert!(matches!(here.start(&t.shared, &started), Start::Started));
+    drop(Unfinished {
+        tasks: t.clone(),
+        leases: vec![started.clone()],
+        here,
+        panicked: None,
+    });
+    assert_eq!(started.state(), LeaseState::Settling);
+    assert!(
+        matches!(started.ending(), Some(Ending::Release)),
+        "{:?}",
+        started.ending()
+    );
+    assert_eq!(
+        t.shared.life.attempts_of(&started.job.id),
         0,
         "nothing charged"
     );
